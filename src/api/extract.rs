@@ -1,0 +1,44 @@
+//! Request extractors whose failures are the API's JSON error body.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// A JSON body. Malformed JSON, wrong types and unknown fields are 400;
+/// a body over the limit is 413. With `ALLOW_EMPTY`, an empty body is `{}`.
+pub struct JsonBody<T, const ALLOW_EMPTY: bool = false>(pub T);
+
+/// A body that may be empty (power actions).
+pub type OptionalBody<T> = JsonBody<T, true>;
+
+impl<S, T, const ALLOW_EMPTY: bool> FromRequest<S> for JsonBody<T, ALLOW_EMPTY>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Request body is larger than 1 MiB.",
+                )
+            } else {
+                ApiError::invalid(format!("Cannot read the request body: {e}"))
+            }
+        })?;
+        let text: &[u8] = if ALLOW_EMPTY && bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text)
+            .map(JsonBody)
+            .map_err(|e| ApiError::invalid(format!("Invalid request body: {e}")))
+    }
+}

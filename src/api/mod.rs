@@ -1,0 +1,265 @@
+//! The HTTP edge: parses requests into `model` types, checks who is asking,
+//! calls the engine and renders the answer. Nothing below it knows HTTP.
+
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod openapi;
+pub mod vms;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+use tower::ServiceExt;
+
+use crate::engine::Agent;
+use crate::model::Health;
+use crate::store::AuditEntry;
+use error::{ApiError, REQUEST_ID};
+
+/// Bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Operator,
+    Viewer,
+    /// Connected, but not allowed to use the API.
+    None,
+}
+
+/// Who is calling, as established by the listener (peer credentials on the
+/// Unix socket; a token on TCP, later).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub label: String,
+    pub role: Role,
+}
+
+/// Decides the role of a Unix-socket peer: root and members of the socket's
+/// group are admins, anyone else is refused.
+pub fn unix_caller(cred: &tokio::net::unix::UCred, group: Option<nix::unistd::Gid>) -> Caller {
+    let uid = cred.uid();
+    let in_group = group.is_some_and(|g| {
+        cred.gid() == g.as_raw()
+            || cred
+                .pid()
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+                .is_some_and(|status| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Groups:"))
+                        .is_some_and(|gs| {
+                            gs.split_whitespace().any(|x| x == g.as_raw().to_string())
+                        })
+                })
+    });
+    Caller {
+        label: format!("uid:{uid}"),
+        role: if uid == 0 || in_group {
+            Role::Admin
+        } else {
+            Role::None
+        },
+    }
+}
+
+pub fn router(agent: Agent) -> Router {
+    let api = Router::new()
+        .route("/vms", get(vms::list).post(vms::create))
+        .route("/vms/{id}", get(vms::get).delete(vms::delete))
+        .route("/vms/{id}/config", get(vms::config))
+        .route("/vms/{id}/status", get(vms::status))
+        .route("/vms/{id}/{action}", post(vms::action))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi::serve))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(agent.clone(), audit))
+        .layer(middleware::from_fn(authorize))
+        .layer(middleware::from_fn(request_id))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(agent)
+}
+
+/// Health of the agent (no authentication).
+#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
+pub async fn health(State(agent): State<Agent>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        node: agent.node().into(),
+        accel: agent.accel().as_str().into(),
+        vms: agent.vm_count(),
+    })
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "No such endpoint: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "Method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+/// Gives every request an id (the client's `X-Request-Id` if it sent a sane
+/// one), visible to error bodies and echoed in the response.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req-{}", uuid::Uuid::new_v4().simple()));
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+fn is_mutating(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Refuses callers without a role; viewers may only read.
+async fn authorize(req: Request, next: Next) -> Response {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let role = req
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.role)
+        .unwrap_or(Role::None);
+    let allowed = match role {
+        Role::Admin | Role::Operator => true,
+        Role::Viewer => !is_mutating(req.method()),
+        Role::None => false,
+    };
+    if !allowed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden: only root and members of the libgo group may use this socket.",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Writes every mutating call to the audit log: who, what, target, result.
+async fn audit(State(agent): State<Agent>, req: Request, next: Next) -> Response {
+    if !is_mutating(req.method()) {
+        return next.run(req).await;
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.label.clone())
+        .unwrap_or_else(|| "unknown".into());
+    let resp = next.run(req).await;
+    let entry = AuditEntry {
+        at: crate::jobs::now(),
+        request_id: error::current_request_id(),
+        caller,
+        method,
+        path,
+        status: resp.status().as_u16(),
+    };
+    tracing::info!(target: "audit", caller = %entry.caller, method = %entry.method, path = %entry.path, status = entry.status, request_id = %entry.request_id);
+    if let Err(e) = agent.store().audit(&entry) {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+    resp
+}
+
+/// Serves `app` on a Unix socket until `shutdown` resolves, then lets the
+/// requests in flight finish (up to 10 s). Each connection's caller comes from
+/// its peer credentials (SO_PEERCRED).
+pub async fn serve_unix(
+    listener: UnixListener,
+    app: Router,
+    group: Option<nix::unistd::Gid>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let app = Arc::new(app);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let caller = match stream.peer_cred() {
+            Ok(cred) => unix_caller(&cred, group),
+            Err(_) => Caller {
+                label: "unknown".into(),
+                role: Role::None,
+            },
+        };
+        let app = app.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(caller.clone());
+                let app = (*app).clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        app.oneshot(req.map(axum::body::Body::new))
+                            .await
+                            .into_response(),
+                    )
+                }
+            });
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after 10 s; leaving them");
+    }
+}

@@ -1,0 +1,22 @@
+//! The OpenAPI document, generated from the handlers' annotations and the
+//! model types.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "libgo", description = "libgo node agent API: VMs on QEMU over QMP."),
+    paths(
+        super::health,
+        super::vms::list, super::vms::create, super::vms::get, super::vms::config,
+        super::vms::status, super::vms::action, super::vms::delete,
+        super::jobs::list, super::jobs::get,
+    ),
+    tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Operation records"))
+)]
+pub struct ApiDoc;
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,212 @@
+//! `/api/v1/vms`: seed 001's VM API plus seed 003's power actions.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use base64::Engine as _;
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{JsonBody, OptionalBody};
+use super::Caller;
+use crate::engine::vm::Action;
+use crate::engine::{Agent, ListQuery, SortKey};
+use crate::model::{
+    ActionRequest, ActionResponse, CreateVmRequest, CreatedVm, DeleteResponse, StatusResponse, Vm,
+    VmConfig, VmList, VmStatus,
+};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cursor {
+    s: String,
+    k: String,
+    i: Uuid,
+}
+
+fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<ListQuery> {
+    let mut out = ListQuery {
+        limit: 50,
+        ..ListQuery::default()
+    };
+    let sort_str = q.get("sort").map(String::as_str).unwrap_or("created_at");
+    out.sort = SortKey::parse(sort_str).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "Invalid sort {sort_str:?}: use name, -name, created_at or -created_at."
+        ))
+    })?;
+    if let Some(l) = q.get("limit") {
+        out.limit = l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=200).contains(l))
+            .ok_or_else(|| ApiError::invalid(format!("Invalid limit {l:?}: use 1 to 200.")))?;
+    }
+    if let Some(s) = q.get("status") {
+        out.status = Some(
+            VmStatus::parse(s)
+                .ok_or_else(|| ApiError::invalid(format!("Invalid status filter {s:?}.")))?,
+        );
+    }
+    out.name = q.get("name").cloned();
+    out.tag = q.get("tag").cloned();
+    if let Some(tok) = q.get("page_token").or_else(|| q.get("pageToken")) {
+        let bad = || ApiError::invalid("Invalid page_token.");
+        let raw = B64.decode(tok).map_err(|_| bad())?;
+        let c: Cursor = serde_json::from_slice(&raw).map_err(|_| bad())?;
+        if c.s != sort_str {
+            return Err(ApiError::invalid(
+                "page_token was issued for another sort order.",
+            ));
+        }
+        out.after = Some((c.k, c.i));
+    }
+    Ok(out)
+}
+
+/// List VMs.
+#[utoipa::path(get, path = "/api/v1/vms", tag = "vms",
+    params(
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 200 (default 50)"),
+        ("page_token" = Option<String>, Query, description = "Cursor from the previous page"),
+        ("status" = Option<String>, Query), ("name" = Option<String>, Query), ("tag" = Option<String>, Query),
+        ("sort" = Option<String>, Query, description = "name, -name, created_at, -created_at"),
+    ),
+    responses((status = 200, body = VmList), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn list(
+    State(agent): State<Agent>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<VmList>> {
+    let query = parse_list_query(&q)?;
+    let sort_str = q
+        .get("sort")
+        .cloned()
+        .unwrap_or_else(|| "created_at".into());
+    let page = agent.list(&query);
+    let next_page_token = page.next.map(|(k, i)| {
+        B64.encode(serde_json::to_vec(&Cursor { s: sort_str, k, i }).unwrap_or_default())
+    });
+    Ok(Json(VmList {
+        vms: page.vms,
+        next_page_token,
+        total_count: page.total,
+    }))
+}
+
+/// Create a VM: clone the base image, resize, persist (seed 001).
+#[utoipa::path(post, path = "/api/v1/vms", tag = "vms", request_body = CreateVmRequest,
+    responses((status = 201, body = CreatedVm), (status = 400, body = crate::model::ErrorBody),
+              (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody),
+              (status = 500, body = crate::model::ErrorBody)))]
+pub async fn create(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<CreateVmRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedVm>)> {
+    let (vm, job) = agent.create(req, &caller.label).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedVm {
+            vm,
+            message: "VM successfully created and storage cloned.".into(),
+            job_id: job.id,
+        }),
+    ))
+}
+
+/// Get a VM.
+#[utoipa::path(get, path = "/api/v1/vms/{id}", tag = "vms",
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = Vm), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Vm>> {
+    let entry = agent.find(&id)?;
+    Ok(Json(agent.to_api(&entry)))
+}
+
+/// A VM's configuration.
+#[utoipa::path(get, path = "/api/v1/vms/{id}/config", tag = "vms",
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = VmConfig), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn config(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VmConfig>> {
+    let entry = agent.find(&id)?;
+    Ok(Json(agent.vm_config(&entry)))
+}
+
+/// A VM's status.
+#[utoipa::path(get, path = "/api/v1/vms/{id}/status", tag = "vms",
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = StatusResponse), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn status(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusResponse>> {
+    let entry = agent.find(&id)?;
+    let rec = entry.record();
+    let message = match (&rec.status_reason, rec.status) {
+        (Some(reason), s) => format!("VM is {}: {reason}", s.as_str()),
+        (None, s) => format!("VM is {}", s.as_str()),
+    };
+    Ok(Json(StatusResponse {
+        id: rec.id,
+        name: rec.name,
+        status: rec.status,
+        message,
+    }))
+}
+
+/// Power action: start, stop, shutdown, poweroff, reboot, reset, pause, resume.
+///
+/// `stop` presses the ACPI power button (retried) and forces the VM off after
+/// `timeout` seconds (default 60); `shutdown` only asks, and answers 409 if
+/// the guest is still running after `timeout`; `poweroff` forces at once.
+/// `start`, `stop`, `pause`, `resume` answer 200 when already there;
+/// `reboot` on a VM that is not running is 409.
+#[utoipa::path(post, path = "/api/v1/vms/{id}/{action}", tag = "vms",
+    params(("id" = String, Path, description = "VM id (UUID) or name"),
+           ("action" = String, Path, description = "start | stop | shutdown | poweroff | reboot | reset | pause | resume")),
+    request_body(content = Option<ActionRequest>),
+    responses((status = 200, body = ActionResponse), (status = 400, body = crate::model::ErrorBody),
+              (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody),
+              (status = 500, body = crate::model::ErrorBody)))]
+pub async fn action(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    Path((id, action)): Path<(String, String)>,
+    JsonBody(req): OptionalBody<ActionRequest>,
+) -> ApiResult<Json<ActionResponse>> {
+    let action = Action::parse(&action)
+        .ok_or_else(|| ApiError::not_found(format!("No such VM action: {action}.")))?;
+    if let Some(t) = req.timeout {
+        if t > 3600 {
+            return Err(ApiError::invalid(
+                "Invalid parameter: timeout must be at most 3600 s.",
+            ));
+        }
+    }
+    let entry = agent.find(&id)?;
+    Ok(Json(
+        agent
+            .action(&entry, action, req.timeout, &caller.label)
+            .await?,
+    ))
+}
+
+/// Delete a VM: stop it if needed, remove its disk, runtime files and record.
+#[utoipa::path(delete, path = "/api/v1/vms/{id}", tag = "vms",
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = DeleteResponse), (status = 400, body = crate::model::ErrorBody),
+              (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn delete(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeleteResponse>> {
+    let entry = agent.find(&id)?;
+    Ok(Json(agent.delete(&entry, &caller.label).await?))
+}

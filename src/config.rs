@@ -1,0 +1,186 @@
+//! Every path, binary, limit and timeout of the agent, with embedded defaults.
+//!
+//! Precedence: built-in defaults < TOML file (`--config`) < command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Which QEMU accelerator to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where the host really has hardware virtualization, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// A named directory that holds base images, kernels and initrds.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The API's Unix socket.
+    pub socket: PathBuf,
+    /// Mode of the socket file (octal in TOML as a string, e.g. "0660").
+    pub socket_mode: String,
+    /// Group allowed to use the socket besides root.
+    pub socket_group: String,
+    /// Durable state: the database, VM disks, console logs.
+    pub state_dir: PathBuf,
+    /// Runtime files: pidfiles, QMP and console sockets.
+    pub run_dir: PathBuf,
+    /// The default storage pool (named "default").
+    pub image_dir: PathBuf,
+    /// Further storage pools.
+    pub storage_pools: Vec<PoolConfig>,
+    pub qemu_binary: PathBuf,
+    pub qemu_img_binary: PathBuf,
+    pub accel: Accel,
+    /// Seconds to wait for a QMP reply.
+    pub qmp_timeout_secs: u64,
+    /// Seconds to wait for a fresh QEMU to open its QMP socket.
+    pub qemu_start_timeout_secs: u64,
+    /// Default graceful-stop timeout before forcing a VM off.
+    pub stop_timeout_secs: u64,
+    /// Seconds between ACPI power-button presses during a graceful stop.
+    pub powerdown_retry_secs: u64,
+    /// Upper bounds that turn absurd requests into 400s.
+    pub max_vcpus: u32,
+    pub max_memory_mib: u64,
+    pub max_disk_gib: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from("/run/libgo.sock"),
+            socket_mode: "0660".into(),
+            socket_group: "libgo".into(),
+            state_dir: PathBuf::from("/var/lib/libgo"),
+            run_dir: PathBuf::from("/run/libgo"),
+            image_dir: PathBuf::from("/var/lib/libgo/images"),
+            storage_pools: Vec::new(),
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            qemu_img_binary: PathBuf::from("qemu-img"),
+            accel: Accel::Auto,
+            qmp_timeout_secs: 10,
+            qemu_start_timeout_secs: 30,
+            stop_timeout_secs: 60,
+            powerdown_retry_secs: 3,
+            max_vcpus: 256,
+            max_memory_mib: 4 * 1024 * 1024,
+            max_disk_gib: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// All storage pools: "default" at `image_dir`, then the configured ones.
+    pub fn pools(&self) -> Vec<PoolConfig> {
+        let mut pools = vec![PoolConfig {
+            name: "default".into(),
+            path: self.image_dir.clone(),
+        }];
+        pools.extend(self.storage_pools.iter().cloned());
+        pools
+    }
+
+    pub fn socket_mode_bits(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| ConfigError::Invalid(format!("socket_mode {:?}", self.socket_mode)))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_mode_bits()?;
+        let mut names: Vec<&str> = Vec::new();
+        for pool in self.storage_pools.iter() {
+            if pool.name == "default" || names.contains(&pool.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "duplicate storage pool name {:?}",
+                    pool.name
+                )));
+            }
+            names.push(&pool.name);
+        }
+        if self.qmp_timeout_secs == 0 || self.qemu_start_timeout_secs == 0 {
+            return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("libgo.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_paths() {
+        let c = Config::default();
+        assert_eq!(c.socket, PathBuf::from("/run/libgo.sock"));
+        assert_eq!(c.socket_mode_bits().unwrap(), 0o660);
+        assert_eq!(c.pools()[0].path, PathBuf::from("/var/lib/libgo/images"));
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str(
+            "state_dir = \"/tmp/x\"\naccel = \"tcg\"\n[[storage_pools]]\nname = \"fast\"\npath = \"/srv\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.accel, Accel::Tcg);
+        assert_eq!(c.pools().len(), 2);
+        assert!(toml::from_str::<Config>("stat_dir = \"/x\"").is_err());
+    }
+
+    #[test]
+    fn duplicate_pools_are_rejected() {
+        let mut c = Config::default();
+        c.storage_pools.push(PoolConfig {
+            name: "default".into(),
+            path: "/x".into(),
+        });
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Disk images through `qemu-img`: inspect, clone (linked or full), resize.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Deserialize;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImgError {
+    #[error("cannot run {binary}: {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("qemu-img {op} failed: {stderr}")]
+    Failed { op: &'static str, stderr: String },
+    #[error("qemu-img info gave unreadable output: {0}")]
+    Parse(String),
+}
+
+/// What `qemu-img info` says about an image.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: String,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    #[serde(rename = "actual-size", default)]
+    pub actual_size: u64,
+    #[serde(rename = "backing-filename", default)]
+    pub backing_file: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuImg {
+    binary: PathBuf,
+}
+
+impl QemuImg {
+    pub fn new(binary: impl Into<PathBuf>) -> QemuImg {
+        QemuImg {
+            binary: binary.into(),
+        }
+    }
+
+    async fn run(&self, op: &'static str, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, ImgError> {
+        let out = Command::new(&self.binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| ImgError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ImgError::Failed {
+                op,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// `qemu-img info` (with `-U`, so images in use can be inspected).
+    pub async fn info(&self, image: &Path) -> Result<ImageInfo, ImgError> {
+        let out = self
+            .run(
+                "info",
+                &[
+                    "info".as_ref(),
+                    "-U".as_ref(),
+                    "--output=json".as_ref(),
+                    image.as_os_str(),
+                ],
+            )
+            .await?;
+        serde_json::from_slice(&out).map_err(|e| ImgError::Parse(e.to_string()))
+    }
+
+    /// A qcow2 overlay of `base` (whose format is `base_format`).
+    pub async fn create_linked(
+        &self,
+        base: &Path,
+        base_format: &str,
+        dest: &Path,
+    ) -> Result<(), ImgError> {
+        self.run(
+            "create",
+            &[
+                "create".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                "-b".as_ref(),
+                base.as_os_str(),
+                "-F".as_ref(),
+                base_format.as_ref(),
+                dest.as_os_str(),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A full, independent qcow2 copy of `base`.
+    pub async fn copy_full(&self, base: &Path, dest: &Path) -> Result<(), ImgError> {
+        self.run(
+            "convert",
+            &[
+                "convert".as_ref(),
+                "-q".as_ref(),
+                "-O".as_ref(),
+                "qcow2".as_ref(),
+                base.as_os_str(),
+                dest.as_os_str(),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Grows `image` to `bytes`.
+    pub async fn resize(&self, image: &Path, bytes: u64) -> Result<(), ImgError> {
+        let size = bytes.to_string();
+        self.run(
+            "resize",
+            &[
+                "resize".as_ref(),
+                "-q".as_ref(),
+                image.as_os_str(),
+                size.as_ref(),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn have_qemu_img() -> bool {
+        std::process::Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn linked_and_full_clones_grow_and_report_their_backing() {
+        if !have_qemu_img() {
+            panic!("qemu-img is required (apt-get install qemu-utils)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = QemuImg::new("qemu-img");
+        let base = dir.path().join("base.qcow2");
+        img.copy_full(&dir.path().join("missing.raw"), &base)
+            .await
+            .unwrap_err();
+        // A 1 MiB raw base converted to qcow2.
+        let raw = dir.path().join("base.raw");
+        std::fs::write(&raw, vec![7u8; 1 << 20]).unwrap();
+        img.copy_full(&raw, &base).await.unwrap();
+        let info = img.info(&base).await.unwrap();
+        assert_eq!(
+            (info.format.as_str(), info.virtual_size),
+            ("qcow2", 1 << 20)
+        );
+
+        let linked = dir.path().join("linked.qcow2");
+        img.create_linked(&base, "qcow2", &linked).await.unwrap();
+        img.resize(&linked, 1 << 30).await.unwrap();
+        let info = img.info(&linked).await.unwrap();
+        assert_eq!(info.virtual_size, 1 << 30);
+        assert_eq!(info.backing_file.as_deref(), Some(base.to_str().unwrap()));
+
+        let err = img.info(&dir.path().join("missing")).await.unwrap_err();
+        assert!(matches!(err, ImgError::Failed { op: "info", .. }));
+    }
+}

@@ -1,0 +1,211 @@
+//! A VM's configuration turned into QEMU's command line. Pure: no I/O.
+
+use std::path::PathBuf;
+
+/// The accelerator QEMU will run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    Kvm,
+    Tcg,
+}
+
+impl Accelerator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+/// Direct kernel boot, with paths already resolved inside a storage pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+}
+
+/// Everything needed to build the command line of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub accel: Accelerator,
+    pub disk: PathBuf,
+    /// `none` (O_DIRECT) where the filesystem supports it.
+    pub disk_cache: &'static str,
+    pub mac: String,
+    pub boot: Option<KernelBoot>,
+    pub pidfile: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub console_socket: PathBuf,
+    pub console_log: PathBuf,
+}
+
+/// Id of the root disk's virtio-blk device (`/machine/peripheral/vd0/virtio-backend`).
+pub const DISK_DEVICE_ID: &str = "vd0";
+/// Id of the root disk's block backend (`-drive id=`).
+pub const DISK_DRIVE_ID: &str = "disk0";
+
+/// Escapes a value for QEMU's comma-separated option syntax.
+fn opt(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn path(p: &std::path::Path) -> String {
+    opt(&p.to_string_lossy())
+}
+
+/// The argv (without the binary) of a VM started paused (`-S`).
+pub fn build(spec: &LaunchSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", opt(&spec.name)),
+    ]);
+    push(&["-uuid", &spec.id.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-S"]);
+    push(&["-machine", "q35"]);
+    match spec.accel {
+        Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accelerator::Tcg => push(&["-accel", "tcg,tb-size=64"]),
+    }
+    push(&["-smp", &spec.vcpus.to_string()]);
+    push(&["-m", &format!("{}M", spec.memory_mib)]);
+    push(&["-display", "none", "-vga", "none"]);
+    push(&["-pidfile", &spec.pidfile.to_string_lossy()]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", path(&spec.qmp_socket)),
+    ]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+            path(&spec.console_socket),
+            path(&spec.console_log)
+        ),
+    ]);
+    push(&["-serial", "chardev:serial0"]);
+    push(&[
+        "-drive",
+        &format!(
+            "file={},if=none,id={DISK_DRIVE_ID},format=qcow2,cache={},aio=threads,discard=unmap",
+            path(&spec.disk),
+            spec.disk_cache
+        ),
+    ]);
+    push(&[
+        "-device",
+        &format!("virtio-blk-pci,drive={DISK_DRIVE_ID},id={DISK_DEVICE_ID},bootindex=1"),
+    ]);
+    push(&["-netdev", "user,id=net0"]);
+    push(&[
+        "-device",
+        &format!("virtio-net-pci,netdev=net0,id=nic0,mac={}", spec.mac),
+    ]);
+    push(&["-device", "virtio-balloon-pci,id=balloon0"]);
+    if let Some(boot) = &spec.boot {
+        push(&["-kernel", &boot.kernel.to_string_lossy()]);
+        if let Some(initrd) = &boot.initrd {
+            push(&["-initrd", &initrd.to_string_lossy()]);
+        }
+        if let Some(cmdline) = &boot.cmdline {
+            push(&["-append", cmdline]);
+        }
+    }
+    push(&["-msg", "timestamp=on"]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            id: uuid::Uuid::nil(),
+            name: "web-1".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            accel: Accelerator::Tcg,
+            disk: "/var/lib/libgo/vms/x/root.qcow2".into(),
+            disk_cache: "none",
+            mac: "52:54:00:aa:bb:cc".into(),
+            boot: None,
+            pidfile: "/run/libgo/vms/x/qemu.pid".into(),
+            qmp_socket: "/run/libgo/vms/x/qmp.sock".into(),
+            console_socket: "/run/libgo/vms/x/console.sock".into(),
+            console_log: "/var/lib/libgo/vms/x/console.log".into(),
+        }
+    }
+
+    fn after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn starts_paused_with_uuid_and_named_threads() {
+        let argv = build(&spec());
+        assert!(argv.contains(&"-S".to_string()));
+        assert_eq!(
+            after(&argv, "-uuid"),
+            vec!["00000000-0000-0000-0000-000000000000"]
+        );
+        assert_eq!(after(&argv, "-name"), vec!["guest=web-1,debug-threads=on"]);
+        assert_eq!(after(&argv, "-smp"), vec!["2"]);
+        assert_eq!(after(&argv, "-m"), vec!["512M"]);
+        assert_eq!(after(&argv, "-accel"), vec!["tcg,tb-size=64"]);
+        assert!(after(&argv, "-cpu").is_empty());
+    }
+
+    #[test]
+    fn disk_nic_console_and_monitor() {
+        let argv = build(&spec());
+        let drive = after(&argv, "-drive")[0];
+        assert!(drive.starts_with("file=/var/lib/libgo/vms/x/root.qcow2,"));
+        assert!(drive.contains("cache=none"));
+        let devices = after(&argv, "-device");
+        assert!(devices.contains(&"virtio-blk-pci,drive=disk0,id=vd0,bootindex=1"));
+        assert!(devices.contains(&"virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:aa:bb:cc"));
+        assert_eq!(
+            after(&argv, "-qmp"),
+            vec!["unix:/run/libgo/vms/x/qmp.sock,server=on,wait=off"]
+        );
+        assert!(after(&argv, "-chardev")[0].contains("logfile=/var/lib/libgo/vms/x/console.log"));
+        assert!(after(&argv, "-kernel").is_empty());
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu_and_kernel_boot_is_direct() {
+        let mut s = spec();
+        s.accel = Accelerator::Kvm;
+        s.boot = Some(KernelBoot {
+            kernel: "/img/vmlinuz".into(),
+            initrd: Some("/img/initrd.img".into()),
+            cmdline: Some("console=ttyS0 quiet".into()),
+        });
+        let argv = build(&s);
+        assert_eq!(after(&argv, "-accel"), vec!["kvm"]);
+        assert_eq!(after(&argv, "-cpu"), vec!["host"]);
+        assert_eq!(after(&argv, "-kernel"), vec!["/img/vmlinuz"]);
+        assert_eq!(after(&argv, "-initrd"), vec!["/img/initrd.img"]);
+        assert_eq!(after(&argv, "-append"), vec!["console=ttyS0 quiet"]);
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped() {
+        let mut s = spec();
+        s.disk = "/data/a,b.qcow2".into();
+        let argv = build(&s);
+        assert!(after(&argv, "-drive")[0].starts_with("file=/data/a,,b.qcow2,if=none"));
+    }
+}

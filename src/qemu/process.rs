@@ -1,0 +1,143 @@
+//! Starting a QEMU detached from the daemon and finding it again later.
+//!
+//! QEMU runs in its own session and process group, so signals aimed at
+//! `libgod` (terminal, systemd with `KillMode=process`) never reach a guest.
+//! Its pidfile and its `/proc/<pid>/cmdline`, which carries `-uuid <id>`, are
+//! how a restarted daemon re-adopts it.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use uuid::Uuid;
+
+/// Spawns `binary argv...` in a new session; stdout and stderr append to `log`.
+pub fn spawn(binary: &Path, argv: &[String], log: &Path) -> io::Result<tokio::process::Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let log_err = log_file.try_clone()?;
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log_file))
+        .stderr(Stdio::from(log_err));
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setsid(2), which is async-signal-safe and touches no shared state.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(false);
+    cmd.spawn()
+}
+
+/// Reads a pidfile written by QEMU's `-pidfile`.
+pub fn read_pidfile(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live (not zombie) process whose command line carries `id`.
+pub fn is_qemu_of(pid: u32, id: Uuid) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let id = id.to_string();
+    let carries_id = cmdline.split(|b| *b == 0).any(|arg| arg == id.as_bytes());
+    carries_id && is_alive(pid)
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the last ')' (the command name may hold spaces).
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    kill(Pid::from_raw(pid), sig).map_err(io::Error::from)
+}
+
+/// Polls until `pid` is gone or `timeout` passes; true if it is gone.
+pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !is_alive(pid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last `max` bytes of a log file, for error messages.
+pub fn log_tail(path: &Path, max: usize) -> String {
+    let Ok(data) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = data.len().saturating_sub(max);
+    String::from_utf8_lossy(&data[start..]).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spawned_process_has_its_own_session_and_is_found_by_its_uuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        let log = dir.path().join("log");
+        let mut child = spawn(
+            Path::new("/bin/sh"),
+            &[
+                "-c".into(),
+                "echo started; exec sleep 30".into(),
+                id.to_string(),
+            ],
+            &log,
+        )
+        .unwrap();
+        let pid = child.id().unwrap();
+        let sid = nix::unistd::getsid(Some(Pid::from_raw(pid as i32))).unwrap();
+        assert_eq!(sid.as_raw(), pid as i32, "QEMU must lead its own session");
+        // sh exec'd sleep: its argv no longer carries the id.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while is_qemu_of(pid, id) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!is_qemu_of(pid, id));
+        assert!(is_alive(pid));
+        signal(pid, Signal::SIGKILL).unwrap();
+        child.wait().await.unwrap();
+        assert!(wait_gone(pid, Duration::from_secs(2)).await);
+        assert_eq!(log_tail(&log, 100), "started");
+    }
+
+    #[test]
+    fn pidfile_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pid");
+        assert_eq!(read_pidfile(&p), None);
+        std::fs::write(&p, "1234\n").unwrap();
+        assert_eq!(read_pidfile(&p), Some(1234));
+        std::fs::write(&p, "garbage").unwrap();
+        assert_eq!(read_pidfile(&p), None);
+    }
+}
