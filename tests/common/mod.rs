@@ -1,0 +1,364 @@
+//! Test harness: a real `libgod` on a private socket and state directory,
+//! an HTTP client over its Unix socket, the fixture guest, and helpers that
+//! wait on the guest's own console markers (never on fixed sleeps).
+#![allow(dead_code)]
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+pub const READY: &str = "LIBGO-READY";
+
+/// The fixture guest built by `fixtures/build.sh`.
+pub fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("LIBGO_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/out"));
+    for f in ["vmlinuz", "initrd.img", "base.qcow2", "cmdline"] {
+        assert!(
+            dir.join(f).exists(),
+            "fixture {} missing: run fixtures/build.sh (or scripts/test)",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+pub fn fixture_cmdline() -> String {
+    std::fs::read_to_string(fixtures().join("cmdline"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A running `libgod` with its own directories under a short /tmp path
+/// (Unix socket paths are limited to 108 bytes).
+pub struct Daemon {
+    pub root: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.path().join("run")
+    }
+    pub fn image_dir(&self) -> PathBuf {
+        self.root.path().join("images")
+    }
+
+    /// Starts a daemon whose default pool holds the fixture guest.
+    pub async fn start() -> Daemon {
+        Daemon::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Daemon {
+        let root = tempfile::Builder::new()
+            .prefix("lg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let images = root.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        let fx = fixtures();
+        for f in ["vmlinuz", "initrd.img", "base.qcow2"] {
+            std::fs::copy(fx.join(f), images.join(f)).unwrap();
+        }
+        let mut d = Daemon {
+            socket: root.path().join("libgo.sock"),
+            root,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        d.spawn().await;
+        d
+    }
+
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("libgod.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_libgod"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--image-dir")
+            .arg(self.image_dir())
+            .arg("--accel")
+            .arg(std::env::var("LIBGO_TEST_ACCEL").unwrap_or_else(|_| "auto".into()))
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,libgo=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn libgod");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = self.try_req("GET", "/health", None).await {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("libgod exited during start ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "libgod did not answer:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("libgod.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `sig` to the daemon and reaps it.
+    pub fn kill(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        child.wait().unwrap()
+    }
+
+    pub async fn try_req(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let (status, _, body) = self
+            .raw(method, path, body.map(|b| b.to_string()), &[])
+            .await?;
+        let v = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&body)))?
+        };
+        Ok((status, v))
+    }
+
+    /// One HTTP request over the Unix socket: status, headers, body bytes.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://localhost{path}"))
+            .header("host", "localhost");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, headers, bytes.to_vec()))
+    }
+
+    pub async fn req(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.try_req(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    /// Creates a VM that boots the fixture kernel; returns its JSON.
+    pub async fn create_fixture_vm(&self, name: &str, extra_cmdline: &str) -> Value {
+        let cmdline = format!("{} {extra_cmdline}", fixture_cmdline());
+        let (code, vm) = self
+            .req(
+                "POST",
+                "/api/v1/vms",
+                Some(json!({
+                    "name": name, "vcpus": 1, "memory": 128, "disk_size": 1,
+                    "base_image": "base.qcow2",
+                    "boot": {"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": cmdline.trim()},
+                })),
+            )
+            .await;
+        assert_eq!(code, 201, "{vm}");
+        vm
+    }
+
+    pub fn console_log(&self, id: &str) -> PathBuf {
+        self.state_dir().join("vms").join(id).join("console.log")
+    }
+
+    pub fn console_text(&self, id: &str) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.console_log(id)).unwrap_or_default())
+            .replace('\r', "")
+    }
+
+    /// Waits until the console shows `marker` on a line for the `nth` time
+    /// (1-based); returns that line.
+    pub async fn wait_marker(
+        &self,
+        id: &str,
+        marker: &str,
+        nth: usize,
+        timeout: Duration,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console_text(id);
+            let hits: Vec<&str> = text.lines().filter(|l| l.starts_with(marker)).collect();
+            if hits.len() >= nth {
+                return hits[nth - 1].to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "marker {marker} #{nth} not seen within {timeout:?}; console:\n{text}\ndaemon:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn marker_count(&self, id: &str, marker: &str) -> usize {
+        self.console_text(id)
+            .lines()
+            .filter(|l| *l == marker)
+            .count()
+    }
+
+    /// Runs a shell command in the guest over its serial console and returns
+    /// the `LIBGO-DONE` line's exit code and the output before it.
+    pub async fn guest_cmd(&self, id: &str, cmd: &str, timeout: Duration) -> (i32, String) {
+        let tag = format!("{}", rand_tag());
+        let sock = self.run_dir().join("vms").join(id).join("console.sock");
+        let mut s = tokio::net::UnixStream::connect(&sock)
+            .await
+            .expect("console socket");
+        s.write_all(format!("{tag} {cmd}\n").as_bytes())
+            .await
+            .unwrap();
+        let done = format!("LIBGO-DONE {tag} ");
+        let line = self.wait_marker(id, &done, 1, timeout).await;
+        let rc = line[done.len()..].trim().parse().unwrap();
+        let text = self.console_text(id);
+        let out = text.split(&done).next().unwrap_or_default().to_owned();
+        (rc, out)
+    }
+}
+
+fn rand_tag() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    std::process::id() * 1000 + N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Kill every QEMU this daemon's VMs run, then the daemon.
+        let run = self.run_dir().join("vms");
+        if let Ok(dirs) = std::fs::read_dir(&run) {
+            for d in dirs.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(d.path().join("qemu.pid")) {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A slot for booting a guest: at most `LIBGO_TEST_GUESTS` (default 2)
+/// guests boot at once across every test process (TCG is CPU-hungry).
+pub struct GuestSlot {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+pub async fn guest_slot() -> GuestSlot {
+    let slots: usize = std::env::var("LIBGO_TEST_GUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    loop {
+        for i in 0..slots {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o666)
+                .open(format!("/tmp/libgo-test-guest-slot-{i}"))
+                .unwrap();
+            if let Ok(lock) =
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                return GuestSlot { _lock: lock };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+                .is_some_and(|c| c != 'Z')
+        })
+        .unwrap_or(false)
+}
+
+pub const BOOT: Duration = Duration::from_secs(90);
+
+pub async fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
