@@ -175,6 +175,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sample_config_is_the_defaults() {
+        let text = include_str!("../packaging/libgod.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.socket, d.socket);
+        assert_eq!(c.state_dir, d.state_dir);
+        assert_eq!(c.max_memory_mib, d.max_memory_mib);
+        assert_eq!(c.stop_timeout_secs, d.stop_timeout_secs);
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn duplicate_pools_are_rejected() {
         let mut c = Config::default();
         c.storage_pools.push(PoolConfig {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what libgo needs on a Debian 12 host (as root) and builds the
+# fixture guest. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+have qemu-img || need+=(qemu-utils)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx acpid || need+=(busybox-static)
+have mke2fs || need+=(e2fsprogs)
+have cpio || need+=(cpio)
+have curl || need+=(curl)
+have python3 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null
+        apt-get install -y -q "${need[@]}" >/dev/null
+    }
+fi
+if ! have cargo; then
+    echo "setup: cargo not found: install a Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+bash fixtures/build.sh >/dev/null
+echo "setup: ok (qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), fixtures in fixtures/out)"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (as root) and runs the whole test suite:
+# formatting, lints, unit tests and the integration tests that boot real
+# guests under QEMU. Exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+bash scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== cargo test"
+# Integration tests bound how many guests boot at once themselves
+# (LIBGO_TEST_GUESTS, default 2: TCG guests are CPU-hungry).
+cargo test --quiet --no-fail-fast 2>&1 | tee target/test-output.txt
+status=${PIPESTATUS[0]}
+
+passed=$(grep -Eo '[0-9]+ passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+echo
+echo "suite took $(( $(date +%s) - start )) s"
+echo "total: $passed passed, $failed failed"
+exit "$status"
