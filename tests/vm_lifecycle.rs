@@ -187,9 +187,15 @@ async fn guest_poweroff_is_stopped_and_a_killed_qemu_is_crashed() {
     // The guest powers itself off: stopped, not crashed.
     assert_eq!(action(&d, &id, "start", None).await.0, 200);
     d.wait_marker(&id, READY, 1, BOOT).await;
-    let guest = d.guest_cmd(&id, "poweroff -f", Duration::from_secs(5));
-    // The command never reports back: the guest is gone.
-    let _ = tokio::time::timeout(Duration::from_secs(5), guest).await;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sock = d.run_dir().join("vms").join(&id).join("console.sock");
+        let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        s.write_all(b"1 poweroff -f\n").await.unwrap();
+        // The command never reports back: the console closes with QEMU.
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut sink)).await;
+    }
     let vm = wait_status(&d, &id, "stopped", Duration::from_secs(30)).await;
     assert!(vm.get("status_reason").is_none(), "{vm}");
 
@@ -356,4 +362,27 @@ async fn daemon_restarts_never_touch_guests() {
     d.spawn().await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(a_pid as i32), Signal::SIGKILL).unwrap();
     wait_status(&d, &a_id, "crashed", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_boots_from_its_disk_through_the_firmware() {
+    let _slot = guest_slot().await;
+    let d = Daemon::start().await;
+    // No `boot`: SeaBIOS boots SYSLINUX from the cloned, grown disk.
+    let (code, vm) = d
+        .req("POST", "/api/v1/vms", Some(json!({
+            "name": "firmware", "vcpus": 1, "memory": 128, "disk_size": 2, "base_image": "bootable.qcow2"
+        })))
+        .await;
+    assert_eq!(code, 201, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+    assert_eq!(action(&d, &id, "start", None).await.0, 200);
+    d.wait_marker(&id, READY, 1, BOOT).await;
+    assert!(d.console_text(&id).contains("SYSLINUX"), "booted through the firmware and SYSLINUX");
+    assert_eq!(d.wait_marker(&id, "LIBGO-DISK", 1, BOOT).await, format!("LIBGO-DISK vda {}", 2u64 << 30));
+    let (rc, out) = d.guest_cmd(&id, "cat /proc/cmdline", Duration::from_secs(30)).await;
+    assert_eq!(rc, 0);
+    assert!(out.contains("console=ttyS0"), "{out}");
+    let (code, r) = action(&d, &id, "stop", None).await;
+    assert_eq!((code, r["message"].as_str()), (200, Some("VM successfully stopped.")), "{r}");
 }

@@ -21,7 +21,7 @@ pub fn fixtures() -> PathBuf {
     let dir = std::env::var_os("LIBGO_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/out"));
-    for f in ["vmlinuz", "initrd.img", "base.qcow2", "cmdline"] {
+    for f in ["vmlinuz", "initrd.img", "base.qcow2", "bootable.qcow2", "cmdline"] {
         assert!(
             dir.join(f).exists(),
             "fixture {} missing: run fixtures/build.sh (or scripts/test)",
@@ -71,7 +71,7 @@ impl Daemon {
         let images = root.path().join("images");
         std::fs::create_dir_all(&images).unwrap();
         let fx = fixtures();
-        for f in ["vmlinuz", "initrd.img", "base.qcow2"] {
+        for f in ["vmlinuz", "initrd.img", "base.qcow2", "bootable.qcow2"] {
             std::fs::copy(fx.join(f), images.join(f)).unwrap();
         }
         let mut d = Daemon {
@@ -265,22 +265,33 @@ impl Daemon {
     }
 
     /// Runs a shell command in the guest over its serial console and returns
-    /// the `LIBGO-DONE` line's exit code and the output before it.
+    /// its exit code and output. Reads the socket itself (the log file may
+    /// duplicate bytes while a client is connected) and stays connected until
+    /// `LIBGO-DONE` (QEMU drops unread input of a client that leaves).
     pub async fn guest_cmd(&self, id: &str, cmd: &str, timeout: Duration) -> (i32, String) {
-        let tag = format!("{}", rand_tag());
+        use tokio::io::AsyncReadExt;
+        let tag = rand_tag();
         let sock = self.run_dir().join("vms").join(id).join("console.sock");
-        let mut s = tokio::net::UnixStream::connect(&sock)
-            .await
-            .expect("console socket");
-        s.write_all(format!("{tag} {cmd}\n").as_bytes())
-            .await
-            .unwrap();
+        let mut s = tokio::net::UnixStream::connect(&sock).await.expect("console socket");
+        s.write_all(format!("{tag} {cmd}\n").as_bytes()).await.unwrap();
         let done = format!("LIBGO-DONE {tag} ");
-        let line = self.wait_marker(id, &done, 1, timeout).await;
-        let rc = line[done.len()..].trim().parse().unwrap();
-        let text = self.console_text(id);
-        let out = text.split(&done).next().unwrap_or_default().to_owned();
-        (rc, out)
+        let mut buf = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let text = String::from_utf8_lossy(&buf).replace('\r', "");
+            if let Some(pos) = text.find(&done) {
+                if let Some(end) = text[pos..].find('\n') {
+                    let rc = text[pos + done.len()..pos + end].trim().parse().unwrap();
+                    return (rc, text[..pos].trim_end().to_owned());
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => panic!("console closed before {done}: {text}"),
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("no {done} within {timeout:?}: {text}"),
+            }
+        }
     }
 }
 
