@@ -751,7 +751,11 @@ async fn sigkill_during_create_leaves_nothing_behind_after_restart() {
         "#!/bin/sh\nif [ \"$1\" = resize ]; then sleep 60; fi\nexec qemu-img \"$@\"\n",
     )
     .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let mut d = Daemon::start_with(&["--qemu-img", wrapper.to_str().unwrap()]).await;
     // The restart below uses the real qemu-img.
     d.extra_args.clear();
@@ -760,13 +764,16 @@ async fn sigkill_during_create_leaves_nothing_behind_after_restart() {
         let body = with("name", json!("half"));
         // Talk to the socket directly: the request never gets an answer.
         let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         let req = hyper::Request::post("http://x/api/v1/vms")
             .header("host", "x")
-            .body(http_body_util::Full::new(hyper::body::Bytes::from(body.to_string())))
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                body.to_string(),
+            )))
             .unwrap();
         let _ = tx.send_request(req).await;
     });
@@ -788,12 +795,21 @@ async fn sigkill_during_create_leaves_nothing_behind_after_restart() {
     d.spawn().await;
     let (_, list) = d.req("GET", "/api/v1/vms", None).await;
     assert_eq!(list["total_count"], 0, "{list}");
-    assert_eq!(std::fs::read_dir(&vms).unwrap().count(), 0, "no orphan disk");
+    assert_eq!(
+        std::fs::read_dir(&vms).unwrap().count(),
+        0,
+        "no orphan disk"
+    );
     let (_, jobs) = d.req("GET", "/api/v1/jobs", None).await;
     let job = &jobs["jobs"][0];
     assert_eq!(job["type"], "vm.create");
     assert_eq!(job["state"], "failed", "{jobs}");
     assert!(job["error"].as_str().unwrap().contains("interrupted"));
     // The name is free again.
-    assert_eq!(d.req("POST", "/api/v1/vms", Some(with("name", json!("half")))).await.0, 201);
+    assert_eq!(
+        d.req("POST", "/api/v1/vms", Some(with("name", json!("half"))))
+            .await
+            .0,
+        201
+    );
 }

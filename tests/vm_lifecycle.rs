@@ -378,11 +378,23 @@ async fn a_vm_boots_from_its_disk_through_the_firmware() {
     let id = vm["id"].as_str().unwrap().to_owned();
     assert_eq!(action(&d, &id, "start", None).await.0, 200);
     d.wait_marker(&id, READY, 1, BOOT).await;
-    assert!(d.console_text(&id).contains("SYSLINUX"), "booted through the firmware and SYSLINUX");
-    assert_eq!(d.wait_marker(&id, "LIBGO-DISK", 1, BOOT).await, format!("LIBGO-DISK vda {}", 2u64 << 30));
-    let (rc, out) = d.guest_cmd(&id, "cat /proc/cmdline", Duration::from_secs(30)).await;
+    assert!(
+        d.console_text(&id).contains("SYSLINUX"),
+        "booted through the firmware and SYSLINUX"
+    );
+    assert_eq!(
+        d.wait_marker(&id, "LIBGO-DISK", 1, BOOT).await,
+        format!("LIBGO-DISK vda {}", 2u64 << 30)
+    );
+    let (rc, out) = d
+        .guest_cmd(&id, "cat /proc/cmdline", Duration::from_secs(30))
+        .await;
     assert_eq!(rc, 0);
     assert!(out.contains("console=ttyS0"), "{out}");
     let (code, r) = action(&d, &id, "stop", None).await;
-    assert_eq!((code, r["message"].as_str()), (200, Some("VM successfully stopped.")), "{r}");
+    assert_eq!(
+        (code, r["message"].as_str()),
+        (200, Some("VM successfully stopped.")),
+        "{r}"
+    );
 }

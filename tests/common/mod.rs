@@ -21,7 +21,13 @@ pub fn fixtures() -> PathBuf {
     let dir = std::env::var_os("LIBGO_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/out"));
-    for f in ["vmlinuz", "initrd.img", "base.qcow2", "bootable.qcow2", "cmdline"] {
+    for f in [
+        "vmlinuz",
+        "initrd.img",
+        "base.qcow2",
+        "bootable.qcow2",
+        "cmdline",
+    ] {
         assert!(
             dir.join(f).exists(),
             "fixture {} missing: run fixtures/build.sh (or scripts/test)",
@@ -272,8 +278,12 @@ impl Daemon {
         use tokio::io::AsyncReadExt;
         let tag = rand_tag();
         let sock = self.run_dir().join("vms").join(id).join("console.sock");
-        let mut s = tokio::net::UnixStream::connect(&sock).await.expect("console socket");
-        s.write_all(format!("{tag} {cmd}\n").as_bytes()).await.unwrap();
+        let mut s = tokio::net::UnixStream::connect(&sock)
+            .await
+            .expect("console socket");
+        s.write_all(format!("{tag} {cmd}\n").as_bytes())
+            .await
+            .unwrap();
         let done = format!("LIBGO-DONE {tag} ");
         let mut buf = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
