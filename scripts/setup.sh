@@ -12,6 +12,7 @@ have qemu-img || need+=(qemu-utils)
 have mke2fs || need+=(e2fsprogs)
 have cpio || need+=(cpio)
 have curl || need+=(curl)
+have socat || need+=(socat)
 have python3 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"

@@ -398,3 +398,50 @@ async fn a_vm_boots_from_its_disk_through_the_firmware() {
         "{r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_monitor_blocks_neither_lists_nor_other_vms() {
+    let _slot = guest_slot().await;
+    let d = Daemon::start_with(&["--qmp-timeout", "2"]).await;
+    let a = d.create_fixture_vm("frozen", "").await;
+    let b = d.create_fixture_vm("healthy", "").await;
+    let (a_id, b_id) = (
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(action(&d, &a_id, "start", None).await.0, 200);
+    assert_eq!(action(&d, &b_id, "start", None).await.0, 200);
+    let a_pid = status(&d, &a_id).await["pid"].as_u64().unwrap() as i32;
+    // Freeze QEMU: its monitor stops answering.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a_pid), Signal::SIGSTOP).unwrap();
+    let t = Instant::now();
+    let (code, r) = action(&d, &a_id, "pause", None).await;
+    let waited = t.elapsed();
+    assert_eq!(code, 500, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{r}"
+    );
+    assert!(
+        waited < Duration::from_secs(6),
+        "the QMP deadline held: {waited:?}"
+    );
+    // Meanwhile lists, gets and the other VM answer at once.
+    let t = Instant::now();
+    assert_eq!(d.req("GET", "/api/v1/vms", None).await.0, 200);
+    assert_eq!(
+        d.req("GET", &format!("/api/v1/vms/{a_id}"), None).await.0,
+        200
+    );
+    assert!(t.elapsed() < Duration::from_millis(500));
+    let (code, _) = action(&d, &b_id, "pause", None).await;
+    assert_eq!(code, 200);
+    // Thawed, the VM is controllable again.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a_pid), Signal::SIGCONT).unwrap();
+    let (code, r) = action(&d, &a_id, "pause", None).await;
+    assert_eq!((code, r["status"].as_str()), (200, Some("paused")), "{r}");
+    assert_eq!(action(&d, &a_id, "poweroff", None).await.0, 200);
+}

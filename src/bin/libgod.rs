@@ -41,6 +41,15 @@ struct Args {
     /// qemu-img binary.
     #[arg(long)]
     qemu_img: Option<PathBuf>,
+    /// Seconds to wait for any QMP reply.
+    #[arg(long)]
+    qmp_timeout: Option<u64>,
+    /// Seconds to wait for a fresh QEMU's monitor.
+    #[arg(long)]
+    qemu_start_timeout: Option<u64>,
+    /// Default seconds a graceful stop waits before forcing.
+    #[arg(long)]
+    stop_timeout: Option<u64>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -74,6 +83,15 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = &args.qemu_img {
         cfg.qemu_img_binary = v.clone();
+    }
+    if let Some(v) = args.qmp_timeout {
+        cfg.qmp_timeout_secs = v;
+    }
+    if let Some(v) = args.qemu_start_timeout {
+        cfg.qemu_start_timeout_secs = v;
+    }
+    if let Some(v) = args.stop_timeout {
+        cfg.stop_timeout_secs = v;
     }
     cfg.validate()?;
     Ok(cfg)
