@@ -131,9 +131,20 @@ impl Store {
     }
 
     pub fn load_vms<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.docs("SELECT id, doc FROM vms ORDER BY created_at, id", [])
+    }
+
+    /// Runs a query selecting `(id, doc)` rows and decodes each document.
+    fn docs<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, doc FROM vms ORDER BY created_at, id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map(params, |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, doc) = row?;
@@ -180,42 +191,17 @@ impl Store {
 
     /// Jobs newest first.
     pub fn list_jobs<T: DeserializeOwned>(&self, limit: usize) -> Result<Vec<T>> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT id, doc FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?1")?;
-        let rows = stmt.query_map(params![limit as i64], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, doc) = row?;
-            out.push(
-                serde_json::from_str(&doc).map_err(|source| StoreError::Corrupt { id, source })?,
-            );
-        }
-        Ok(out)
+        self.docs(
+            "SELECT id, doc FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?1",
+            params![limit as i64],
+        )
     }
 
     /// Jobs in one of the given states.
     pub fn jobs_in_state<T: DeserializeOwned>(&self, states: &[&str]) -> Result<Vec<T>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, state, doc FROM jobs")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, state, doc) = row?;
-            if states.contains(&state.as_str()) {
-                out.push(
-                    serde_json::from_str(&doc)
-                        .map_err(|source| StoreError::Corrupt { id, source })?,
-                );
-            }
+        for state in states {
+            out.extend(self.docs("SELECT id, doc FROM jobs WHERE state = ?1", params![state])?);
         }
         Ok(out)
     }

@@ -598,18 +598,7 @@ async fn lists_filter_and_page_with_stable_cursors() {
 async fn a_failed_create_leaves_no_file_no_row() {
     // qemu-img that works except for `resize`: the clone is made, then the
     // resize fails, and the rollback must remove the clone and the row.
-    let d0 = tempfile::tempdir().unwrap();
-    let wrapper = d0.path().join("qemu-img");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\nif [ \"$1\" = resize ]; then echo 'injected resize failure' >&2; exit 1; fi\nexec qemu-img \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let (_d0, wrapper) = qemu_img_wrapper("echo 'injected resize failure' >&2; exit 1");
     let d = Daemon::start_with(&["--qemu-img", wrapper.to_str().unwrap()]).await;
     let (code, body) = d
         .req("POST", "/api/v1/vms", Some(with("name", json!("doomed"))))
@@ -744,18 +733,7 @@ async fn request_ids_audit_log_and_openapi() {
 async fn sigkill_during_create_leaves_nothing_behind_after_restart() {
     // qemu-img whose resize hangs, so the daemon can be killed mid-create,
     // after the clone exists and the row is written.
-    let d0 = tempfile::tempdir().unwrap();
-    let wrapper = d0.path().join("qemu-img");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\nif [ \"$1\" = resize ]; then sleep 60; fi\nexec qemu-img \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let (_d0, wrapper) = qemu_img_wrapper("sleep 60");
     let mut d = Daemon::start_with(&["--qemu-img", wrapper.to_str().unwrap()]).await;
     // The restart below uses the real qemu-img.
     d.extra_args.clear();
@@ -812,4 +790,19 @@ async fn sigkill_during_create_leaves_nothing_behind_after_restart() {
             .0,
         201
     );
+}
+
+/// A qemu-img that runs `on_resize` (shell) before a `resize`, else the real one.
+fn qemu_img_wrapper(on_resize: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("qemu-img");
+    let script =
+        format!("#!/bin/sh\nif [ \"$1\" = resize ]; then {on_resize}; fi\nexec qemu-img \"$@\"\n");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    (dir, wrapper)
 }
