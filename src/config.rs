@@ -16,6 +16,18 @@ pub enum Accel {
     Tcg,
 }
 
+/// A layer that can enforce disk I/O limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoLayer {
+    /// The VM's own cgroup: `io.max` (v2) or `blkio.throttle.*` (v1), keyed
+    /// by the whole disk holding the image. Needs O_DIRECT (`cache=none`).
+    Cgroup,
+    /// QEMU's block throttling (`block_set_io_throttle`): works on any
+    /// storage, including what a cgroup cannot see (tmpfs, network filesystems).
+    Qemu,
+}
+
 /// A named directory that holds base images, kernels and initrds.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +68,14 @@ pub struct Config {
     pub max_vcpus: u32,
     pub max_memory_mib: u64,
     pub max_disk_gib: u64,
+    /// Where I/O limits are enforced (both by default).
+    pub io_throttle: Vec<IoLayer>,
+    /// The cgroup filesystem root.
+    pub cgroup_root: PathBuf,
+    /// Per-VM cgroups live under `<hierarchy>/<cgroup_parent>/<vm id>`.
+    pub cgroup_parent: String,
+    /// Milliseconds between performance samples of a running VM.
+    pub sample_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -78,6 +98,10 @@ impl Default for Config {
             max_vcpus: 256,
             max_memory_mib: 4 * 1024 * 1024,
             max_disk_gib: 64 * 1024,
+            io_throttle: vec![IoLayer::Cgroup, IoLayer::Qemu],
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_parent: "libgo".into(),
+            sample_interval_ms: 2000,
         }
     }
 }
@@ -138,6 +162,11 @@ impl Config {
                 )));
             }
             names.push(&pool.name);
+        }
+        if self.sample_interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "sample_interval_ms must be at least 100".into(),
+            ));
         }
         if self.qmp_timeout_secs == 0 || self.qemu_start_timeout_secs == 0 {
             return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));

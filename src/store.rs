@@ -206,6 +206,19 @@ impl Store {
         Ok(out)
     }
 
+    /// How many jobs there are of each (type, state).
+    pub fn job_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT json_extract(doc, '$.type'), state, COUNT(*) FROM jobs GROUP BY 1, 2",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(Into::into)
+    }
+
     pub fn audit(&self, e: &AuditEntry) -> Result<()> {
         self.conn().execute(
             "INSERT INTO audit (at, request_id, caller, method, path, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod jobs;
+pub mod metrics;
 pub mod openapi;
 pub mod vms;
 
@@ -16,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
@@ -76,12 +77,38 @@ pub fn unix_caller(cred: &tokio::net::unix::UCred, group: Option<nix::unistd::Gi
     }
 }
 
+/// What every handler may reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub agent: Agent,
+    pub http: Arc<metrics::HttpMetrics>,
+}
+
+impl axum::extract::FromRef<AppState> for Agent {
+    fn from_ref(s: &AppState) -> Agent {
+        s.agent.clone()
+    }
+}
+
 pub fn router(agent: Agent) -> Router {
-    let api = Router::new()
+    let http = Arc::new(metrics::HttpMetrics::default());
+    let state = AppState {
+        agent: agent.clone(),
+        http: http.clone(),
+    };
+    let api = Router::<AppState>::new()
         .route("/vms", get(vms::list).post(vms::create))
-        .route("/vms/{id}", get(vms::get).delete(vms::delete))
+        .route(
+            "/vms/{id}",
+            get(vms::get).delete(vms::delete).patch(vms::patch),
+        )
         .route("/vms/{id}/config", get(vms::config))
         .route("/vms/{id}/status", get(vms::status))
+        .route("/vms/{id}/cpu", put(vms::put_cpu))
+        .route("/vms/{id}/memory", put(vms::put_memory))
+        .route("/vms/{id}/disk", put(vms::put_disk))
+        .route("/vms/{id}/performance", get(vms::performance))
+        .route("/vms/{id}/resources", get(vms::resources))
         .route("/vms/{id}/{action}", post(vms::action))
         .route("/jobs", get(jobs::list))
         .route("/jobs/{id}", get(jobs::get));
@@ -89,13 +116,15 @@ pub fn router(agent: Agent) -> Router {
         .nest("/api/v1", api)
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(agent.clone(), audit))
+        .layer(middleware::from_fn_with_state(agent, audit))
         .layer(middleware::from_fn(authorize))
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(http, metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(agent)
+        .with_state(state)
 }
 
 /// Health of the agent (no authentication).

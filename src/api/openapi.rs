@@ -11,6 +11,8 @@ use utoipa::OpenApi;
         super::health,
         super::vms::list, super::vms::create, super::vms::get, super::vms::config,
         super::vms::status, super::vms::action, super::vms::delete,
+        super::vms::put_cpu, super::vms::put_memory, super::vms::put_disk, super::vms::patch,
+        super::vms::performance, super::vms::resources, super::metrics::serve,
         super::jobs::list, super::jobs::get,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Operation records"))

@@ -14,8 +14,9 @@ use super::Caller;
 use crate::engine::vm::Action;
 use crate::engine::{Agent, ListQuery, SortKey};
 use crate::model::{
-    ActionRequest, ActionResponse, CreateVmRequest, CreatedVm, DeleteResponse, StatusResponse, Vm,
-    VmConfig, VmList, VmStatus,
+    ActionRequest, ActionResponse, CreateVmRequest, CreatedVm, DeleteResponse, PatchVmRequest,
+    Performance, Resources, StatusResponse, UpdateCpuRequest, UpdateDiskRequest,
+    UpdateMemoryRequest, UpdateResponse, Vm, VmConfig, VmList, VmStatus,
 };
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -135,7 +136,7 @@ pub async fn config(
     Path(id): Path<String>,
 ) -> ApiResult<Json<VmConfig>> {
     let entry = agent.find(&id)?;
-    Ok(Json(agent.vm_config(&entry)))
+    Ok(Json(agent.vm_config(&entry).await))
 }
 
 /// A VM's status.
@@ -209,4 +210,102 @@ pub async fn delete(
 ) -> ApiResult<Json<DeleteResponse>> {
     let entry = agent.find(&id)?;
     Ok(Json(agent.delete(&entry, &caller.label).await?))
+}
+
+/// Change vCPUs (next start) and pinning (live) (seed 001).
+#[utoipa::path(put, path = "/api/v1/vms/{id}/cpu", tag = "vms", request_body = UpdateCpuRequest,
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
+              (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn put_cpu(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateCpuRequest>,
+) -> ApiResult<Json<UpdateResponse>> {
+    let entry = agent.find(&id)?;
+    let patch = PatchVmRequest {
+        vcpus: req.vcpus,
+        cpu_pinning: req.cpu_pinning,
+        ..PatchVmRequest::default()
+    };
+    Ok(Json(agent.update(&entry, patch, &caller.label).await?))
+}
+
+/// Change memory: live through the balloon up to the boot size, else at the next start.
+#[utoipa::path(put, path = "/api/v1/vms/{id}/memory", tag = "vms", request_body = UpdateMemoryRequest,
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
+              (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn put_memory(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateMemoryRequest>,
+) -> ApiResult<Json<UpdateResponse>> {
+    let entry = agent.find(&id)?;
+    let patch = PatchVmRequest {
+        memory: Some(req.memory),
+        ..PatchVmRequest::default()
+    };
+    Ok(Json(agent.update(&entry, patch, &caller.label).await?))
+}
+
+/// Grow the disk (live on a running VM) and change its I/O limits (live).
+#[utoipa::path(put, path = "/api/v1/vms/{id}/disk", tag = "vms", request_body = UpdateDiskRequest,
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
+              (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn put_disk(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateDiskRequest>,
+) -> ApiResult<Json<UpdateResponse>> {
+    let entry = agent.find(&id)?;
+    let patch = PatchVmRequest {
+        disk_size: req.disk_size,
+        io_limits: req.io_limits,
+        ..PatchVmRequest::default()
+    };
+    Ok(Json(agent.update(&entry, patch, &caller.label).await?))
+}
+
+/// Change any subset of a VM's fields, and/or its desired status.
+#[utoipa::path(patch, path = "/api/v1/vms/{id}", tag = "vms", request_body = PatchVmRequest,
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
+              (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn patch(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<PatchVmRequest>,
+) -> ApiResult<Json<UpdateResponse>> {
+    let entry = agent.find(&id)?;
+    Ok(Json(agent.update(&entry, req, &caller.label).await?))
+}
+
+/// Live performance metrics, from the background sampler (seed 001). 409 when not running.
+#[utoipa::path(get, path = "/api/v1/vms/{id}/performance", tag = "vms",
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = Performance), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn performance(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Performance>> {
+    let entry = agent.find(&id)?;
+    Ok(Json(agent.performance(&entry)?))
+}
+
+/// Configured cpu/memory/disk next to what is used (seed 000).
+#[utoipa::path(get, path = "/api/v1/vms/{id}/resources", tag = "vms",
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 200, body = Resources), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn resources(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Resources>> {
+    let entry = agent.find(&id)?;
+    Ok(Json(agent.resources(&entry)))
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use libgo::config::{Accel, Config};
+use libgo::config::{Accel, Config, IoLayer};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::prelude::*;
 
@@ -50,6 +50,15 @@ struct Args {
     /// Default seconds a graceful stop waits before forcing.
     #[arg(long)]
     stop_timeout: Option<u64>,
+    /// Where I/O limits are enforced: cgroup, qemu, or both (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    io_throttle: Option<Vec<IoLayer>>,
+    /// The cgroup filesystem root (default /sys/fs/cgroup).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Milliseconds between performance samples.
+    #[arg(long)]
+    sample_interval_ms: Option<u64>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -92,6 +101,15 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.stop_timeout {
         cfg.stop_timeout_secs = v;
+    }
+    if let Some(v) = &args.io_throttle {
+        cfg.io_throttle = v.clone();
+    }
+    if let Some(v) = &args.cgroup_root {
+        cfg.cgroup_root = v.clone();
+    }
+    if let Some(v) = args.sample_interval_ms {
+        cfg.sample_interval_ms = v;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -14,6 +14,7 @@
 //! read in-memory records and never wait on a monitor.
 
 pub mod error;
+pub mod resources;
 pub mod runtime;
 pub mod vm;
 
@@ -32,9 +33,7 @@ use crate::config::{Accel, Config};
 use crate::host::pool::{self, PoolError};
 use crate::host::qemu_img::QemuImg;
 use crate::jobs;
-use crate::model::{
-    ActionResponse, CloneMode, CreateVmRequest, DeleteResponse, Job, Vm, VmConfig, VmStatus,
-};
+use crate::model::{ActionResponse, CloneMode, CreateVmRequest, DeleteResponse, Job, Vm, VmStatus};
 use crate::qemu::argv::Accelerator;
 use crate::rollback::Rollback;
 use crate::store::Store;
@@ -72,7 +71,7 @@ impl VmEntry {
         lock(&self.rec).status
     }
 
-    fn runtime(&self) -> Option<Arc<Runtime>> {
+    pub(crate) fn runtime(&self) -> Option<Arc<Runtime>> {
         lock(&self.rt).clone()
     }
 
@@ -88,6 +87,9 @@ pub(crate) struct Inner {
     pub accel: Accelerator,
     pub node: String,
     disk_cache: &'static str,
+    /// The io/blkio cgroup hierarchy, where the host has one and the
+    /// configuration enforces limits there.
+    cgroups: Option<crate::host::cgroup::Cgroups>,
     vms: RwLock<HashMap<Uuid, Arc<VmEntry>>>,
 }
 
@@ -107,6 +109,16 @@ impl Drop for OpGuard {
     fn drop(&mut self) {
         *lock(&self.entry.op) = None;
     }
+}
+
+/// What `/metrics` shows of one VM.
+pub struct VmMetrics {
+    pub id: Uuid,
+    pub name: String,
+    pub status: VmStatus,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub sample: Option<runtime::Sample>,
 }
 
 /// Query of `GET /vms`.
@@ -200,6 +212,20 @@ impl Agent {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into());
         let img = QemuImg::new(cfg.qemu_img_binary.clone());
+        let cgroups = if cfg.io_throttle.contains(&crate::config::IoLayer::Cgroup) {
+            match crate::host::cgroup::Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent) {
+                Ok(cg) => {
+                    tracing::info!(version = ?cg.version(), "I/O limits enforced in cgroups");
+                    Some(cg)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no cgroup I/O enforcement");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             cfg,
             store,
@@ -207,6 +233,7 @@ impl Agent {
             accel,
             node,
             disk_cache,
+            cgroups,
             vms: RwLock::new(HashMap::new()),
         });
         let agent = Agent { inner };
@@ -230,10 +257,10 @@ impl Agent {
         self.inner.vms.read().map(|m| m.len()).unwrap_or(0)
     }
 
-    fn vm_state_dir(&self, id: Uuid) -> PathBuf {
+    pub(crate) fn vm_state_dir(&self, id: Uuid) -> PathBuf {
         self.inner.cfg.state_dir.join("vms").join(id.to_string())
     }
-    fn vm_run_dir(&self, id: Uuid) -> PathBuf {
+    pub(crate) fn vm_run_dir(&self, id: Uuid) -> PathBuf {
         self.inner.cfg.run_dir.join("vms").join(id.to_string())
     }
 
@@ -265,22 +292,29 @@ impl Agent {
         lock(&entry.rec).to_api(&self.inner.node, self.pid_of(entry))
     }
 
-    pub fn vm_config(&self, entry: &VmEntry) -> VmConfig {
-        let r = entry.record();
-        VmConfig {
-            id: r.id,
-            name: r.name,
-            vcpus: r.vcpus,
-            memory: r.memory,
-            disk_size: r.disk_size,
-            base_image: r.base_image,
-            disk_file: r.disk_file.display().to_string(),
-            mac_address: r.mac_address,
-            cpu_pinning: r.cpu_pinning,
-            io_limits: r.io_limits,
-            boot: r.boot,
-            accel: self.inner.accel.as_str().into(),
-        }
+    /// Every VM with its latest sample, from memory.
+    pub fn vm_metrics(&self) -> Vec<VmMetrics> {
+        let entries: Vec<Arc<VmEntry>> = {
+            let map = self.inner.vms.read().unwrap_or_else(|p| p.into_inner());
+            map.values().cloned().collect()
+        };
+        entries
+            .iter()
+            .map(|e| {
+                let (name, status, vcpus, memory_mib) = {
+                    let r = lock(&e.rec);
+                    (r.name.clone(), r.status, r.vcpus, r.memory)
+                };
+                VmMetrics {
+                    id: e.id,
+                    name,
+                    status,
+                    vcpus,
+                    memory_mib,
+                    sample: e.runtime().and_then(|rt| lock(&rt.samples).latest.clone()),
+                }
+            })
+            .collect()
     }
 
     /// Lists VMs with filters and keyset pagination (stable under inserts
@@ -387,7 +421,7 @@ impl Agent {
     }
 
     /// Records the job's outcome and passes the result through.
-    fn end<T>(&self, mut guard: OpGuard, result: Result<T>) -> Result<(T, Job)> {
+    pub(crate) fn end<T>(&self, mut guard: OpGuard, result: Result<T>) -> Result<(T, Job)> {
         let err = result.as_ref().err().map(|e| e.to_string());
         if let Err(e) = jobs::finish(&self.inner.store, &mut guard.job, err) {
             tracing::error!(error = %e, "cannot record job outcome");
@@ -426,14 +460,7 @@ impl Agent {
             },
         )?;
         if let Some(pin) = &req.cpu_pinning {
-            let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
-                .map(|s| vm::online_cpus(&s))
-                .unwrap_or_default();
-            if let Some(bad) = pin.cores.iter().find(|c| !online.contains(c)) {
-                return Err(EngineError::Invalid(format!(
-                    "Invalid parameter: cpu_pinning.cores: host core {bad} does not exist or is offline (online: {online:?})."
-                )));
-            }
+            resources::check_pinning(pin)?;
         }
         let pools = cfg.pools();
         let base_path = pool::resolve(&pools, &req.base_image, "base image").map_err(pool_err)?;
@@ -488,6 +515,7 @@ impl Agent {
             io_limits: req.io_limits.clone(),
             boot: req.boot.clone(),
             boot_paths,
+            network: req.network.clone().unwrap_or_default(),
             tags: req.tags.clone(),
             template: None,
             created_at: now.clone(),
@@ -615,7 +643,7 @@ impl Agent {
         })
     }
 
-    async fn run_action(
+    pub(crate) async fn run_action(
         &self,
         entry: &Arc<VmEntry>,
         action: Action,
@@ -660,7 +688,7 @@ impl Agent {
         }
     }
 
-    fn qmp_of(&self, entry: &VmEntry) -> Result<Arc<Runtime>> {
+    pub(crate) fn qmp_of(&self, entry: &VmEntry) -> Result<Arc<Runtime>> {
         entry.runtime().ok_or_else(|| {
             EngineError::Conflict(format!("VM {} has no running QEMU process.", entry.id))
         })

@@ -12,16 +12,60 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::{lock, qmp_err, Agent, EngineError, Result, VmEntry};
-use crate::engine::vm::VmRecord;
-use crate::model::VmStatus;
+use crate::engine::vm::{self, VmRecord};
+use crate::model::{NetworkMode, VmStatus};
 use crate::qemu::argv::{self, KernelBoot, LaunchSpec};
 use crate::qemu::process;
 use crate::qemu::qmp::{Event, Qmp};
+
+/// One performance sample of a running VM.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at: std::time::Instant,
+    pub at_str: String,
+    /// utime + stime of the whole QEMU process, in clock ticks.
+    pub cpu_ticks: u64,
+    pub rss_bytes: u64,
+    pub rd_bytes: u64,
+    pub wr_bytes: u64,
+    pub rd_ops: u64,
+    pub wr_ops: u64,
+    /// Guest in bytes, out bytes, in packets, out packets (tap networking).
+    pub net: Option<[u64; 4]>,
+}
+
+impl Default for Sample {
+    fn default() -> Sample {
+        Sample {
+            at: std::time::Instant::now(),
+            at_str: String::new(),
+            cpu_ticks: 0,
+            rss_bytes: 0,
+            rd_bytes: 0,
+            wr_bytes: 0,
+            rd_ops: 0,
+            wr_ops: 0,
+            net: None,
+        }
+    }
+}
+
+/// The two newest samples; rates are taken between them.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub latest: Option<Sample>,
+    pub previous: Option<Sample>,
+}
 
 /// A live QEMU process of one VM.
 pub struct Runtime {
     pub pid: u32,
     pub qmp: Qmp,
+    /// Memory (MiB) QEMU was started with: the balloon's ceiling.
+    pub boot_memory: u64,
+    /// vCPU thread ids, by vCPU index.
+    pub vcpu_tids: std::sync::Mutex<Vec<u32>>,
+    pub samples: std::sync::Mutex<Samples>,
     /// Turns true once QEMU has exited and the watcher has settled the status.
     exited: watch::Receiver<bool>,
     /// We asked QEMU to quit: its exit is a stop, not a crash.
@@ -77,6 +121,7 @@ impl Agent {
             disk: rec.disk_file.clone(),
             disk_cache: self.inner.disk_cache,
             mac: rec.mac_address.clone(),
+            tap: (rec.network.mode == NetworkMode::Tap).then(|| vm::tap_name(rec.id)),
             boot: rec.boot_paths.as_ref().map(|b| KernelBoot {
                 kernel: b.kernel.clone(),
                 initrd: b.initrd.clone(),
@@ -89,8 +134,10 @@ impl Agent {
         }
     }
 
-    /// Boot order: QEMU started paused (-S) -> QMP connected -> watcher
-    /// running -> `cont`. Any failure kills QEMU and leaves the VM stopped.
+    /// Boot order, so a guest never runs unpinned or unthrottled: QEMU
+    /// started paused (-S) -> QMP connected -> watcher running -> vCPU threads
+    /// pinned -> I/O limits (cgroup, QEMU) -> tap up -> `cont`. Any failure
+    /// kills QEMU and leaves the VM stopped.
     pub(crate) async fn start(&self, entry: &Arc<VmEntry>) -> Result<()> {
         let rec = entry.record();
         let previous = rec.status;
@@ -170,7 +217,12 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let rt = self.attach(entry, pid, qmp, events, Some(child));
+        let rt = self.attach(entry, pid, qmp, events, Some(child), rec.memory);
+        self.apply_pinning(&rt, rec.cpu_pinning.as_ref()).await?;
+        self.apply_io(rec, &rt).await?;
+        if rec.network.mode == NetworkMode::Tap {
+            set_link_up(&vm::tap_name(rec.id)).await?;
+        }
         rt.qmp
             .execute("cont", None)
             .await
@@ -186,11 +238,15 @@ impl Agent {
         qmp: Qmp,
         events: mpsc::Receiver<Event>,
         child: Option<tokio::process::Child>,
+        boot_memory: u64,
     ) -> Arc<Runtime> {
         let (exited_tx, exited_rx) = watch::channel(false);
         let rt = Arc::new(Runtime {
             pid,
             qmp,
+            boot_memory,
+            vcpu_tids: std::sync::Mutex::new(Vec::new()),
+            samples: std::sync::Mutex::new(Samples::default()),
             exited: exited_rx,
             expect_exit: AtomicBool::new(false),
             shutdown_seen: AtomicBool::new(false),
@@ -200,7 +256,28 @@ impl Agent {
             self.clone()
                 .watch(entry.clone(), rt.clone(), events, child, exited_tx),
         );
+        tokio::spawn(self.clone().sample_loop(entry.clone(), rt.clone()));
         rt
+    }
+
+    /// Keeps the two newest performance samples of a running VM, so that
+    /// `/performance` and `/metrics` answer from memory.
+    async fn sample_loop(self, entry: Arc<VmEntry>, rt: Arc<Runtime>) {
+        let interval = Duration::from_millis(self.inner.cfg.sample_interval_ms);
+        let tap = (entry.record().network.mode == NetworkMode::Tap).then(|| vm::tap_name(entry.id));
+        let mut exited = rt.exited.clone();
+        loop {
+            let sample = self.take_sample(&rt, tap.as_deref()).await;
+            {
+                let mut s = lock(&rt.samples);
+                s.previous = s.latest.take();
+                s.latest = Some(sample);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = exited.wait_for(|v| *v) => return,
+            }
+        }
     }
 
     /// Turns QEMU's events and its exit into status changes.
@@ -251,6 +328,7 @@ impl Agent {
             return;
         };
         *lock(&entry.rt) = None;
+        self.remove_cgroup(entry.id).await;
         let files = self.run_files(entry.id);
         for f in [&files.pidfile, &files.qmp, &files.console] {
             let _ = std::fs::remove_file(f);
@@ -501,6 +579,13 @@ impl Agent {
         };
         match connected {
             Ok((qmp, events, st)) => {
+                let boot_memory = qmp
+                    .execute("query-memory-size-summary", None)
+                    .await
+                    .ok()
+                    .and_then(|m| m.get("base-memory").and_then(Value::as_u64))
+                    .map(|b| b >> 20)
+                    .unwrap_or_else(|| entry.record().memory);
                 let status = match st.get("status").and_then(Value::as_str) {
                     Some("running") => VmStatus::Running,
                     Some("paused") | Some("prelaunch") => VmStatus::Paused,
@@ -510,8 +595,17 @@ impl Agent {
                     }
                     None => VmStatus::Running,
                 };
-                self.attach(&entry, pid, qmp, events, None);
+                let rt = self.attach(&entry, pid, qmp, events, None, boot_memory);
                 self.set_status(&entry, status, None);
+                // Limits may have been changed while the daemon was down, or
+                // the cgroup lost: re-apply what the record says.
+                let rec = entry.record();
+                if let Err(e) = self.apply_pinning(&rt, rec.cpu_pinning.as_ref()).await {
+                    tracing::warn!(vm = %entry.id, error = %e, "re-applying pinning");
+                }
+                if let Err(e) = self.apply_io(&rec, &rt).await {
+                    tracing::warn!(vm = %entry.id, error = %e, "re-applying I/O limits");
+                }
                 // A reboot interrupted by the restart left QEMU told to pause on shutdown.
                 if let Some(rt) = entry.runtime() {
                     let _ = rt
@@ -530,4 +624,20 @@ impl Agent {
             ),
         }
     }
+}
+
+/// Brings a host network interface up (`ip link set DEV up`).
+async fn set_link_up(dev: &str) -> Result<()> {
+    let out = tokio::process::Command::new("ip")
+        .args(["link", "set", dev, "up"])
+        .output()
+        .await
+        .map_err(|e| EngineError::internal("running ip(8)", e))?;
+    if !out.status.success() {
+        return Err(EngineError::Internal(format!(
+            "bringing tap {dev} up: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }

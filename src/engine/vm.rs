@@ -7,7 +7,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::{EngineError, Result};
-use crate::model::{BootSpec, CloneMode, CpuPinning, IoLimits, Vm, VmStatus};
+use crate::model::{BootSpec, CloneMode, CpuPinning, IoLimits, NetworkSpec, Vm, VmStatus};
+
+/// The host tap device of a VM with tap networking (at most 15 characters).
+pub fn tap_name(id: Uuid) -> String {
+    format!("lg{}", &id.simple().to_string()[..12])
+}
 
 /// Direct-boot files resolved inside a pool.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,6 +40,8 @@ pub struct VmRecord {
     pub io_limits: Option<IoLimits>,
     pub boot: Option<BootSpec>,
     pub boot_paths: Option<ResolvedBoot>,
+    #[serde(default)]
+    pub network: NetworkSpec,
     pub tags: Vec<String>,
     pub template: Option<String>,
     pub created_at: String,
@@ -59,6 +66,7 @@ impl VmRecord {
             cpu_pinning: self.cpu_pinning.clone(),
             io_limits: self.io_limits.clone(),
             boot: self.boot.clone(),
+            network: self.network.clone(),
             tags: self.tags.clone(),
             template: self.template.clone(),
             pid,
@@ -248,6 +256,57 @@ pub fn validate_create(req: &crate::model::CreateVmRequest, b: &Bounds) -> Resul
                 return invalid("boot.cmdline must be at most 4096 bytes.".into());
             }
         }
+    }
+    Ok(())
+}
+
+/// I/O limits are 0 (none) or at least 2: cgroups treat 1 inconsistently.
+pub fn validate_io_limits(l: &IoLimits) -> Result<()> {
+    let fields = [
+        ("iops", l.iops),
+        ("read_iops", l.read_iops),
+        ("write_iops", l.write_iops),
+        ("read_bps", l.read_bps),
+        ("write_bps", l.write_bps),
+    ];
+    for (name, v) in fields {
+        match v {
+            Some(1) => {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: io_limits.{name} must be 0 (no limit) or at least 2."
+                )))
+            }
+            Some(v) if v >= u32::MAX as u64 && name.ends_with("iops") => {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: io_limits.{name} must be below {}.",
+                    u32::MAX
+                )))
+            }
+            Some(v) if v >= i64::MAX as u64 => {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: io_limits.{name} is too large."
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// At most 32 tags of 1 to 63 printable characters without ','.
+pub fn validate_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > 32 {
+        return Err(EngineError::Invalid(
+            "Invalid parameter: at most 32 tags.".into(),
+        ));
+    }
+    if let Some(tag) = tags
+        .iter()
+        .find(|t| t.is_empty() || t.len() > 63 || t.chars().any(|c| c.is_control() || c == ','))
+    {
+        return Err(EngineError::Invalid(format!(
+            "Invalid parameter: tag {tag:?} must be 1 to 63 printable characters without ','."
+        )));
     }
     Ok(())
 }

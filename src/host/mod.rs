@@ -2,6 +2,9 @@
 //! is a parameter so tests can point it at a temporary tree.
 
 pub mod accel;
+pub mod blockdev;
+pub mod cgroup;
+pub mod pinning;
 pub mod pool;
 pub mod qemu_img;
 

@@ -60,8 +60,31 @@ impl VmStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CpuPinning {
-    /// Host CPU cores; vCPU i runs on cores[i] when the counts match.
+    /// Host CPU cores. With as many cores as vCPUs, vCPU i runs only on
+    /// cores[i]; with another count, every vCPU may run on the whole set.
     pub cores: Vec<u32>,
+    /// Host cores for QEMU's other threads (I/O, main loop); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulator_cores: Option<Vec<u32>>,
+}
+
+/// How the VM's NIC reaches the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// QEMU's user-mode NAT (no host setup; no per-NIC counters on the host).
+    #[default]
+    User,
+    /// A host tap device (`lg` + the VM id), up, attached to nothing; its
+    /// counters feed the performance figures.
+    Tap,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    #[serde(default)]
+    pub mode: NetworkMode,
 }
 
 /// Disk I/O limits (0 or absent means unlimited).
@@ -128,6 +151,8 @@ pub struct CreateVmRequest {
     #[serde(default)]
     pub boot: Option<BootSpec>,
     #[serde(default)]
+    pub network: Option<NetworkSpec>,
+    #[serde(default)]
     pub tags: Vec<String>,
 }
 
@@ -156,6 +181,7 @@ pub struct Vm {
     pub io_limits: Option<IoLimits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<BootSpec>,
+    pub network: NetworkSpec,
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
@@ -238,8 +264,216 @@ pub struct VmConfig {
     pub io_limits: Option<IoLimits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<BootSpec>,
+    pub network: NetworkSpec,
     /// The accelerator QEMU uses for this VM (`kvm` or `tcg`).
     pub accel: String,
+    /// Affinity of each vCPU thread as the kernel reports it
+    /// (`/proc/<pid>/task/<tid>/status`), while QEMU runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pinning_in_force: Option<PinningInForce>,
+    /// Where the I/O limits are enforced and what each layer has in force.
+    pub io_enforcement: IoEnforcement,
+    /// Memory the guest has now (balloon), while QEMU runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_in_force: Option<u64>,
+    /// Memory QEMU was started with (the balloon's ceiling), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_memory: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VcpuAffinity {
+    pub vcpu: u32,
+    pub thread_id: u32,
+    pub cpus_allowed_list: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PinningInForce {
+    pub vcpus: Vec<VcpuAffinity>,
+    /// Affinity of QEMU's main thread (other threads follow it).
+    pub emulator: String,
+}
+
+/// I/O limit enforcement of one VM.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct IoEnforcement {
+    /// The host cgroup path (`io.max` on v2, `blkio.throttle.*` on v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupEnforcement>,
+    /// QEMU's own throttle (`block_set_io_throttle`), read back from QEMU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<IoLimits>,
+    /// Why a layer is not active, if one is not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CgroupEnforcement {
+    /// `v1` or `v2`.
+    pub version: String,
+    pub group: String,
+    /// The whole disk holding the VM's image, `MAJ:MIN`.
+    pub device: String,
+    /// Per-direction limits the kernel has (a total `iops` applies to each direction).
+    pub in_force: IoLimits,
+}
+
+/// `PUT /vms/{id}/cpu`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCpuRequest {
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// `null` removes the pinning.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<CpuPinning>)]
+    pub cpu_pinning: Option<Option<CpuPinning>>,
+}
+
+/// `PUT /vms/{id}/memory`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMemoryRequest {
+    /// MiB.
+    pub memory: u64,
+}
+
+/// `PUT /vms/{id}/disk`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDiskRequest {
+    /// GiB; disks only grow.
+    #[serde(default)]
+    pub disk_size: Option<u64>,
+    /// `null` removes every limit.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<IoLimits>)]
+    pub io_limits: Option<Option<IoLimits>>,
+}
+
+/// `PATCH /vms/{id}`: any subset of the changeable fields, and a desired status.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchVmRequest {
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub disk_size: Option<u64>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<CpuPinning>)]
+    pub cpu_pinning: Option<Option<CpuPinning>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<IoLimits>)]
+    pub io_limits: Option<Option<IoLimits>>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// `running`, `stopped` or `paused`.
+    #[serde(default)]
+    pub status: Option<VmStatus>,
+}
+
+/// Distinguishes an absent field (None) from an explicit `null` (Some(None)).
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// When a change takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Applies {
+    Live,
+    NextStart,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FieldChange {
+    pub field: String,
+    pub applies: Applies,
+}
+
+/// Answer of the resource updates.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateResponse {
+    pub id: Uuid,
+    /// `updated`.
+    pub status: String,
+    pub message: String,
+    /// `live` when everything changed took effect now, else `next_start`.
+    pub applies: Applies,
+    pub changes: Vec<FieldChange>,
+    pub vcpus: u32,
+    pub memory: u64,
+    pub disk_size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pinning: Option<CpuPinning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_limits: Option<IoLimits>,
+    pub vm_status: VmStatus,
+    pub job_id: Uuid,
+}
+
+/// `GET /vms/{id}/performance` (seed 001), from the background sampler.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Performance {
+    pub id: Uuid,
+    /// Percent of one host core (100 = one core busy; up to 100 x vCPUs).
+    pub cpu_usage: f64,
+    /// QEMU's resident memory, MiB.
+    pub memory_usage: u64,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    pub disk_read_iops: f64,
+    pub disk_write_iops: f64,
+    pub disk_read_bytes_per_sec: f64,
+    pub disk_write_bytes_per_sec: f64,
+    /// Bytes and packets the guest received/sent; null with user-mode
+    /// networking, whose traffic never crosses a host interface.
+    pub network_in_bytes: Option<u64>,
+    pub network_out_bytes: Option<u64>,
+    pub network_in_packets: Option<u64>,
+    pub network_out_packets: Option<u64>,
+    /// When the sample was taken, and over how many seconds rates are.
+    pub sampled_at: String,
+    pub interval_secs: f64,
+}
+
+/// `GET /vms/{id}/resources` (seed 000): configured next to used.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Resources {
+    pub id: Uuid,
+    pub status: VmStatus,
+    pub cpu: CpuResources,
+    pub memory: MemoryResources,
+    pub disk: DiskResources,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CpuResources {
+    pub vcpus: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemoryResources {
+    pub configured_mib: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_mib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DiskResources {
+    pub size_gib: u64,
+    /// Bytes the VM's own image file takes on the host (a linked clone shares the rest).
+    pub allocated_bytes: u64,
 }
 
 /// State of a job.

@@ -38,6 +38,8 @@ pub struct LaunchSpec {
     /// `none` (O_DIRECT) where the filesystem supports it.
     pub disk_cache: &'static str,
     pub mac: String,
+    /// A host tap device for the NIC; user-mode networking when None.
+    pub tap: Option<String>,
     pub boot: Option<KernelBoot>,
     pub pidfile: PathBuf,
     pub qmp_socket: PathBuf,
@@ -104,7 +106,13 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
         "-device",
         &format!("virtio-blk-pci,drive={DISK_DRIVE_ID},id={DISK_DEVICE_ID},bootindex=1"),
     ]);
-    push(&["-netdev", "user,id=net0"]);
+    match &spec.tap {
+        None => push(&["-netdev", "user,id=net0"]),
+        Some(tap) => push(&[
+            "-netdev",
+            &format!("tap,id=net0,ifname={},script=no,downscript=no", opt(tap)),
+        ]),
+    }
     push(&[
         "-device",
         &format!("virtio-net-pci,netdev=net0,id=nic0,mac={}", spec.mac),
@@ -137,6 +145,7 @@ mod tests {
             disk: "/var/lib/libgo/vms/x/root.qcow2".into(),
             disk_cache: "none",
             mac: "52:54:00:aa:bb:cc".into(),
+            tap: None,
             boot: None,
             pidfile: "/run/libgo/vms/x/qemu.pid".into(),
             qmp_socket: "/run/libgo/vms/x/qmp.sock".into(),
@@ -182,6 +191,17 @@ mod tests {
         );
         assert!(after(&argv, "-chardev")[0].contains("logfile=/var/lib/libgo/vms/x/console.log"));
         assert!(after(&argv, "-kernel").is_empty());
+        assert_eq!(after(&argv, "-netdev"), vec!["user,id=net0"]);
+    }
+
+    #[test]
+    fn tap_networking() {
+        let mut s = spec();
+        s.tap = Some("lg0123456789a".into());
+        assert_eq!(
+            after(&build(&s), "-netdev"),
+            vec!["tap,id=net0,ifname=lg0123456789a,script=no,downscript=no"]
+        );
     }
 
     #[test]

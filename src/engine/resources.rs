@@ -1,0 +1,726 @@
+//! Resource control of a running VM: vCPU pinning, I/O limits (cgroup and
+//! QEMU), memory balloon, disk growth, and the background performance sampler.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::runtime::{Runtime, Sample};
+use super::vm::VmRecord;
+use super::{lock, qmp_err, vm, Agent, EngineError, Result, VmEntry};
+use crate::config::IoLayer;
+use crate::host::blockdev::{self, DevId};
+use crate::host::cgroup::IoMax;
+use crate::host::pinning;
+use crate::model::{
+    Applies, CgroupEnforcement, CpuPinning, FieldChange, IoEnforcement, IoLimits, PatchVmRequest,
+    Performance, PinningInForce, UpdateResponse, VcpuAffinity, VmStatus,
+};
+use crate::qemu::argv::DISK_DRIVE_ID;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// QOM path of the root disk's virtio-blk backend, for block_set_io_throttle.
+const DISK_QDEV: &str = "/machine/peripheral/vd0/virtio-backend";
+
+fn online_cpus() -> Vec<u32> {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map(|s| vm::online_cpus(&s))
+        .unwrap_or_default()
+}
+
+/// Host cores must exist and be online.
+pub(crate) fn check_pinning(pin: &CpuPinning) -> Result<()> {
+    let online = online_cpus();
+    let sets = [Some(&pin.cores), pin.emulator_cores.as_ref()];
+    for (field, cores) in ["cores", "emulator_cores"].iter().zip(sets) {
+        let Some(cores) = cores else { continue };
+        if cores.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "Invalid parameter: cpu_pinning.{field} must not be empty."
+            )));
+        }
+        if let Some(bad) = cores.iter().find(|c| !online.contains(c)) {
+            return Err(EngineError::Invalid(format!(
+                "Invalid parameter: cpu_pinning.{field}: host core {bad} does not exist or is offline (online: {}).",
+                pinning::format_list(&online)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup limits for a VM's I/O limits: a total `iops` bounds each
+/// direction (cgroups have no combined counter); a per-direction value wins.
+fn io_max(l: Option<&IoLimits>) -> IoMax {
+    let nz = |v: Option<u64>| v.filter(|v| *v > 0);
+    let Some(l) = l else { return IoMax::default() };
+    IoMax {
+        read_iops: nz(l.read_iops).or(nz(l.iops)),
+        write_iops: nz(l.write_iops).or(nz(l.iops)),
+        read_bps: nz(l.read_bps),
+        write_bps: nz(l.write_bps),
+    }
+}
+
+fn limits_of(m: IoMax) -> IoLimits {
+    IoLimits {
+        iops: None,
+        read_iops: m.read_iops,
+        write_iops: m.write_iops,
+        read_bps: m.read_bps,
+        write_bps: m.write_bps,
+    }
+}
+
+impl Agent {
+    /// Pins vCPU i to cores[i] (same counts) or every vCPU to the whole set,
+    /// and QEMU's other threads to `emulator_cores`; no pinning = all online
+    /// cores, which also undoes an earlier pinning live.
+    pub(crate) async fn apply_pinning(&self, rt: &Runtime, pin: Option<&CpuPinning>) -> Result<()> {
+        let cpus = rt
+            .qmp
+            .execute("query-cpus-fast", None)
+            .await
+            .map_err(qmp_err("query-cpus-fast"))?;
+        let mut vcpus: Vec<(u32, u32)> = cpus
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| {
+                        Some((
+                            c.get("cpu-index")?.as_u64()? as u32,
+                            c.get("thread-id")?.as_u64()? as u32,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        vcpus.sort_unstable();
+        let all = online_cpus();
+        let pin_err = |e: pinning::PinError| EngineError::internal("pinning vCPU threads", e);
+        for (i, (_, tid)) in vcpus.iter().enumerate() {
+            let cores: Vec<u32> = match pin {
+                Some(p) if p.cores.len() == vcpus.len() => vec![p.cores[i]],
+                Some(p) => p.cores.clone(),
+                None => all.clone(),
+            };
+            pinning::pin_thread(*tid, &cores).map_err(pin_err)?;
+        }
+        let vcpu_tids: Vec<u32> = vcpus.iter().map(|(_, t)| *t).collect();
+        let emulator = pin.and_then(|p| p.emulator_cores.clone()).unwrap_or(all);
+        for tid in pinning::threads(Path::new("/proc"), rt.pid) {
+            if !vcpu_tids.contains(&tid) {
+                // A thread may exit between listing and pinning.
+                if let Err(e) = pinning::pin_thread(tid, &emulator) {
+                    tracing::debug!(tid, error = %e, "emulator thread not pinned");
+                }
+            }
+        }
+        *lock(&rt.vcpu_tids) = vcpu_tids;
+        Ok(())
+    }
+
+    fn pinning_in_force(&self, rt: &Runtime) -> PinningInForce {
+        let proc = Path::new("/proc");
+        let tids = lock(&rt.vcpu_tids).clone();
+        PinningInForce {
+            vcpus: tids
+                .iter()
+                .enumerate()
+                .map(|(i, tid)| VcpuAffinity {
+                    vcpu: i as u32,
+                    thread_id: *tid,
+                    cpus_allowed_list: pinning::allowed_list(proc, rt.pid, *tid)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            emulator: pinning::allowed_list(proc, rt.pid, rt.pid).unwrap_or_default(),
+        }
+    }
+
+    fn disk_device(&self, disk: &Path) -> Option<DevId> {
+        blockdev::whole_disk_of(disk, Path::new("/sys"))
+    }
+
+    /// Applies I/O limits on every configured layer (None removes them).
+    pub(crate) async fn apply_io(&self, rec: &VmRecord, rt: &Runtime) -> Result<()> {
+        let layers = &self.inner.cfg.io_throttle;
+        if layers.contains(&IoLayer::Cgroup) {
+            if let Some(cg) = &self.inner.cgroups {
+                let name = rec.id.to_string();
+                cg.create(&name)
+                    .map_err(|e| EngineError::internal("creating the VM's cgroup", e))?;
+                cg.add_process(&name, rt.pid)
+                    .map_err(|e| EngineError::internal("moving QEMU into its cgroup", e))?;
+                if let Some(dev) = self.disk_device(&rec.disk_file) {
+                    cg.set_io(&name, dev, &io_max(rec.io_limits.as_ref()))
+                        .map_err(|e| EngineError::internal("setting cgroup I/O limits", e))?;
+                }
+            }
+        }
+        if layers.contains(&IoLayer::Qemu) {
+            let l = rec.io_limits.clone().unwrap_or_default();
+            let v = |x: Option<u64>| x.unwrap_or(0);
+            let args = json!({
+                "id": DISK_QDEV,
+                "iops": v(l.iops), "iops_rd": v(l.read_iops), "iops_wr": v(l.write_iops),
+                "bps": 0, "bps_rd": v(l.read_bps), "bps_wr": v(l.write_bps),
+            });
+            rt.qmp
+                .execute("block_set_io_throttle", Some(args))
+                .await
+                .map_err(qmp_err("block_set_io_throttle"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a stopped VM's cgroup. The kernel may still count a process
+    /// reaped a moment ago, so a busy group is retried briefly.
+    pub(crate) async fn remove_cgroup(&self, id: uuid::Uuid) {
+        let Some(cg) = &self.inner.cgroups else {
+            return;
+        };
+        for attempt in 0..20 {
+            match cg.remove(&id.to_string()) {
+                Ok(()) => return,
+                Err(crate::host::cgroup::CgroupError::Busy { .. }) if attempt < 19 => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %id, error = %e, "cannot remove the VM's cgroup");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn io_enforcement(&self, rec: &VmRecord, rt: Option<&Runtime>) -> IoEnforcement {
+        let mut out = IoEnforcement::default();
+        let layers = &self.inner.cfg.io_throttle;
+        if !layers.contains(&IoLayer::Cgroup) {
+            out.notes
+                .push("cgroup enforcement disabled by configuration (io_throttle)".into());
+        } else if self.inner.cgroups.is_none() {
+            out.notes
+                .push("no cgroup hierarchy with the io/blkio controller on this host".into());
+        } else if rt.is_some() {
+            match (&self.inner.cgroups, self.disk_device(&rec.disk_file)) {
+                (Some(cg), Some(dev)) => {
+                    let name = rec.id.to_string();
+                    match cg.read_io(&name, dev) {
+                        Ok(m) => out.cgroup = Some(CgroupEnforcement {
+                            version: format!("{:?}", cg.version()).to_lowercase(),
+                            group: cg.group_path(&name).display().to_string(),
+                            device: dev.to_string(),
+                            in_force: limits_of(m),
+                        }),
+                        Err(e) => out.notes.push(format!("cgroup: {e}")),
+                    }
+                }
+                (_, None) => out.notes.push(format!(
+                    "cgroup: {} is not on a block device the kernel throttles (tmpfs, overlay, network)",
+                    rec.disk_file.display()
+                )),
+                _ => {}
+            }
+            if self.inner.disk_cache != "none" {
+                out.notes.push(
+                    "cgroup limits need O_DIRECT (cache=none), which this filesystem lacks".into(),
+                );
+            }
+        }
+        if !layers.contains(&IoLayer::Qemu) {
+            out.notes
+                .push("QEMU throttling disabled by configuration (io_throttle)".into());
+        } else if let Some(rt) = rt {
+            match rt
+                .qmp
+                .execute_with_timeout("query-block", None, Duration::from_secs(2))
+                .await
+            {
+                Ok(blocks) => out.qemu = qemu_throttle(&blocks),
+                Err(e) => out.notes.push(format!("QEMU: {e}")),
+            }
+        }
+        if rt.is_none() {
+            out.notes
+                .push("VM is not running: limits are applied at the next start".into());
+        }
+        out
+    }
+
+    /// `GET /vms/{id}/config`: what was asked and what is in force.
+    pub async fn vm_config(&self, entry: &VmEntry) -> crate::model::VmConfig {
+        let r = entry.record();
+        let rt = entry.runtime();
+        let io_enforcement = self.io_enforcement(&r, rt.as_deref()).await;
+        let mut memory_in_force = None;
+        if let Some(rt) = &rt {
+            if let Ok(b) = rt
+                .qmp
+                .execute_with_timeout("query-balloon", None, Duration::from_secs(2))
+                .await
+            {
+                memory_in_force = b.get("actual").and_then(Value::as_u64).map(|b| b / MIB);
+            }
+        }
+        crate::model::VmConfig {
+            id: r.id,
+            name: r.name,
+            vcpus: r.vcpus,
+            memory: r.memory,
+            disk_size: r.disk_size,
+            base_image: r.base_image,
+            disk_file: r.disk_file.display().to_string(),
+            mac_address: r.mac_address,
+            cpu_pinning: r.cpu_pinning,
+            io_limits: r.io_limits,
+            boot: r.boot,
+            network: r.network,
+            accel: self.inner.accel.as_str().into(),
+            cpu_pinning_in_force: rt.as_deref().map(|rt| self.pinning_in_force(rt)),
+            io_enforcement,
+            memory_in_force,
+            boot_memory: rt.as_deref().map(|rt| rt.boot_memory),
+        }
+    }
+
+    /// Changes any subset of a VM's resources (and, for PATCH, its status).
+    /// Live where QEMU can, stored for the next start otherwise.
+    pub async fn update(
+        &self,
+        entry: &Arc<VmEntry>,
+        req: PatchVmRequest,
+        caller: &str,
+    ) -> Result<UpdateResponse> {
+        let cfg = &self.inner.cfg;
+        if let Some(v) = req.vcpus {
+            if v == 0 || v > cfg.max_vcpus {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: vcpus must be between 1 and {}.",
+                    cfg.max_vcpus
+                )));
+            }
+        }
+        if let Some(m) = req.memory {
+            if !(16..=cfg.max_memory_mib).contains(&m) {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: memory must be between 16 and {} MiB.",
+                    cfg.max_memory_mib
+                )));
+            }
+        }
+        if let Some(d) = req.disk_size {
+            if d == 0 || d > cfg.max_disk_gib {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: disk_size must be between 1 and {} GiB.",
+                    cfg.max_disk_gib
+                )));
+            }
+        }
+        if let Some(Some(p)) = &req.cpu_pinning {
+            check_pinning(p)?;
+        }
+        if let Some(tags) = &req.tags {
+            vm::validate_tags(tags)?;
+        }
+        if let Some(Some(l)) = &req.io_limits {
+            vm::validate_io_limits(l)?;
+        }
+        if let Some(s) = req.status {
+            if !matches!(s, VmStatus::Running | VmStatus::Stopped | VmStatus::Paused) {
+                return Err(EngineError::Invalid(
+                    "Invalid parameter: status must be running, stopped or paused.".into(),
+                ));
+            }
+        }
+        let guard = self.begin(entry, "vm.update", caller)?;
+        let result = self.update_steps(entry, &req).await;
+        let (changes, job) = self.end(guard, result)?;
+        let rec = entry.record();
+        let applies = if changes.iter().all(|c| c.applies == Applies::Live) {
+            Applies::Live
+        } else {
+            Applies::NextStart
+        };
+        let message = match (changes.is_empty(), applies) {
+            (true, _) => "Nothing to change.".to_owned(),
+            (false, Applies::Live) => "Configuration updated and applied live.".to_owned(),
+            (false, Applies::NextStart) => {
+                "Configuration updated; some changes take effect at the next start.".to_owned()
+            }
+        };
+        Ok(UpdateResponse {
+            id: rec.id,
+            status: "updated".into(),
+            message,
+            applies,
+            changes,
+            vcpus: rec.vcpus,
+            memory: rec.memory,
+            disk_size: rec.disk_size,
+            cpu_pinning: rec.cpu_pinning,
+            io_limits: rec.io_limits,
+            vm_status: rec.status,
+            job_id: job.id,
+        })
+    }
+
+    async fn update_steps(
+        &self,
+        entry: &Arc<VmEntry>,
+        req: &PatchVmRequest,
+    ) -> Result<Vec<FieldChange>> {
+        let mut rec = entry.record();
+        let rt = entry.runtime();
+        let mut changes = Vec::new();
+        let mut change = |field: &str, applies| {
+            changes.push(FieldChange {
+                field: field.into(),
+                applies,
+            })
+        };
+        let when_running = |rt: &Option<Arc<Runtime>>| {
+            if rt.is_some() {
+                Applies::Live
+            } else {
+                Applies::NextStart
+            }
+        };
+
+        if let Some(d) = req.disk_size {
+            if d < rec.disk_size {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: disk_size {d} GiB is smaller than the current {} GiB; disks only grow.",
+                    rec.disk_size
+                )));
+            }
+            if d > rec.disk_size {
+                match &rt {
+                    Some(rt) => rt
+                        .qmp
+                        .execute(
+                            "block_resize",
+                            Some(json!({"device": DISK_DRIVE_ID, "size": d * GIB})),
+                        )
+                        .await
+                        .map_err(qmp_err("block_resize"))?,
+                    None => {
+                        self.inner
+                            .img
+                            .resize(&rec.disk_file, d * GIB)
+                            .await
+                            .map_err(|e| EngineError::internal("Failed to resize the disk", e))?;
+                        Value::Null
+                    }
+                };
+                rec.disk_size = d;
+                change("disk_size", Applies::Live);
+            }
+        }
+        if let Some(v) = req.vcpus {
+            if v != rec.vcpus {
+                rec.vcpus = v;
+                change("vcpus", Applies::NextStart);
+            }
+        }
+        if let Some(m) = req.memory {
+            if m != rec.memory {
+                let applies = match &rt {
+                    Some(rt) if m <= rt.boot_memory => {
+                        rt.qmp
+                            .execute("balloon", Some(json!({"value": m * MIB})))
+                            .await
+                            .map_err(qmp_err("balloon"))?;
+                        Applies::Live
+                    }
+                    _ => Applies::NextStart,
+                };
+                rec.memory = m;
+                change("memory", applies);
+            }
+        }
+        if let Some(pin) = &req.cpu_pinning {
+            if *pin != rec.cpu_pinning {
+                if let Some(rt) = &rt {
+                    self.apply_pinning(rt, pin.as_ref()).await?;
+                }
+                rec.cpu_pinning = pin.clone();
+                change("cpu_pinning", when_running(&rt));
+            }
+        }
+        if let Some(limits) = &req.io_limits {
+            let limits = limits.clone().filter(|l| *l != IoLimits::default());
+            if limits != rec.io_limits {
+                rec.io_limits = limits;
+                if let Some(rt) = &rt {
+                    self.apply_io(&rec, rt).await?;
+                }
+                change("io_limits", when_running(&rt));
+            }
+        }
+        if let Some(tags) = &req.tags {
+            if *tags != rec.tags {
+                rec.tags = tags.clone();
+                change("tags", Applies::Live);
+            }
+        }
+        if !changes.is_empty() {
+            self.store_config(entry, &rec)?;
+        }
+        if let Some(status) = req.status {
+            let action = match status {
+                VmStatus::Running if entry.status() == VmStatus::Paused => vm::Action::Resume,
+                VmStatus::Running => vm::Action::Start,
+                VmStatus::Paused => vm::Action::Pause,
+                _ => vm::Action::Stop,
+            };
+            match vm::plan(action, entry.status()) {
+                vm::Plan::Refuse(msg) => return Err(EngineError::Conflict(msg)),
+                vm::Plan::AlreadyThere(_) => {}
+                vm::Plan::Proceed => {
+                    let timeout = Duration::from_secs(self.inner.cfg.stop_timeout_secs);
+                    self.run_action(entry, action, timeout).await?;
+                    changes.push(FieldChange {
+                        field: "status".into(),
+                        applies: Applies::Live,
+                    });
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Persists configuration fields (not the status, which the watcher owns).
+    fn store_config(&self, entry: &VmEntry, new: &VmRecord) -> Result<()> {
+        let mut rec = lock(&entry.rec);
+        rec.vcpus = new.vcpus;
+        rec.memory = new.memory;
+        rec.disk_size = new.disk_size;
+        rec.cpu_pinning = new.cpu_pinning.clone();
+        rec.io_limits = new.io_limits.clone();
+        rec.tags = new.tags.clone();
+        rec.updated_at = crate::jobs::now();
+        self.inner
+            .store
+            .update_vm(rec.id, rec.status.as_str(), &*rec)?;
+        Ok(())
+    }
+
+    /// Takes one performance sample: /proc for CPU and memory, QMP for the
+    /// disk counters, sysfs for a tap NIC.
+    pub(crate) async fn take_sample(&self, rt: &Runtime, tap: Option<&str>) -> Sample {
+        let (cpu_ticks, rss_bytes) = proc_stats(rt.pid);
+        let mut s = Sample {
+            at: Instant::now(),
+            at_str: crate::jobs::now(),
+            cpu_ticks,
+            rss_bytes,
+            ..Sample::default()
+        };
+        if let Ok(stats) = rt
+            .qmp
+            .execute_with_timeout("query-blockstats", None, Duration::from_secs(2))
+            .await
+        {
+            if let Some(st) = stats.as_array().and_then(|a| {
+                a.iter().find(|d| {
+                    d.get("device").and_then(Value::as_str) == Some(DISK_DRIVE_ID)
+                        || d.get("qdev").and_then(Value::as_str) == Some(DISK_QDEV)
+                })
+            }) {
+                let n = |k: &str| st["stats"].get(k).and_then(Value::as_u64).unwrap_or(0);
+                s.rd_bytes = n("rd_bytes");
+                s.wr_bytes = n("wr_bytes");
+                s.rd_ops = n("rd_operations");
+                s.wr_ops = n("wr_operations");
+            }
+        }
+        if let Some(tap) = tap {
+            let stat = |k: &str| {
+                std::fs::read_to_string(format!("/sys/class/net/{tap}/statistics/{k}"))
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            // The host's tap sends what the guest receives, and vice versa.
+            s.net = match (
+                stat("tx_bytes"),
+                stat("rx_bytes"),
+                stat("tx_packets"),
+                stat("rx_packets"),
+            ) {
+                (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+                _ => None,
+            };
+        }
+        s
+    }
+
+    /// `GET /vms/{id}/performance`, from memory.
+    pub fn performance(&self, entry: &VmEntry) -> Result<Performance> {
+        let Some(rt) = entry.runtime() else {
+            return Err(EngineError::Conflict(format!(
+                "VM {} is {}: performance metrics exist only while it runs.",
+                entry.id,
+                entry.status().as_str()
+            )));
+        };
+        let samples = lock(&rt.samples).clone();
+        let Some(now) = samples.latest else {
+            return Err(EngineError::Conflict(
+                "VM is starting: no sample yet.".into(),
+            ));
+        };
+        let (dt, prev) = match &samples.previous {
+            Some(p) => (
+                now.at.duration_since(p.at).as_secs_f64().max(1e-3),
+                p.clone(),
+            ),
+            None => (0.0, now.clone()),
+        };
+        let rate = |a: u64, b: u64| {
+            if dt > 0.0 {
+                a.saturating_sub(b) as f64 / dt
+            } else {
+                0.0
+            }
+        };
+        let tck = clock_ticks() as f64;
+        let net = |i: usize| now.net.map(|n| n[i]);
+        Ok(Performance {
+            id: entry.id,
+            cpu_usage: (rate(now.cpu_ticks, prev.cpu_ticks) / tck * 100.0 * 10.0).round() / 10.0,
+            memory_usage: now.rss_bytes / MIB,
+            disk_read_bytes: now.rd_bytes,
+            disk_write_bytes: now.wr_bytes,
+            disk_read_iops: rate(now.rd_ops, prev.rd_ops),
+            disk_write_iops: rate(now.wr_ops, prev.wr_ops),
+            disk_read_bytes_per_sec: rate(now.rd_bytes, prev.rd_bytes),
+            disk_write_bytes_per_sec: rate(now.wr_bytes, prev.wr_bytes),
+            network_in_bytes: net(0),
+            network_out_bytes: net(1),
+            network_in_packets: net(2),
+            network_out_packets: net(3),
+            sampled_at: now.at_str.clone(),
+            interval_secs: dt,
+        })
+    }
+
+    /// `GET /vms/{id}/resources`.
+    pub fn resources(&self, entry: &VmEntry) -> crate::model::Resources {
+        let rec = entry.record();
+        let perf = self.performance(entry).ok();
+        let allocated_bytes = std::fs::metadata(&rec.disk_file)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+        crate::model::Resources {
+            id: rec.id,
+            status: rec.status,
+            cpu: crate::model::CpuResources {
+                vcpus: rec.vcpus,
+                usage_percent: perf.as_ref().map(|p| p.cpu_usage),
+            },
+            memory: crate::model::MemoryResources {
+                configured_mib: rec.memory,
+                used_mib: perf.as_ref().map(|p| p.memory_usage),
+            },
+            disk: crate::model::DiskResources {
+                size_gib: rec.disk_size,
+                allocated_bytes,
+            },
+        }
+    }
+}
+
+fn qemu_throttle(blocks: &Value) -> Option<IoLimits> {
+    let dev = blocks.as_array()?.iter().find(|b| {
+        b.get("device").and_then(Value::as_str) == Some(DISK_DRIVE_ID)
+            || b.get("qdev").and_then(Value::as_str) == Some(DISK_QDEV)
+    })?;
+    let ins = dev.get("inserted")?;
+    let g = |k: &str| ins.get(k).and_then(Value::as_u64).filter(|v| *v > 0);
+    Some(IoLimits {
+        iops: g("iops"),
+        read_iops: g("iops_rd"),
+        write_iops: g("iops_wr"),
+        read_bps: g("bps_rd"),
+        write_bps: g("bps_wr"),
+    })
+}
+
+/// utime+stime (clock ticks) and resident bytes of a process.
+fn proc_stats(pid: u32) -> (u64, u64) {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: state is field 3, utime 14, stime 15.
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0);
+    (ticks, rss)
+}
+
+pub(crate) fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map(|v| v as u64)
+        .unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn total_iops_bounds_each_direction_and_direction_wins() {
+        let l = IoLimits {
+            iops: Some(50),
+            write_iops: Some(10),
+            read_bps: Some(0),
+            ..IoLimits::default()
+        };
+        assert_eq!(
+            io_max(Some(&l)),
+            IoMax {
+                read_iops: Some(50),
+                write_iops: Some(10),
+                read_bps: None,
+                write_bps: None
+            }
+        );
+        assert_eq!(io_max(None), IoMax::default());
+    }
+
+    #[test]
+    fn qemu_throttle_is_read_from_query_block() {
+        let blocks = json!([{"device": "disk0", "qdev": DISK_QDEV, "inserted": {"iops": 0, "iops_rd": 50, "iops_wr": 0, "bps_rd": 0, "bps_wr": 1000}}]);
+        let l = qemu_throttle(&blocks).unwrap();
+        assert_eq!(
+            (l.read_iops, l.write_bps, l.iops),
+            (Some(50), Some(1000), None)
+        );
+    }
+
+    #[test]
+    fn proc_stats_of_self() {
+        let (ticks, rss) = proc_stats(std::process::id());
+        assert!(rss > 0);
+        let _ = ticks;
+        assert!(clock_ticks() > 0);
+    }
+}
