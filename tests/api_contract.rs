@@ -341,6 +341,132 @@ async fn bad_requests_get_exact_4xx_with_the_error_body() {
             "RESOURCE_CONFLICT",
         ),
         ("DELETE", "/api/v1/vms/bad!id", None, 400, "INVALID_INPUT"),
+        (
+            "PUT",
+            "/api/v1/vms/taken/cpu",
+            Some("{\"vcpus\": 0}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/cpu",
+            Some("{\"cpu_pinning\": {\"cores\": []}}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/cpu",
+            Some("{\"cpu_pinning\": {\"cores\": [0], \"emulator_cores\": [9999]}}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/cpu",
+            Some("{\"cpus\": 2}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/memory",
+            Some("{}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/memory",
+            Some("{\"memory\": 0}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/memory",
+            Some("{\"memory\": -128}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/disk",
+            Some("{\"disk_size\": 0}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/disk",
+            Some("{\"io_limits\": {\"iops\": 1}}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PUT",
+            "/api/v1/vms/taken/disk",
+            Some("{\"io_limits\": {\"read_iops\": 99999999999}}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PATCH",
+            "/api/v1/vms/taken",
+            Some("{\"status\": \"crashed\"}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PATCH",
+            "/api/v1/vms/taken",
+            Some("{\"status\": \"flying\"}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PATCH",
+            "/api/v1/vms/taken",
+            Some("{\"id\": \"x\"}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PATCH",
+            "/api/v1/vms/taken",
+            Some("{\"tags\": [\"a,b\"]}".into()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "PATCH",
+            "/api/v1/vms/nope-x",
+            Some("{}".into()),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "GET",
+            "/api/v1/vms/taken/performance",
+            None,
+            409,
+            "RESOURCE_CONFLICT",
+        ),
+        (
+            "POST",
+            "/api/v1/vms",
+            Some(with("io_limits", json!({"write_bps": 1})).to_string()),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            "POST",
+            "/api/v1/vms",
+            Some(with("network", json!({"mode": "bridge"})).to_string()),
+            400,
+            "INVALID_INPUT",
+        ),
         ("GET", "/api/v1/vms?limit=0", None, 400, "INVALID_INPUT"),
         ("GET", "/api/v1/vms?limit=201", None, 400, "INVALID_INPUT"),
         ("GET", "/api/v1/vms?limit=abc", None, 400, "INVALID_INPUT"),
@@ -466,6 +592,49 @@ async fn create_clones_and_resizes_and_delete_removes_everything() {
             .contains("smaller"),
         "{body}"
     );
+
+    // A stopped VM's disk grows with qemu-img; it never shrinks.
+    let (code, r) = d
+        .req(
+            "PUT",
+            &format!("/api/v1/vms/{}/disk", full["id"].as_str().unwrap()),
+            Some(json!({"disk_size": 2})),
+        )
+        .await;
+    assert_eq!((code, r["applies"].as_str()), (200, Some("live")), "{r}");
+    let info = qemu_img_info(std::path::Path::new(full["disk_file"].as_str().unwrap()));
+    assert_eq!(info["virtual-size"], 2u64 << 30);
+    let (code, r) = d
+        .req(
+            "PUT",
+            &format!("/api/v1/vms/{}/disk", full["id"].as_str().unwrap()),
+            Some(json!({"disk_size": 1})),
+        )
+        .await;
+    assert_error(code, &r, 400, "INVALID_INPUT");
+    // Changes to a stopped VM wait for its next start, and say so.
+    let (code, r) = d
+        .req(
+            "PATCH",
+            "/api/v1/vms/full",
+            Some(json!({"vcpus": 2, "memory": 256, "tags": ["x"], "io_limits": {"iops": 10}})),
+        )
+        .await;
+    assert_eq!(
+        (code, r["applies"].as_str()),
+        (200, Some("next_start")),
+        "{r}"
+    );
+    assert_eq!(
+        (r["vcpus"].as_u64(), r["memory"].as_u64()),
+        (Some(2), Some(256))
+    );
+    let (_, again) = d.req("GET", "/api/v1/vms/full", None).await;
+    assert_eq!(again["tags"], json!(["x"]));
+    assert_eq!(again["io_limits"]["iops"], 10);
+    let (_, res) = d.req("GET", "/api/v1/vms/full/resources", None).await;
+    assert_eq!(res["disk"]["size_gib"], 2);
+    assert!(res["cpu"].get("usage_percent").is_none());
 
     // Config, status, get by id and by name.
     let id = vm["id"].as_str().unwrap();

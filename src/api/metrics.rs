@@ -131,10 +131,12 @@ impl HttpMetrics {
 /// Middleware: counts every request by method, route template and status.
 pub async fn track(State(state): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
+    // `/vms/{id}` is labelled `/vms/:id`: braces inside label values trip
+    // some Prometheus text parsers.
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
+        .map(|p| p.as_str().replace('{', ":").replace('}', ""))
         .unwrap_or_else(|| "unmatched".into());
     let t = Instant::now();
     let resp = next.run(req).await;

@@ -117,12 +117,13 @@ pub fn router(agent: Agent) -> Router {
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics::serve))
+        // After routing, so the route template is known (MatchedPath).
+        .route_layer(middleware::from_fn_with_state(http, metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(agent, audit))
         .layer(middleware::from_fn(authorize))
         .layer(middleware::from_fn(request_id))
-        .layer(middleware::from_fn_with_state(http, metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

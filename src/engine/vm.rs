@@ -235,20 +235,9 @@ pub fn validate_create(req: &crate::model::CreateVmRequest, b: &Bounds) -> Resul
     if req.base_image.is_empty() {
         return invalid("base_image must not be empty.".into());
     }
-    if req.tags.len() > 32 {
-        return invalid("at most 32 tags".into());
-    }
-    for tag in &req.tags {
-        if tag.is_empty() || tag.len() > 63 || tag.chars().any(|c| c.is_control() || c == ',') {
-            return invalid(format!(
-                "tag {tag:?} must be 1 to 63 printable characters without ','"
-            ));
-        }
-    }
-    if let Some(pin) = &req.cpu_pinning {
-        if pin.cores.is_empty() {
-            return invalid("cpu_pinning.cores must not be empty.".into());
-        }
+    validate_tags(&req.tags)?;
+    if let Some(l) = &req.io_limits {
+        validate_io_limits(l)?;
     }
     if let Some(boot) = &req.boot {
         if let Some(c) = &boot.cmdline {
