@@ -173,6 +173,7 @@ impl Agent {
         }
         let argv = argv::build(&self.launch_spec(rec, &files));
         let log = self.vm_state_dir(rec.id).join("qemu.log");
+        let spawned = std::time::Instant::now();
         let mut child = process::spawn(&self.inner.cfg.qemu_binary, &argv, &log).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 EngineError::Unavailable(format!(
@@ -217,9 +218,14 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let qmp_up = spawned.elapsed();
         let rt = self.attach(entry, pid, qmp, events, Some(child), rec.memory);
+        let t = std::time::Instant::now();
         self.apply_pinning(&rt, rec.cpu_pinning.as_ref()).await?;
+        let pinned = t.elapsed();
+        let t = std::time::Instant::now();
         self.apply_io(rec, &rt).await?;
+        let throttled = t.elapsed();
         if rec.network.mode == NetworkMode::Tap {
             set_link_up(&vm::tap_name(rec.id)).await?;
         }
@@ -227,6 +233,15 @@ impl Agent {
             .execute("cont", None)
             .await
             .map_err(qmp_err("cont"))?;
+        tracing::info!(
+            vm = %rec.id,
+            pid,
+            qmp_up_us = qmp_up.as_micros() as u64,
+            pin_us = pinned.as_micros() as u64,
+            io_limits_us = throttled.as_micros() as u64,
+            total_us = spawned.elapsed().as_micros() as u64,
+            "guest continued"
+        );
         Ok(())
     }
 
