@@ -76,6 +76,10 @@ pub struct Config {
     pub cgroup_parent: String,
     /// Milliseconds between performance samples of a running VM.
     pub sample_interval_ms: u64,
+    /// Items of a bulk job that run at once (0: the number of host cores).
+    pub bulk_parallelism: usize,
+    /// Finished jobs are kept this long.
+    pub job_retention_hours: u64,
 }
 
 impl Default for Config {
@@ -102,6 +106,8 @@ impl Default for Config {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "libgo".into(),
             sample_interval_ms: 2000,
+            bulk_parallelism: 0,
+            job_retention_hours: 168,
         }
     }
 }

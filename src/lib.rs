@@ -7,9 +7,11 @@ pub mod api;
 pub mod config;
 /// What the agent does: VMs, their lifecycle and recovery, transport-agnostic.
 pub mod engine;
+/// The broadcast of lifecycle and job events.
+pub mod events;
 /// Effects on this machine: qemu-img, storage pools, accelerator detection.
 pub mod host;
-/// Durable records of every mutating operation.
+/// Jobs with tasks, progress and cancellation.
 pub mod jobs;
 /// Wire types shared by the API and its clients.
 pub mod model;

@@ -56,10 +56,60 @@ const MIGRATIONS: &[&str] = &[
         path TEXT NOT NULL,
         status INTEGER NOT NULL
      );",
+    // 2: job type column, templates, idempotency keys.
+    "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+     UPDATE jobs SET kind = COALESCE(json_extract(doc, '$.type'), '');
+     CREATE INDEX jobs_kind ON jobs(kind);
+     CREATE TABLE templates (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        doc TEXT NOT NULL
+     );
+     CREATE TABLE idempotency (
+        caller TEXT NOT NULL,
+        key TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL,
+        status INTEGER,
+        response BLOB,
+        location TEXT,
+        job_id TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (caller, key)
+     );",
 ];
 
 pub struct Store {
     conn: Mutex<Connection>,
+}
+
+/// A request carrying an `Idempotency-Key`.
+pub struct IdemRequest<'a> {
+    pub caller: &'a str,
+    pub key: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: &'a [u8],
+}
+
+/// What an `Idempotency-Key` lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdemState {
+    /// First use: the request runs.
+    New,
+    /// Same request answered before: send this again.
+    Replay {
+        status: u16,
+        body: Vec<u8>,
+        location: Option<String>,
+    },
+    /// Same request still running (with the job it started, once known).
+    InProgress { job_id: Option<Uuid> },
+    /// The key was used with another request.
+    Mismatch,
 }
 
 /// One row of the audit log.
@@ -158,17 +208,214 @@ impl Store {
     pub fn put_job<T: Serialize>(
         &self,
         id: Uuid,
+        kind: &str,
         state: &str,
         created_at: &str,
         doc: &T,
     ) -> Result<()> {
         let doc = serde_json::to_string(doc)?;
         self.conn().execute(
-            "INSERT INTO jobs (id, state, created_at, doc) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO jobs (id, kind, state, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, doc = excluded.doc",
-            params![id.to_string(), state, created_at, doc],
+            params![id.to_string(), kind, state, created_at, doc],
         )?;
         Ok(())
+    }
+
+    /// A page of jobs, newest first: (rowid, doc) after the cursor `before`
+    /// (a rowid), with optional state and type filters, and the total count.
+    pub fn page_jobs<T: DeserializeOwned>(
+        &self,
+        state: Option<&str>,
+        kind: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<(i64, T)>, usize)> {
+        let conn = self.conn();
+        let filter = "(?1 IS NULL OR state = ?1) AND (?2 IS NULL OR kind = ?2)";
+        let total: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM jobs WHERE {filter}"),
+            params![state, kind],
+            |r| r.get(0),
+        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT rowid, id, doc FROM jobs WHERE {filter} AND (?3 IS NULL OR rowid < ?3)
+             ORDER BY rowid DESC LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(params![state, kind, before, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rowid, id, doc) = row?;
+            let doc =
+                serde_json::from_str(&doc).map_err(|source| StoreError::Corrupt { id, source })?;
+            out.push((rowid, doc));
+        }
+        Ok((out, total as usize))
+    }
+
+    /// Deletes finished jobs created before `cutoff` (RFC 3339).
+    pub fn prune_jobs(&self, cutoff: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND created_at < ?1",
+            params![cutoff],
+        )?)
+    }
+
+    // ---- templates ----------------------------------------------------
+
+    pub fn insert_template<T: Serialize>(
+        &self,
+        id: Uuid,
+        name: &str,
+        created_at: &str,
+        doc: &T,
+    ) -> Result<()> {
+        let doc = serde_json::to_string(doc)?;
+        let res = self.conn().execute(
+            "INSERT INTO templates (id, name, created_at, doc) VALUES (?1, ?2, ?3, ?4)",
+            params![id.to_string(), name, created_at, doc],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::NameTaken(name.to_owned()))
+            }
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    pub fn update_template<T: Serialize>(&self, id: Uuid, name: &str, doc: &T) -> Result<()> {
+        let doc = serde_json::to_string(doc)?;
+        let res = self.conn().execute(
+            "UPDATE templates SET name = ?2, doc = ?3 WHERE id = ?1",
+            params![id.to_string(), name, doc],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::NameTaken(name.to_owned()))
+            }
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    pub fn delete_template(&self, id: Uuid) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM templates WHERE id = ?1",
+            params![id.to_string()],
+        )? > 0)
+    }
+
+    pub fn load_templates<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.docs("SELECT id, doc FROM templates ORDER BY created_at, id", [])
+    }
+
+    // ---- idempotency keys ---------------------------------------------
+
+    /// Looks up (and expires) a key; inserts it as pending when absent.
+    pub fn idem_begin(&self, r: &IdemRequest<'_>, now: i64, ttl: i64) -> Result<IdemState> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM idempotency WHERE caller = ?1 AND key = ?2 AND created_at < ?3",
+            params![r.caller, r.key, now - ttl],
+        )?;
+        let row = tx
+            .query_row(
+                "SELECT method, path, body, state, status, response, location, job_id FROM idempotency
+                 WHERE caller = ?1 AND key = ?2",
+                params![r.caller, r.key],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, Option<u16>>(4)?,
+                        row.get::<_, Option<Vec<u8>>>(5)?,
+                        row.get::<_, Option<String>>(6)?,
+                        row.get::<_, Option<String>>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let state = match row {
+            None => {
+                tx.execute(
+                    "INSERT INTO idempotency (caller, key, method, path, body, state, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                    params![r.caller, r.key, r.method, r.path, r.body, now],
+                )?;
+                IdemState::New
+            }
+            Some((method, path, body, _, _, _, _, _))
+                if method != r.method || path != r.path || body != r.body =>
+            {
+                IdemState::Mismatch
+            }
+            Some((_, _, _, state, status, response, location, _)) if state == "done" => {
+                IdemState::Replay {
+                    status: status.unwrap_or(200),
+                    body: response.unwrap_or_default(),
+                    location,
+                }
+            }
+            Some((_, _, _, _, _, _, _, job)) => IdemState::InProgress {
+                job_id: job.and_then(|j| Uuid::parse_str(&j).ok()),
+            },
+        };
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Links a pending key to the job its request started.
+    pub fn idem_job(&self, caller: &str, key: &str, job_id: Uuid) -> Result<()> {
+        self.conn().execute(
+            "UPDATE idempotency SET job_id = ?3 WHERE caller = ?1 AND key = ?2",
+            params![caller, key, job_id.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the answer of a keyed request.
+    pub fn idem_done(
+        &self,
+        caller: &str,
+        key: &str,
+        status: u16,
+        body: &[u8],
+        location: Option<&str>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE idempotency SET state = 'done', status = ?3, response = ?4, location = ?5
+             WHERE caller = ?1 AND key = ?2",
+            params![caller, key, status, body, location],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a key (its request failed in a way a retry should redo).
+    pub fn idem_forget(&self, caller: &str, key: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM idempotency WHERE caller = ?1 AND key = ?2",
+            params![caller, key],
+        )?;
+        Ok(())
+    }
+
+    pub fn prune_idempotency(&self, before: i64) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM idempotency WHERE created_at < ?1",
+            params![before],
+        )?)
     }
 
     pub fn get_job<T: DeserializeOwned>(&self, id: Uuid) -> Result<Option<T>> {
@@ -305,8 +552,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let id = Uuid::new_v4();
-        store.put_job(id, "running", "t1", &Doc { v: 1 }).unwrap();
-        store.put_job(id, "succeeded", "t1", &Doc { v: 2 }).unwrap();
+        store
+            .put_job(id, "k", "running", "t1", &Doc { v: 1 })
+            .unwrap();
+        store
+            .put_job(id, "k", "succeeded", "t1", &Doc { v: 2 })
+            .unwrap();
+        let (page, total) = store
+            .page_jobs::<Doc>(Some("succeeded"), Some("k"), None, 10)
+            .unwrap();
+        assert_eq!((page.len(), total), (1, 1));
+        assert_eq!(
+            store
+                .page_jobs::<Doc>(None, Some("other"), None, 10)
+                .unwrap()
+                .1,
+            0
+        );
         assert_eq!(store.get_job::<Doc>(id).unwrap(), Some(Doc { v: 2 }));
         assert!(store.jobs_in_state::<Doc>(&["running"]).unwrap().is_empty());
         let e = AuditEntry {
@@ -319,5 +581,58 @@ mod tests {
         };
         store.audit(&e).unwrap();
         assert_eq!(store.audit_tail(5).unwrap(), vec![e]);
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let r = IdemRequest {
+            caller: "uid:0",
+            key: "k1",
+            method: "POST",
+            path: "/x",
+            body: b"{}",
+        };
+        assert_eq!(store.idem_begin(&r, 100, 86400).unwrap(), IdemState::New);
+        assert_eq!(
+            store.idem_begin(&r, 101, 86400).unwrap(),
+            IdemState::InProgress { job_id: None }
+        );
+        let job = Uuid::new_v4();
+        store.idem_job("uid:0", "k1", job).unwrap();
+        assert_eq!(
+            store.idem_begin(&r, 101, 86400).unwrap(),
+            IdemState::InProgress { job_id: Some(job) }
+        );
+        store
+            .idem_done("uid:0", "k1", 201, b"done", Some("/loc"))
+            .unwrap();
+        assert_eq!(
+            store.idem_begin(&r, 102, 86400).unwrap(),
+            IdemState::Replay {
+                status: 201,
+                body: b"done".to_vec(),
+                location: Some("/loc".into())
+            }
+        );
+        let other = IdemRequest {
+            body: b"{\"a\":1}",
+            ..r
+        };
+        assert_eq!(
+            store.idem_begin(&other, 103, 86400).unwrap(),
+            IdemState::Mismatch
+        );
+        // Another caller's key space is its own; an expired key is new again.
+        let mine = IdemRequest {
+            caller: "uid:5",
+            ..r
+        };
+        assert_eq!(store.idem_begin(&mine, 103, 86400).unwrap(), IdemState::New);
+        assert_eq!(
+            store.idem_begin(&other, 100 + 86401, 86400).unwrap(),
+            IdemState::New
+        );
     }
 }

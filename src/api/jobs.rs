@@ -1,46 +1,199 @@
-//! `/api/v1/jobs`: the record of every mutating call.
+//! `/api/v1/jobs`: every mutating call's job, its tasks, cancellation.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::Json;
+use axum::response::Response;
+use axum::{Extension, Json};
+use base64::Engine as _;
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
+use super::extract::JsonBody;
+use super::respond::accepted;
+use super::Caller;
 use crate::engine::Agent;
-use crate::model::Job;
+use crate::model::{Accepted, BulkCancelJobs, Job, JobList, JobState, Task, TaskList};
 
-/// A job.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Job id (UUID)")),
-    responses((status = 200, body = Job), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
-pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid("Invalid UUID format."))?;
-    Ok(Json(agent.job(id)?))
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+fn job_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::invalid("Invalid UUID format: expected a job id."))
 }
 
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct JobList {
-    pub jobs: Vec<Job>,
-}
-
-/// The newest jobs first.
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
-    params(("limit" = Option<usize>, Query, description = "1 to 200 (default 50)")),
-    responses((status = 200, body = JobList)))]
-pub async fn list(
-    State(agent): State<Agent>,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<JobList>> {
-    let limit = match q.get("limit") {
-        None => 50,
+/// Page size from `limit` (default 50, 1 to 200).
+pub fn limit(q: &HashMap<String, String>) -> ApiResult<usize> {
+    match q.get("limit") {
+        None => Ok(50),
         Some(l) => l
             .parse::<usize>()
             .ok()
             .filter(|l| (1..=200).contains(l))
-            .ok_or_else(|| ApiError::invalid(format!("Invalid limit {l:?}: use 1 to 200.")))?,
+            .ok_or_else(|| ApiError::invalid(format!("Invalid limit {l:?}: use 1 to 200."))),
+    }
+}
+
+fn page_token(q: &HashMap<String, String>) -> Option<&String> {
+    q.get("page_token").or_else(|| q.get("pageToken"))
+}
+
+/// Jobs, newest first; filters `state` and `type`.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+    params(("limit" = Option<usize>, Query, description = "1 to 200 (default 50)"),
+           ("page_token" = Option<String>, Query), ("state" = Option<String>, Query), ("type" = Option<String>, Query)),
+    responses((status = 200, body = JobList), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn list(
+    State(agent): State<Agent>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<JobList>> {
+    let limit = limit(&q)?;
+    let state = q.get("state").map(String::as_str);
+    if let Some(s) = state {
+        if serde_json::from_value::<JobState>(serde_json::Value::String(s.into())).is_err() {
+            return Err(ApiError::invalid(format!("Invalid state filter {s:?}.")));
+        }
+    }
+    let before = match page_token(&q) {
+        None => None,
+        Some(t) => Some(
+            B64.decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
+        ),
     };
+    let (rows, total) = agent
+        .store()
+        .page_jobs::<Job>(state, q.get("type").map(String::as_str), before, limit)
+        .map_err(crate::engine::EngineError::from)?;
+    let next_page_token = (rows.len() == limit)
+        .then(|| rows.last().map(|(rowid, _)| B64.encode(rowid.to_string())))
+        .flatten();
+    // Running jobs are current in memory; the store may lag by a moment.
+    let jobs = rows
+        .into_iter()
+        .map(|(_, j)| agent.job(j.id).unwrap_or(j))
+        .collect();
     Ok(Json(JobList {
-        jobs: agent.jobs(limit)?,
+        jobs,
+        next_page_token,
+        total_count: total,
     }))
+}
+
+/// A job; `?wait=N` blocks up to N seconds (at most 300) for it to finish.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (UUID)"), ("wait" = Option<u64>, Query, description = "seconds to wait for the end")),
+    responses((status = 200, body = Job), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn get(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Job>> {
+    let id = job_id(&id)?;
+    if let Some(w) = q.get("wait") {
+        let secs: u64 = w.parse().ok().filter(|s| *s <= 300).ok_or_else(|| {
+            ApiError::invalid(format!("Invalid wait {w:?}: use 0 to 300 seconds."))
+        })?;
+        let job = agent
+            .jobs_registry()
+            .wait(id, Duration::from_secs(secs))
+            .await
+            .map_err(crate::engine::EngineError::from)?;
+        return job
+            .map(Json)
+            .ok_or_else(|| ApiError::not_found(format!("Job not found: {id}.")));
+    }
+    Ok(Json(agent.job(id)?))
+}
+
+/// The tasks of a job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/tasks", tag = "jobs",
+    params(("id" = String, Path), ("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query), ("state" = Option<String>, Query)),
+    responses((status = 200, body = TaskList), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn tasks(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<TaskList>> {
+    let limit = limit(&q)?;
+    let job = agent.job(job_id(&id)?)?;
+    let after: Option<u32> = match page_token(&q) {
+        None => None,
+        Some(t) => Some(
+            B64.decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
+        ),
+    };
+    let state = q.get("state");
+    let all: Vec<Task> = job
+        .tasks
+        .into_iter()
+        .filter(|t| state.is_none_or(|s| crate::jobs::state_str(t.state) == s))
+        .collect();
+    let total = all.len();
+    let page: Vec<Task> = all
+        .into_iter()
+        .filter(|t| after.is_none_or(|a| t.id > a))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    let tasks: Vec<Task> = page.into_iter().take(limit).collect();
+    let next_page_token = more
+        .then(|| tasks.last().map(|t| B64.encode(t.id.to_string())))
+        .flatten();
+    Ok(Json(TaskList {
+        tasks,
+        next_page_token,
+        total_count: total,
+    }))
+}
+
+/// One task with its log lines and error.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/tasks/{task_id}", tag = "jobs",
+    params(("id" = String, Path), ("task_id" = u32, Path)),
+    responses((status = 200, body = Task), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn task(
+    State(agent): State<Agent>,
+    Path((id, task_id)): Path<(String, String)>,
+) -> ApiResult<Json<Task>> {
+    let job = agent.job(job_id(&id)?)?;
+    let n: u32 = task_id.parse().map_err(|_| {
+        ApiError::invalid(format!(
+            "Invalid task id {task_id:?}: tasks are numbered from 0."
+        ))
+    })?;
+    job.tasks
+        .into_iter()
+        .find(|t| t.id == n)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("Task {n} not found in job {id}.")))
+}
+
+/// Cancel a queued or running job: it stops at its next safe point and
+/// undoes its work; answers the job once it settled. 409 if it had finished.
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Job), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn cancel(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    Ok(Json(agent.cancel_job(job_id(&id)?).await?))
+}
+
+/// Cancel many jobs: `{"job_ids": [...]}`; 202 with a job that has one task per id.
+#[utoipa::path(delete, path = "/api/v1/jobs", tag = "jobs", request_body = BulkCancelJobs,
+    responses((status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn bulk_cancel(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<BulkCancelJobs>,
+) -> ApiResult<Response> {
+    Ok(accepted(
+        agent.bulk_cancel(req.job_ids, &caller.label)?,
+        None,
+    ))
 }

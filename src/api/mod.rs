@@ -2,10 +2,14 @@
 //! calls the engine and renders the answer. Nothing below it knows HTTP.
 
 pub mod error;
+pub mod events;
 pub mod extract;
+pub mod idempotency;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod respond;
+pub mod templates;
 pub mod vms;
 
 use std::convert::Infallible;
@@ -97,7 +101,10 @@ pub fn router(agent: Agent) -> Router {
         http: http.clone(),
     };
     let api = Router::<AppState>::new()
-        .route("/vms", get(vms::list).post(vms::create))
+        .route(
+            "/vms",
+            get(vms::list).post(vms::create).delete(vms::bulk_delete),
+        )
         .route(
             "/vms/{id}",
             get(vms::get).delete(vms::delete).patch(vms::patch),
@@ -110,8 +117,23 @@ pub fn router(agent: Agent) -> Router {
         .route("/vms/{id}/performance", get(vms::performance))
         .route("/vms/{id}/resources", get(vms::resources))
         .route("/vms/{id}/{action}", post(vms::action))
-        .route("/jobs", get(jobs::list))
-        .route("/jobs/{id}", get(jobs::get));
+        .route("/jobs", get(jobs::list).delete(jobs::bulk_cancel))
+        .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/jobs/{id}/tasks", get(jobs::tasks))
+        .route("/jobs/{id}/tasks/{task_id}", get(jobs::task))
+        .route(
+            "/templates",
+            get(templates::list)
+                .post(templates::create)
+                .delete(templates::bulk_delete),
+        )
+        .route(
+            "/templates/{id}",
+            get(templates::get)
+                .patch(templates::patch)
+                .delete(templates::delete),
+        )
+        .route("/events", get(events::stream));
     Router::new()
         .nest("/api/v1", api)
         .route("/health", get(health))
@@ -121,6 +143,10 @@ pub fn router(agent: Agent) -> Router {
         .route_layer(middleware::from_fn_with_state(http, metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            agent.clone(),
+            idempotency::middleware,
+        ))
         .layer(middleware::from_fn_with_state(agent, audit))
         .layer(middleware::from_fn(authorize))
         .layer(middleware::from_fn(request_id))

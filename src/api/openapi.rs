@@ -13,9 +13,15 @@ use utoipa::OpenApi;
         super::vms::status, super::vms::action, super::vms::delete,
         super::vms::put_cpu, super::vms::put_memory, super::vms::put_disk, super::vms::patch,
         super::vms::performance, super::vms::resources, super::metrics::serve,
-        super::jobs::list, super::jobs::get,
+        super::jobs::list, super::jobs::get, super::jobs::tasks, super::jobs::task,
+        super::jobs::cancel, super::jobs::bulk_cancel, super::vms::bulk_delete,
+        super::templates::list, super::templates::create, super::templates::get,
+        super::templates::patch, super::templates::delete, super::templates::bulk_delete,
+        super::events::stream,
     ),
-    tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Operation records"))
+    tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
+         (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),
+         (name = "system", description = "Health, metrics, this document"))
 )]
 pub struct ApiDoc;
 

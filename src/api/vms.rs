@@ -3,20 +3,22 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, OptionalBody};
+use super::respond::{accepted, answer, wants_async};
 use super::Caller;
 use crate::engine::vm::Action;
 use crate::engine::{Agent, ListQuery, SortKey};
 use crate::model::{
-    ActionRequest, ActionResponse, CreateVmRequest, CreatedVm, DeleteResponse, PatchVmRequest,
-    Performance, Resources, StatusResponse, UpdateCpuRequest, UpdateDiskRequest,
-    UpdateMemoryRequest, UpdateResponse, Vm, VmConfig, VmList, VmStatus,
+    Accepted, ActionRequest, ActionResponse, BulkDeleteVms, CreateVmRequest, CreatedVm,
+    DeleteResponse, PatchVmRequest, Performance, Resources, StatusResponse, UpdateCpuRequest,
+    UpdateDiskRequest, UpdateMemoryRequest, UpdateResponse, Vm, VmConfig, VmList, VmStatus,
 };
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -54,6 +56,8 @@ fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<ListQuery> {
     }
     out.name = q.get("name").cloned();
     out.tag = q.get("tag").cloned();
+    out.template = q.get("template").cloned();
+    out.node = q.get("node").cloned();
     if let Some(tok) = q.get("page_token").or_else(|| q.get("pageToken")) {
         let bad = || ApiError::invalid("Invalid page_token.");
         let raw = B64.decode(tok).map_err(|_| bad())?;
@@ -74,6 +78,7 @@ fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<ListQuery> {
         ("limit" = Option<usize>, Query, description = "Page size, 1 to 200 (default 50)"),
         ("page_token" = Option<String>, Query, description = "Cursor from the previous page"),
         ("status" = Option<String>, Query), ("name" = Option<String>, Query), ("tag" = Option<String>, Query),
+        ("template" = Option<String>, Query), ("node" = Option<String>, Query),
         ("sort" = Option<String>, Query, description = "name, -name, created_at, -created_at"),
     ),
     responses((status = 200, body = VmList), (status = 400, body = crate::model::ErrorBody)))]
@@ -97,25 +102,57 @@ pub async fn list(
     }))
 }
 
-/// Create a VM: clone the base image, resize, persist (seed 001).
+/// Create a VM (seed 001), or many with an array body (one job, one task each, 202).
+///
+/// One VM: clones the base image (or the template's), grows it, persists it;
+/// 201 with the VM, or 202 with the job under `Prefer: respond-async`.
 #[utoipa::path(post, path = "/api/v1/vms", tag = "vms", request_body = CreateVmRequest,
-    responses((status = 201, body = CreatedVm), (status = 400, body = crate::model::ErrorBody),
+    params(("Prefer" = Option<String>, Header, description = "respond-async for a 202 with the job"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry safely for 24 h")),
+    responses((status = 201, body = CreatedVm), (status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody),
               (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody),
               (status = 500, body = crate::model::ErrorBody)))]
 pub async fn create(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
-    JsonBody(req): JsonBody<CreateVmRequest>,
-) -> ApiResult<(StatusCode, Json<CreatedVm>)> {
-    let (vm, job) = agent.create(req, &caller.label).await?;
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Response> {
+    if body.is_array() {
+        let items: Vec<CreateVmRequest> = serde_json::from_value(body)
+            .map_err(|e| ApiError::invalid(format!("Invalid request body: {e}")))?;
+        let job = agent.bulk_create(items, &caller.label)?;
+        return Ok(accepted(job, None));
+    }
+    let req: CreateVmRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid(format!("Invalid request body: {e}")))?;
+    let sub = agent.create(req, &caller.label).await?;
+    if wants_async(&headers) {
+        return Ok(accepted(sub.job, sub.vm));
+    }
+    let job_id = sub.job.id;
+    let vm = sub.outcome().await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedVm {
             vm,
             message: "VM successfully created and storage cloned.".into(),
-            job_id: job.id,
+            job_id,
         }),
-    ))
+    )
+        .into_response())
+}
+
+/// Delete many VMs: `{"vm_ids": [...]}` (ids or names, at most 100); 202 with the job.
+#[utoipa::path(delete, path = "/api/v1/vms", tag = "vms", request_body = BulkDeleteVms,
+    responses((status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn bulk_delete(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<BulkDeleteVms>,
+) -> ApiResult<Response> {
+    let job = agent.bulk_delete(req.vm_ids, &caller.label)?;
+    Ok(accepted(job, None))
 }
 
 /// Get a VM.
@@ -178,9 +215,10 @@ pub async fn status(
 pub async fn action(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     JsonBody(req): OptionalBody<ActionRequest>,
-) -> ApiResult<Json<ActionResponse>> {
+) -> ApiResult<Response> {
     let action = Action::parse(&action)
         .ok_or_else(|| ApiError::not_found(format!("No such VM action: {action}.")))?;
     if let Some(t) = req.timeout {
@@ -191,11 +229,8 @@ pub async fn action(
         }
     }
     let entry = agent.find(&id)?;
-    Ok(Json(
-        agent
-            .action(&entry, action, req.timeout, &caller.label)
-            .await?,
-    ))
+    let sub = agent.action(&entry, action, req.timeout, &caller.label)?;
+    answer(sub, &headers, StatusCode::OK).await
 }
 
 /// Delete a VM: stop it if needed, remove its disk, runtime files and record.
@@ -206,10 +241,16 @@ pub async fn action(
 pub async fn delete(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<Json<DeleteResponse>> {
+) -> ApiResult<Response> {
     let entry = agent.find(&id)?;
-    Ok(Json(agent.delete(&entry, &caller.label).await?))
+    answer(
+        agent.delete(&entry, &caller.label)?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// Change vCPUs (next start) and pinning (live) (seed 001).
@@ -220,16 +261,22 @@ pub async fn delete(
 pub async fn put_cpu(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateCpuRequest>,
-) -> ApiResult<Json<UpdateResponse>> {
+) -> ApiResult<Response> {
     let entry = agent.find(&id)?;
     let patch = PatchVmRequest {
         vcpus: req.vcpus,
         cpu_pinning: req.cpu_pinning,
         ..PatchVmRequest::default()
     };
-    Ok(Json(agent.update(&entry, patch, &caller.label).await?))
+    answer(
+        agent.update(&entry, patch, &caller.label)?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// Change memory: live through the balloon up to the boot size, else at the next start.
@@ -240,15 +287,21 @@ pub async fn put_cpu(
 pub async fn put_memory(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateMemoryRequest>,
-) -> ApiResult<Json<UpdateResponse>> {
+) -> ApiResult<Response> {
     let entry = agent.find(&id)?;
     let patch = PatchVmRequest {
         memory: Some(req.memory),
         ..PatchVmRequest::default()
     };
-    Ok(Json(agent.update(&entry, patch, &caller.label).await?))
+    answer(
+        agent.update(&entry, patch, &caller.label)?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// Grow the disk (live on a running VM) and change its I/O limits (live).
@@ -259,16 +312,22 @@ pub async fn put_memory(
 pub async fn put_disk(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateDiskRequest>,
-) -> ApiResult<Json<UpdateResponse>> {
+) -> ApiResult<Response> {
     let entry = agent.find(&id)?;
     let patch = PatchVmRequest {
         disk_size: req.disk_size,
         io_limits: req.io_limits,
         ..PatchVmRequest::default()
     };
-    Ok(Json(agent.update(&entry, patch, &caller.label).await?))
+    answer(
+        agent.update(&entry, patch, &caller.label)?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// Change any subset of a VM's fields, and/or its desired status.
@@ -279,11 +338,17 @@ pub async fn put_disk(
 pub async fn patch(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<PatchVmRequest>,
-) -> ApiResult<Json<UpdateResponse>> {
+) -> ApiResult<Response> {
     let entry = agent.find(&id)?;
-    Ok(Json(agent.update(&entry, req, &caller.label).await?))
+    answer(
+        agent.update(&entry, req, &caller.label)?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// Live performance metrics, from the background sampler (seed 001). 409 when not running.

@@ -37,6 +37,9 @@ pub enum EngineError {
     /// A backend (QEMU, KVM) is missing.
     #[error("{0}")]
     Unavailable(String),
+    /// The job was cancelled; what it did was undone.
+    #[error("{0}")]
+    Cancelled(String),
     /// A step on the host failed; the message names the step.
     #[error("{0}")]
     Internal(String),
@@ -47,7 +50,9 @@ impl EngineError {
         match self {
             EngineError::Invalid(_) => ErrorKind::Invalid,
             EngineError::NotFound(_) => ErrorKind::NotFound,
-            EngineError::Conflict(_) | EngineError::Busy { .. } => ErrorKind::Conflict,
+            EngineError::Conflict(_) | EngineError::Busy { .. } | EngineError::Cancelled(_) => {
+                ErrorKind::Conflict
+            }
             EngineError::Capacity(_) => ErrorKind::Capacity,
             EngineError::Unavailable(_) => ErrorKind::Unavailable,
             EngineError::Internal(_) => ErrorKind::Internal,
@@ -56,6 +61,16 @@ impl EngineError {
 
     pub fn internal(step: &str, err: impl std::fmt::Display) -> EngineError {
         EngineError::Internal(format!("{step}: {err}"))
+    }
+}
+
+impl From<crate::jobs::CancelError> for EngineError {
+    fn from(e: crate::jobs::CancelError) -> Self {
+        match e {
+            crate::jobs::CancelError::NotFound(_) => EngineError::NotFound(e.to_string()),
+            crate::jobs::CancelError::Finished(..) => EngineError::Conflict(e.to_string()),
+            crate::jobs::CancelError::Store(s) => s.into(),
+        }
     }
 }
 

@@ -2,20 +2,26 @@
 //!
 //! Request flow for a VM operation:
 //! 1. the API resolves `{id}` with [`Agent::find`] (UUID or name);
-//! 2. [`Agent::begin`] takes the VM's operation slot (a second operation gets
-//!    409 naming the running job) and records a job;
-//! 3. the operation checks [`vm::plan`] against the VM's status, does the
-//!    work over QMP / qemu-img, persists each status change before going on;
-//! 4. dropping the [`OpGuard`] frees the slot; the job is finished with the
-//!    outcome.
+//! 2. everything that can be refused at once is checked: input, then
+//!    [`Agent::claim`] takes the VM's operation slot (a second operation gets
+//!    409 naming the running job), then [`vm::plan`] against the status;
+//! 3. a job is recorded and the work runs in its own task ([`Submitted`]), so
+//!    a client that hangs up never leaves a VM half-done; the work persists
+//!    each status change before going on and stops at safe points when the
+//!    job is cancelled (a [`crate::rollback::Rollback`] undoes what it did);
+//! 4. the API awaits the task (synchronous call) or answers 202 with the job
+//!    (`Prefer: respond-async`); dropping the [`OpGuard`] frees the slot.
 //!
 //! Each running VM has one QMP connection and one watcher task that turns
 //! QEMU's events and its exit into status changes. List and get calls only
 //! read in-memory records and never wait on a monitor.
 
+pub mod bulk;
+pub mod create;
 pub mod error;
 pub mod resources;
 pub mod runtime;
+pub mod templates;
 pub mod vm;
 
 use std::collections::HashMap;
@@ -27,18 +33,20 @@ use uuid::Uuid;
 
 pub use error::{EngineError, ErrorKind, Result};
 use runtime::Runtime;
-use vm::{Action, Plan, ResolvedBoot, VmRecord};
+use vm::{Action, Plan, VmRecord};
 
 use crate::config::{Accel, Config};
-use crate::host::pool::{self, PoolError};
+use crate::events::EventBus;
+use crate::host::pool::PoolError;
 use crate::host::qemu_img::QemuImg;
-use crate::jobs;
-use crate::model::{ActionResponse, CloneMode, CreateVmRequest, DeleteResponse, Job, Vm, VmStatus};
+use crate::jobs::{self, JobHandle, Jobs, TaskSpec};
+use crate::model::{ActionResponse, DeleteResponse, Job, Vm, VmStatus};
 use crate::qemu::argv::Accelerator;
-use crate::rollback::Rollback;
 use crate::store::Store;
 
 const GIB: u64 = 1 << 30;
+/// How long an `Idempotency-Key` is remembered (seconds).
+pub const IDEMPOTENCY_TTL: i64 = 24 * 3600;
 
 /// One VM known to the agent.
 pub struct VmEntry {
@@ -82,7 +90,9 @@ impl VmEntry {
 
 pub(crate) struct Inner {
     pub cfg: Config,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub jobs: Jobs,
+    pub events: EventBus,
     pub img: QemuImg,
     pub accel: Accelerator,
     pub node: String,
@@ -99,10 +109,54 @@ pub struct Agent {
     inner: Arc<Inner>,
 }
 
-/// Holds a VM's operation slot and its job; frees the slot when dropped.
+/// Holds a VM's operation slot; frees it when dropped.
 pub struct OpGuard {
     entry: Arc<VmEntry>,
+}
+
+/// A job that was started: its record at the start, and the task doing the
+/// work (await it for the outcome, or let it run).
+pub struct Submitted<T> {
     pub job: Job,
+    /// The VM the job acts on, as it was when the job started (for 202s).
+    pub vm: Option<Vm>,
+    pub result: tokio::task::JoinHandle<Result<T>>,
+}
+
+impl<T> Submitted<T> {
+    /// Waits for the outcome (a panic of the task is an internal error).
+    pub async fn outcome(self) -> Result<T> {
+        self.result
+            .await
+            .unwrap_or_else(|e| Err(EngineError::Internal(format!("job task failed: {e}"))))
+    }
+}
+
+/// A job's context as the work sees it: progress, log lines, cancellation.
+#[derive(Clone)]
+pub struct JobCtx {
+    pub handle: Arc<JobHandle>,
+    pub task: usize,
+}
+
+impl JobCtx {
+    /// A safe point: stop here if the job was cancelled.
+    pub fn check(&self) -> Result<()> {
+        if self.handle.is_cancelled() {
+            Err(EngineError::Cancelled(format!(
+                "job {} was cancelled",
+                self.handle.id()
+            )))
+        } else {
+            Ok(())
+        }
+    }
+    pub fn progress(&self, pct: u8) {
+        self.handle.task_progress(self.task, pct);
+    }
+    pub fn log(&self, line: impl Into<String>) {
+        self.handle.task_log(self.task, line);
+    }
 }
 
 impl Drop for OpGuard {
@@ -127,6 +181,8 @@ pub struct ListQuery {
     pub status: Option<VmStatus>,
     pub name: Option<String>,
     pub tag: Option<String>,
+    pub template: Option<String>,
+    pub node: Option<String>,
     pub limit: usize,
     /// After this (sort key, id) — decoded from the page token by the API.
     pub after: Option<(String, Uuid)>,
@@ -194,7 +250,9 @@ impl Agent {
         }
         std::fs::create_dir_all(cfg.state_dir.join("vms"))?;
         std::fs::create_dir_all(cfg.run_dir.join("vms"))?;
-        let store = Store::open(&cfg.db_path()).context("opening the state database")?;
+        let store = Arc::new(Store::open(&cfg.db_path()).context("opening the state database")?);
+        let events = EventBus::default();
+        let jobs = Jobs::new(store.clone(), events.clone());
         let accel = match cfg.accel {
             Accel::Kvm => Accelerator::Kvm,
             Accel::Tcg => Accelerator::Tcg,
@@ -229,6 +287,8 @@ impl Agent {
         let inner = Arc::new(Inner {
             cfg,
             store,
+            jobs,
+            events,
             img,
             accel,
             node,
@@ -238,7 +298,40 @@ impl Agent {
         });
         let agent = Agent { inner };
         agent.recover().await?;
+        agent.prune();
+        let weak = Arc::downgrade(&agent.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                match weak.upgrade() {
+                    Some(inner) => Agent { inner }.prune(),
+                    None => return,
+                }
+            }
+        });
         Ok(agent)
+    }
+
+    /// Forgets finished jobs past their retention and idempotency keys past 24 h.
+    fn prune(&self) {
+        let cutoff = jobs::ago(self.inner.cfg.job_retention_hours * 3600);
+        match self.inner.store.prune_jobs(&cutoff) {
+            Ok(n) if n > 0 => tracing::info!(jobs = n, "pruned finished jobs"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning jobs"),
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(e) = self.inner.store.prune_idempotency(now - IDEMPOTENCY_TTL) {
+            tracing::warn!(error = %e, "pruning idempotency keys");
+        }
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    pub fn jobs_registry(&self) -> &Jobs {
+        &self.inner.jobs
     }
 
     pub fn config(&self) -> &Config {
@@ -331,6 +424,10 @@ impl Agent {
                 q.status.is_none_or(|s| r.status == s)
                     && q.name.as_ref().is_none_or(|n| &r.name == n)
                     && q.tag.as_ref().is_none_or(|t| r.tags.contains(t))
+                    && q.template
+                        .as_ref()
+                        .is_none_or(|t| r.template.as_ref() == Some(t))
+                    && q.node.as_ref().is_none_or(|n| n == &self.inner.node)
             })
             .collect();
         let total = rows.len();
@@ -376,17 +473,13 @@ impl Agent {
 
     pub fn job(&self, id: Uuid) -> Result<Job> {
         self.inner
-            .store
-            .get_job(id)?
+            .jobs
+            .get(id)?
             .ok_or_else(|| EngineError::NotFound(format!("Job not found: {id}.")))
     }
 
-    pub fn jobs(&self, limit: usize) -> Result<Vec<Job>> {
-        Ok(self.inner.store.list_jobs(limit)?)
-    }
-
-    /// Takes the VM's operation slot and records a job for `kind`.
-    pub fn begin(&self, entry: &Arc<VmEntry>, kind: &str, caller: &str) -> Result<OpGuard> {
+    /// Takes the VM's operation slot for job `job_id` of type `kind`.
+    pub fn claim(&self, entry: &Arc<VmEntry>, job_id: Uuid, kind: &str) -> Result<OpGuard> {
         let mut op = lock(&entry.op);
         if let Some((job_id, job_type)) = op.clone() {
             return Err(EngineError::Busy {
@@ -407,207 +500,110 @@ impl Agent {
                 entry.id
             )));
         }
-        let job = jobs::start(
-            &self.inner.store,
-            kind,
-            Some(format!("/api/v1/vms/{}", entry.id)),
-            caller,
-        )?;
-        *op = Some((job.id, kind.to_owned()));
+        *op = Some((job_id, kind.to_owned()));
         Ok(OpGuard {
             entry: entry.clone(),
-            job,
         })
     }
 
-    /// Records the job's outcome and passes the result through.
-    pub(crate) fn end<T>(&self, mut guard: OpGuard, result: Result<T>) -> Result<(T, Job)> {
-        let err = result.as_ref().err().map(|e| e.to_string());
-        if let Err(e) = jobs::finish(&self.inner.store, &mut guard.job, err) {
-            tracing::error!(error = %e, "cannot record job outcome");
-        }
-        let job = guard.job.clone();
-        drop(guard);
-        result.map(|v| (v, job))
-    }
-
-    /// Sets and persists a VM's status.
-    pub(crate) fn set_status(&self, entry: &VmEntry, status: VmStatus, reason: Option<String>) {
-        let mut rec = lock(&entry.rec);
-        if rec.status == status && rec.status_reason == reason {
-            return;
-        }
-        rec.status = status;
-        rec.status_reason = reason;
-        rec.updated_at = jobs::now();
-        if let Err(e) = self.inner.store.update_vm(rec.id, status.as_str(), &*rec) {
-            tracing::error!(vm = %rec.id, error = %e, "cannot persist VM status");
-        }
-        tracing::info!(vm = %rec.id, name = %rec.name, status = status.as_str(), "status");
-    }
-
-    // ---- create -------------------------------------------------------
-
-    /// Creates a VM: clone + resize its disk, persist it, stopped.
-    pub async fn create(&self, req: CreateVmRequest, caller: &str) -> Result<(Vm, Job)> {
-        let cfg = &self.inner.cfg;
-        vm::validate_create(
-            &req,
-            &vm::Bounds {
-                max_vcpus: cfg.max_vcpus,
-                max_memory_mib: cfg.max_memory_mib,
-                max_disk_gib: cfg.max_disk_gib,
-            },
-        )?;
-        if let Some(pin) = &req.cpu_pinning {
-            resources::check_pinning(pin)?;
-        }
-        let pools = cfg.pools();
-        let base_path = pool::resolve(&pools, &req.base_image, "base image").map_err(pool_err)?;
-        let boot_paths = match &req.boot {
-            None => None,
-            Some(b) => Some(ResolvedBoot {
-                kernel: pool::resolve(&pools, &b.kernel, "boot.kernel").map_err(pool_err)?,
-                initrd: b
-                    .initrd
-                    .as_deref()
-                    .map(|i| pool::resolve(&pools, i, "boot.initrd").map_err(pool_err))
-                    .transpose()?,
-            }),
-        };
-        let info = self.inner.img.info(&base_path).await.map_err(|e| {
-            EngineError::Invalid(format!(
-                "base image {} is not a disk image: {e}",
-                req.base_image
-            ))
-        })?;
-        if req.disk_size.saturating_mul(GIB) < info.virtual_size {
-            return Err(EngineError::Invalid(format!(
-                "Invalid parameter: disk_size {} GiB is smaller than the base image ({} bytes, {:.2} GiB); disks only grow.",
-                req.disk_size,
-                info.virtual_size,
-                info.virtual_size as f64 / GIB as f64
-            )));
-        }
-
-        let id = Uuid::new_v4();
-        let name = req
-            .name
-            .clone()
-            .unwrap_or_else(|| vm::generate_name(&req.base_image));
-        let mac = self.unique_mac();
-        let dir = self.vm_state_dir(id);
-        let now = jobs::now();
-        let mut rec = VmRecord {
-            id,
-            name: name.clone(),
-            status: VmStatus::Creating,
-            status_reason: None,
-            vcpus: req.vcpus,
-            memory: req.memory,
-            disk_size: req.disk_size,
-            base_image: req.base_image.clone(),
-            base_path: base_path.clone(),
-            clone: req.clone,
-            disk_file: dir.join("root.qcow2"),
-            mac_address: mac,
-            cpu_pinning: req.cpu_pinning.clone(),
-            io_limits: req.io_limits.clone(),
-            boot: req.boot.clone(),
-            boot_paths,
-            network: req.network.clone().unwrap_or_default(),
-            tags: req.tags.clone(),
-            template: None,
-            created_at: now.clone(),
-            updated_at: now.clone(),
-        };
-
-        let mut job = jobs::start(
-            &self.inner.store,
-            "vm.create",
-            Some(format!("/api/v1/vms/{id}")),
+    /// Records a one-task job on a VM.
+    pub(crate) fn vm_job(
+        &self,
+        job_id: Uuid,
+        kind: &str,
+        entry: &VmEntry,
+        caller: &str,
+    ) -> Result<Arc<JobHandle>> {
+        let target = format!("/api/v1/vms/{}", entry.id);
+        let name = lock(&entry.rec).name.clone();
+        Ok(self.inner.jobs.start(
+            job_id,
+            kind,
+            Some(target.clone()),
             caller,
-        )?;
-        let result = self.create_steps(&mut rec, &info.format).await;
-        let err = result.as_ref().err().map(|e| e.to_string());
-        if let Err(e) = jobs::finish(&self.inner.store, &mut job, err) {
-            tracing::error!(error = %e, "cannot record job outcome");
-        }
-        result?;
-        let entry = VmEntry::new(rec);
-        let vm = self.to_api(&entry);
-        self.inner
-            .vms
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, entry);
-        Ok((vm, job))
+            vec![TaskSpec {
+                description: name,
+                target: Some(target),
+            }],
+        )?)
     }
 
-    async fn create_steps(&self, rec: &mut VmRecord, base_format: &str) -> Result<()> {
-        let store = &self.inner.store;
-        let mut rb = Rollback::new();
-        // The row first (status creating): a crash from here on is undone at
-        // the next start, and the name is reserved atomically.
-        store.insert_vm(
-            rec.id,
-            &rec.name,
-            rec.status.as_str(),
-            &rec.created_at,
-            &*rec,
-        )?;
-        {
-            let inner = self.inner.clone();
-            let id = rec.id;
-            rb.push("row", move || {
-                let _ = inner.store.delete_vm(id);
-            });
-        }
-        let dir = rec
-            .disk_file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| EngineError::internal("creating the VM directory", e))?;
-        {
-            let dir = dir.clone();
-            rb.push("dir", move || {
-                let _ = std::fs::remove_dir_all(&dir);
-            });
-        }
-        let img = &self.inner.img;
-        match rec.clone {
-            CloneMode::Linked => img
-                .create_linked(&rec.base_path, base_format, &rec.disk_file)
-                .await
-                .map_err(|e| {
-                    EngineError::internal(
-                        &format!("Failed to clone base image {}", rec.base_image),
-                        e,
-                    )
-                })?,
-            CloneMode::Full => img
-                .copy_full(&rec.base_path, &rec.disk_file)
-                .await
-                .map_err(|e| {
-                    EngineError::internal(
-                        &format!("Failed to copy base image {}", rec.base_image),
-                        e,
-                    )
-                })?,
-        }
-        img.resize(&rec.disk_file, rec.disk_size * GIB)
-            .await
-            .map_err(|e| EngineError::internal("Failed to resize the disk", e))?;
-        rec.status = VmStatus::Stopped;
-        rec.updated_at = jobs::now();
-        store.update_vm(rec.id, rec.status.as_str(), &*rec)?;
-        rb.disarm();
-        Ok(())
+    /// Runs `work` as job `handle` in its own task and records its outcome.
+    pub(crate) fn spawn_job<T, F>(&self, handle: Arc<JobHandle>, work: F) -> Submitted<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let job = handle.snapshot();
+        let vm = job
+            .target
+            .as_deref()
+            .and_then(|t| t.strip_prefix("/api/v1/vms/"))
+            .and_then(|id| self.find(id).ok())
+            .map(|e| self.to_api(&e));
+        let agent = self.clone();
+        let result = tokio::spawn(async move {
+            let r = work.await;
+            agent
+                .inner
+                .jobs
+                .finish(&handle, r.as_ref().err().map(|e| e.to_string()));
+            r
+        });
+        Submitted { job, vm, result }
     }
 
-    fn unique_mac(&self) -> String {
+    /// Records a job that was refused before doing anything.
+    fn refused<T>(&self, handle: Arc<JobHandle>, err: EngineError) -> Result<T> {
+        self.inner.jobs.finish(&handle, Some(err.to_string()));
+        Err(err)
+    }
+
+    /// Sets and persists a VM's status, and publishes the change.
+    pub(crate) fn set_status(&self, entry: &VmEntry, status: VmStatus, reason: Option<String>) {
+        let (old, name) = {
+            let mut rec = lock(&entry.rec);
+            if rec.status == status && rec.status_reason == reason {
+                return;
+            }
+            let old = rec.status;
+            rec.status = status;
+            rec.status_reason = reason;
+            rec.updated_at = jobs::now();
+            if let Err(e) = self.inner.store.update_vm(rec.id, status.as_str(), &*rec) {
+                tracing::error!(vm = %rec.id, error = %e, "cannot persist VM status");
+            }
+            tracing::info!(vm = %rec.id, name = %rec.name, status = status.as_str(), "status");
+            (old, rec.name.clone())
+        };
+        let kind = match (old, status) {
+            (_, VmStatus::Starting) => "vm.starting",
+            (VmStatus::Paused, VmStatus::Running) => "vm.resumed",
+            (VmStatus::Rebooting, VmStatus::Running) => "vm.rebooted",
+            (_, VmStatus::Running) => "vm.started",
+            (_, VmStatus::Stopping) => "vm.stopping",
+            (_, VmStatus::Stopped) => "vm.stopped",
+            (_, VmStatus::Paused) => "vm.paused",
+            (_, VmStatus::Rebooting) => "vm.rebooting",
+            (_, VmStatus::Crashed) => "vm.crashed",
+            (_, VmStatus::Error) => "vm.error",
+            (_, VmStatus::Deleting) => "vm.deleting",
+            (_, VmStatus::Creating) => return,
+        };
+        self.vm_event(kind, entry.id, name, status);
+    }
+
+    pub(crate) fn vm_event(&self, kind: &str, id: Uuid, name: String, status: VmStatus) {
+        self.inner.events.emit(
+            kind,
+            format!("/api/v1/vms/{id}"),
+            id,
+            Some(name),
+            Some(status.as_str().into()),
+        );
+    }
+
+    pub(crate) fn unique_mac(&self) -> String {
         let map = self.inner.vms.read().unwrap_or_else(|p| p.into_inner());
         loop {
             let mac = vm::generate_mac();
@@ -619,28 +615,43 @@ impl Agent {
 
     // ---- actions ------------------------------------------------------
 
-    /// Runs a power action. `timeout` applies to stop, shutdown and reboot.
-    pub async fn action(
+    /// Starts a power action. `timeout` applies to stop, shutdown and reboot.
+    pub fn action(
         &self,
         entry: &Arc<VmEntry>,
         action: Action,
         timeout: Option<u64>,
         caller: &str,
-    ) -> Result<ActionResponse> {
-        let guard = self.begin(entry, &format!("vm.{}", action.as_str()), caller)?;
+    ) -> Result<Submitted<ActionResponse>> {
+        let kind = format!("vm.{}", action.as_str());
+        let job_id = Uuid::new_v4();
+        let guard = self.claim(entry, job_id, &kind)?;
+        let handle = self.vm_job(job_id, &kind, entry, caller)?;
+        let plan = vm::plan(action, entry.status());
+        if let Plan::Refuse(msg) = plan {
+            drop(guard);
+            return self.refused(handle, EngineError::Conflict(msg));
+        }
         let timeout = Duration::from_secs(timeout.unwrap_or(self.inner.cfg.stop_timeout_secs));
-        let result = match vm::plan(action, entry.status()) {
-            Plan::Refuse(msg) => Err(EngineError::Conflict(msg)),
-            Plan::AlreadyThere(msg) => Ok(msg.to_owned()),
-            Plan::Proceed => self.run_action(entry, action, timeout).await,
+        let agent = self.clone();
+        let entry = entry.clone();
+        let ctx = JobCtx {
+            handle: handle.clone(),
+            task: 0,
         };
-        let (message, job) = self.end(guard, result)?;
-        Ok(ActionResponse {
-            id: entry.id,
-            status: entry.status().as_str().to_owned(),
-            message,
-            job_id: job.id,
-        })
+        Ok(self.spawn_job(handle, async move {
+            let _guard = guard;
+            let message = match plan {
+                Plan::AlreadyThere(msg) => msg.to_owned(),
+                _ => agent.run_action(&entry, action, timeout, &ctx).await?,
+            };
+            Ok(ActionResponse {
+                id: entry.id,
+                status: entry.status().as_str().to_owned(),
+                message,
+                job_id: ctx.handle.id(),
+            })
+        }))
     }
 
     pub(crate) async fn run_action(
@@ -648,14 +659,15 @@ impl Agent {
         entry: &Arc<VmEntry>,
         action: Action,
         timeout: Duration,
+        ctx: &JobCtx,
     ) -> Result<String> {
         match action {
             Action::Start => self
-                .start(entry)
+                .start(entry, ctx)
                 .await
                 .map(|_| "VM successfully started.".into()),
-            Action::Stop => self.stop(entry, timeout, true).await,
-            Action::Shutdown => self.stop(entry, timeout, false).await,
+            Action::Stop => self.stop(entry, timeout, true, ctx).await,
+            Action::Shutdown => self.stop(entry, timeout, false, ctx).await,
             Action::Poweroff => self.poweroff(entry).await.map(|_| "VM powered off.".into()),
             Action::Reboot => self.reboot(entry, timeout).await,
             Action::Reset => {
@@ -695,24 +707,31 @@ impl Agent {
     }
 
     /// Deletes a VM: forces it off if needed, removes every file and the row.
-    pub async fn delete(&self, entry: &Arc<VmEntry>, caller: &str) -> Result<DeleteResponse> {
-        let guard = self.begin(entry, "vm.delete", caller)?;
-        let result = match vm::plan(Action::Delete, entry.status()) {
-            Plan::Refuse(msg) => Err(EngineError::Conflict(msg)),
-            _ => self.delete_steps(entry).await,
-        };
-        let disk_file = entry.record().disk_file.display().to_string();
-        let (_, job) = self.end(guard, result)?;
-        Ok(DeleteResponse {
-            vm_id: entry.id,
-            status: "deleted".into(),
-            message: "VM successfully deleted.".into(),
-            disk_file,
-            job_id: job.id,
-        })
+    pub fn delete(&self, entry: &Arc<VmEntry>, caller: &str) -> Result<Submitted<DeleteResponse>> {
+        let job_id = Uuid::new_v4();
+        let guard = self.claim(entry, job_id, "vm.delete")?;
+        let handle = self.vm_job(job_id, "vm.delete", entry, caller)?;
+        if let Plan::Refuse(msg) = vm::plan(Action::Delete, entry.status()) {
+            drop(guard);
+            return self.refused(handle, EngineError::Conflict(msg));
+        }
+        let agent = self.clone();
+        let entry = entry.clone();
+        Ok(self.spawn_job(handle, async move {
+            let _guard = guard;
+            let disk_file = entry.record().disk_file.display().to_string();
+            agent.delete_steps(&entry).await?;
+            Ok(DeleteResponse {
+                vm_id: entry.id,
+                status: "deleted".into(),
+                message: "VM successfully deleted.".into(),
+                disk_file,
+                job_id,
+            })
+        }))
     }
 
-    async fn delete_steps(&self, entry: &Arc<VmEntry>) -> Result<()> {
+    pub(crate) async fn delete_steps(&self, entry: &Arc<VmEntry>) -> Result<()> {
         if entry.runtime().is_some() {
             self.poweroff(entry).await?;
         }
@@ -724,6 +743,12 @@ impl Agent {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&entry.id);
+        self.vm_event(
+            "vm.deleted",
+            entry.id,
+            entry.record().name,
+            VmStatus::Deleting,
+        );
         Ok(())
     }
 

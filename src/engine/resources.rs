@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::runtime::{Runtime, Sample};
 use super::vm::VmRecord;
-use super::{lock, qmp_err, vm, Agent, EngineError, Result, VmEntry};
+use super::{lock, qmp_err, vm, Agent, EngineError, JobCtx, Result, Submitted, VmEntry};
 use crate::config::IoLayer;
 use crate::host::blockdev::{self, DevId};
 use crate::host::cgroup::IoMax;
@@ -290,12 +290,12 @@ impl Agent {
 
     /// Changes any subset of a VM's resources (and, for PATCH, its status).
     /// Live where QEMU can, stored for the next start otherwise.
-    pub async fn update(
+    pub fn update(
         &self,
         entry: &Arc<VmEntry>,
         req: PatchVmRequest,
         caller: &str,
-    ) -> Result<UpdateResponse> {
+    ) -> Result<Submitted<UpdateResponse>> {
         let cfg = &self.inner.cfg;
         if let Some(v) = req.vcpus {
             if v == 0 || v > cfg.max_vcpus {
@@ -337,42 +337,64 @@ impl Agent {
                 ));
             }
         }
-        let guard = self.begin(entry, "vm.update", caller)?;
-        let result = self.update_steps(entry, &req).await;
-        let (changes, job) = self.end(guard, result)?;
-        let rec = entry.record();
-        let applies = if changes.iter().all(|c| c.applies == Applies::Live) {
-            Applies::Live
-        } else {
-            Applies::NextStart
-        };
-        let message = match (changes.is_empty(), applies) {
-            (true, _) => "Nothing to change.".to_owned(),
-            (false, Applies::Live) => "Configuration updated and applied live.".to_owned(),
-            (false, Applies::NextStart) => {
-                "Configuration updated; some changes take effect at the next start.".to_owned()
+        if let Some(d) = req.disk_size {
+            let current = entry.record().disk_size;
+            if d < current {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: disk_size {d} GiB is smaller than the current {current} GiB; disks only grow."
+                )));
             }
+        }
+        let job_id = uuid::Uuid::new_v4();
+        let guard = self.claim(entry, job_id, "vm.update")?;
+        let handle = self.vm_job(job_id, "vm.update", entry, caller)?;
+        let ctx = JobCtx {
+            handle: handle.clone(),
+            task: 0,
         };
-        Ok(UpdateResponse {
-            id: rec.id,
-            status: "updated".into(),
-            message,
-            applies,
-            changes,
-            vcpus: rec.vcpus,
-            memory: rec.memory,
-            disk_size: rec.disk_size,
-            cpu_pinning: rec.cpu_pinning,
-            io_limits: rec.io_limits,
-            vm_status: rec.status,
-            job_id: job.id,
-        })
+        let agent = self.clone();
+        let entry = entry.clone();
+        Ok(self.spawn_job(handle, async move {
+            let _guard = guard;
+            let changes = agent.update_steps(&entry, &req, &ctx).await?;
+            let rec = entry.record();
+            let applies = if changes.iter().all(|c| c.applies == Applies::Live) {
+                Applies::Live
+            } else {
+                Applies::NextStart
+            };
+            let message = match (changes.is_empty(), applies) {
+                (true, _) => "Nothing to change.".to_owned(),
+                (false, Applies::Live) => "Configuration updated and applied live.".to_owned(),
+                (false, Applies::NextStart) => {
+                    "Configuration updated; some changes take effect at the next start.".to_owned()
+                }
+            };
+            if !changes.is_empty() {
+                agent.vm_event("vm.updated", rec.id, rec.name.clone(), rec.status);
+            }
+            Ok(UpdateResponse {
+                id: rec.id,
+                status: "updated".into(),
+                message,
+                applies,
+                changes,
+                vcpus: rec.vcpus,
+                memory: rec.memory,
+                disk_size: rec.disk_size,
+                cpu_pinning: rec.cpu_pinning,
+                io_limits: rec.io_limits,
+                vm_status: rec.status,
+                job_id,
+            })
+        }))
     }
 
     async fn update_steps(
         &self,
         entry: &Arc<VmEntry>,
         req: &PatchVmRequest,
+        ctx: &JobCtx,
     ) -> Result<Vec<FieldChange>> {
         let mut rec = entry.record();
         let rt = entry.runtime();
@@ -483,7 +505,7 @@ impl Agent {
                 vm::Plan::AlreadyThere(_) => {}
                 vm::Plan::Proceed => {
                     let timeout = Duration::from_secs(self.inner.cfg.stop_timeout_secs);
-                    self.run_action(entry, action, timeout).await?;
+                    self.run_action(entry, action, timeout, ctx).await?;
                     changes.push(FieldChange {
                         field: "status".into(),
                         applies: Applies::Live,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use super::{lock, qmp_err, Agent, EngineError, Result, VmEntry};
+use super::{lock, qmp_err, Agent, EngineError, JobCtx, Result, VmEntry};
 use crate::engine::vm::{self, VmRecord};
 use crate::model::{NetworkMode, VmStatus};
 use crate::qemu::argv::{self, KernelBoot, LaunchSpec};
@@ -127,6 +127,9 @@ impl Agent {
                 initrd: b.initrd.clone(),
                 cmdline: rec.boot.as_ref().and_then(|b| b.cmdline.clone()),
             }),
+            seed: rec
+                .cloud_init
+                .then(|| self.vm_state_dir(rec.id).join("cidata.iso")),
             pidfile: files.pidfile.clone(),
             qmp_socket: files.qmp.clone(),
             console_socket: files.console.clone(),
@@ -138,11 +141,11 @@ impl Agent {
     /// started paused (-S) -> QMP connected -> watcher running -> vCPU threads
     /// pinned -> I/O limits (cgroup, QEMU) -> tap up -> `cont`. Any failure
     /// kills QEMU and leaves the VM stopped.
-    pub(crate) async fn start(&self, entry: &Arc<VmEntry>) -> Result<()> {
+    pub(crate) async fn start(&self, entry: &Arc<VmEntry>, ctx: &JobCtx) -> Result<()> {
         let rec = entry.record();
         let previous = rec.status;
         self.set_status(entry, VmStatus::Starting, None);
-        match self.start_steps(entry, &rec).await {
+        match self.start_steps(entry, &rec, ctx).await {
             Ok(()) => {
                 self.set_status(entry, VmStatus::Running, None);
                 Ok(())
@@ -164,7 +167,8 @@ impl Agent {
         }
     }
 
-    async fn start_steps(&self, entry: &Arc<VmEntry>, rec: &VmRecord) -> Result<()> {
+    async fn start_steps(&self, entry: &Arc<VmEntry>, rec: &VmRecord, ctx: &JobCtx) -> Result<()> {
+        ctx.check()?;
         let files = self.run_files(rec.id);
         std::fs::create_dir_all(&files.dir)
             .map_err(|e| EngineError::internal("creating the run directory", e))?;
@@ -220,12 +224,16 @@ impl Agent {
         };
         let qmp_up = spawned.elapsed();
         let rt = self.attach(entry, pid, qmp, events, Some(child), rec.memory);
+        ctx.log(format!("QEMU pid {pid} answering QMP"));
+        ctx.progress(50);
+        ctx.check()?;
         let t = std::time::Instant::now();
         self.apply_pinning(&rt, rec.cpu_pinning.as_ref()).await?;
         let pinned = t.elapsed();
         let t = std::time::Instant::now();
         self.apply_io(rec, &rt).await?;
         let throttled = t.elapsed();
+        ctx.check()?;
         if rec.network.mode == NetworkMode::Tap {
             set_link_up(&vm::tap_name(rec.id)).await?;
         }
@@ -372,6 +380,7 @@ impl Agent {
         entry: &Arc<VmEntry>,
         timeout: Duration,
         force: bool,
+        ctx: &JobCtx,
     ) -> Result<String> {
         let Some(rt) = entry.runtime() else {
             // Crashed or failed: nothing runs; acknowledge.
@@ -386,11 +395,17 @@ impl Agent {
                 .await
                 .map_err(qmp_err("resume before stop"))?;
         }
-        if self
-            .press_until(&rt, timeout, || rt.wait_exit(Duration::ZERO))
-            .await
-        {
+        let token = ctx.handle.token();
+        let done = || async { token.is_cancelled() || rt.wait_exit(Duration::ZERO).await };
+        if self.press_until(&rt, timeout, done).await && !token.is_cancelled() {
             return Ok("VM successfully stopped.".into());
+        }
+        if token.is_cancelled() {
+            if rt.wait_exit(Duration::ZERO).await {
+                return Ok("VM stopped.".into());
+            }
+            self.set_status(entry, VmStatus::Running, None);
+            ctx.check()?;
         }
         if !force {
             self.set_status(entry, VmStatus::Running, None);
@@ -522,7 +537,7 @@ impl Agent {
     /// At start: settle what a crash left half-done and re-adopt every QEMU
     /// that still runs (pidfile, `/proc/<pid>/cmdline` carries the UUID, QMP).
     pub(crate) async fn recover(&self) -> anyhow::Result<()> {
-        let interrupted = crate::jobs::fail_interrupted(&self.inner.store)?;
+        let interrupted = self.inner.jobs.fail_interrupted()?;
         if interrupted > 0 {
             tracing::warn!(
                 interrupted,

@@ -44,6 +44,9 @@ pub struct VmRecord {
     pub network: NetworkSpec,
     pub tags: Vec<String>,
     pub template: Option<String>,
+    /// A NoCloud `cidata.iso` (user data) sits beside the disk.
+    #[serde(default)]
+    pub cloud_init: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -69,6 +72,7 @@ impl VmRecord {
             network: self.network.clone(),
             tags: self.tags.clone(),
             template: self.template.clone(),
+            cloud_init: self.cloud_init,
             pid,
             created_at: self.created_at.clone(),
             updated_at: self.updated_at.clone(),
@@ -205,17 +209,32 @@ pub struct Bounds {
 }
 
 /// Field checks that need no I/O.
-pub fn validate_create(req: &crate::model::CreateVmRequest, b: &Bounds) -> Result<()> {
+/// A create request with its template applied: every field resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSpec {
+    pub name: Option<String>,
+    pub vcpus: u32,
+    pub memory: u64,
+    pub disk_size: u64,
+    pub base_image: String,
+    pub clone: CloneMode,
+    pub cpu_pinning: Option<CpuPinning>,
+    pub io_limits: Option<IoLimits>,
+    pub boot: Option<BootSpec>,
+    pub network: NetworkSpec,
+    pub tags: Vec<String>,
+    pub user_data: Option<String>,
+    pub template: Option<String>,
+}
+
+/// cloud-init user data larger than this is refused.
+pub const MAX_USER_DATA: usize = 64 * 1024;
+
+/// Field checks that need no I/O.
+pub fn validate_create(req: &CreateSpec, b: &Bounds) -> Result<()> {
     let invalid = |m: String| Err(EngineError::Invalid(format!("Invalid parameter: {m}")));
     if let Some(name) = &req.name {
-        if !is_dns_label(name) {
-            return invalid(format!(
-                "name {name:?} must be a DNS label (lowercase letters, digits and '-', at most 63)"
-            ));
-        }
-        if Uuid::parse_str(name).is_ok() {
-            return invalid("name must not be a UUID".into());
-        }
+        validate_name(name)?;
     }
     if req.vcpus == 0 || req.vcpus > b.max_vcpus {
         return invalid(format!("vcpus must be between 1 and {}.", b.max_vcpus));
@@ -245,6 +264,28 @@ pub fn validate_create(req: &crate::model::CreateVmRequest, b: &Bounds) -> Resul
                 return invalid("boot.cmdline must be at most 4096 bytes.".into());
             }
         }
+    }
+    if req
+        .user_data
+        .as_ref()
+        .is_some_and(|u| u.len() > MAX_USER_DATA)
+    {
+        return invalid(format!("user_data must be at most {MAX_USER_DATA} bytes."));
+    }
+    Ok(())
+}
+
+/// A resource name: a DNS label that is not a UUID.
+pub fn validate_name(name: &str) -> Result<()> {
+    if !is_dns_label(name) {
+        return Err(EngineError::Invalid(format!(
+            "Invalid parameter: name {name:?} must be a DNS label (lowercase letters, digits and '-', at most 63)."
+        )));
+    }
+    if Uuid::parse_str(name).is_ok() {
+        return Err(EngineError::Invalid(
+            "Invalid parameter: name must not be a UUID.".into(),
+        ));
     }
     Ok(())
 }
@@ -323,7 +364,6 @@ pub fn online_cpus(sysfs_online: &str) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::CreateVmRequest;
 
     #[test]
     fn lifecycle_rules() {
@@ -359,11 +399,22 @@ mod tests {
         assert!(is_dns_label(&generate_name("...")));
     }
 
-    fn req() -> CreateVmRequest {
-        serde_json::from_value(serde_json::json!({
-            "vcpus": 1, "memory": 128, "disk_size": 1, "base_image": "base.qcow2"
-        }))
-        .unwrap()
+    fn req() -> CreateSpec {
+        CreateSpec {
+            name: None,
+            vcpus: 1,
+            memory: 128,
+            disk_size: 1,
+            base_image: "base.qcow2".into(),
+            clone: CloneMode::Linked,
+            cpu_pinning: None,
+            io_limits: None,
+            boot: None,
+            network: NetworkSpec::default(),
+            tags: vec![],
+            user_data: None,
+            template: None,
+        }
     }
 
     #[test]
@@ -374,7 +425,7 @@ mod tests {
             max_disk_gib: 10,
         };
         assert!(validate_create(&req(), &b).is_ok());
-        let bad = |f: fn(&mut CreateVmRequest)| {
+        let bad = |f: fn(&mut CreateSpec)| {
             let mut r = req();
             f(&mut r);
             validate_create(&r, &b).is_err()
@@ -388,6 +439,7 @@ mod tests {
         assert!(bad(|r| r.name = Some("Bad_Name".into())));
         assert!(bad(|r| r.name = Some(Uuid::new_v4().to_string())));
         assert!(bad(|r| r.tags = vec!["".into()]));
+        assert!(bad(|r| r.user_data = Some("x".repeat(MAX_USER_DATA + 1))));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod accel;
 pub mod blockdev;
 pub mod cgroup;
+pub mod cloudinit;
 pub mod pinning;
 pub mod pool;
 pub mod qemu_img;

@@ -120,6 +120,79 @@ impl QemuImg {
         .map(|_| ())
     }
 
+    /// A full copy that reports qemu-img's own progress (`-p`) and stops,
+    /// killing qemu-img, when `cancel` fires (the caller removes `dest`).
+    pub async fn copy_full_progress(
+        &self,
+        base: &Path,
+        dest: &Path,
+        cancel: tokio_util::sync::CancellationToken,
+        progress: impl Fn(f32),
+    ) -> Result<(), ImgError> {
+        use tokio::io::AsyncReadExt;
+        let mut child = Command::new(&self.binary)
+            .args(["convert", "-p", "-O", "qcow2"])
+            .arg(base)
+            .arg(dest)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ImgError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| ImgError::Parse("no stdout".into()))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| ImgError::Parse("no stderr".into()))?;
+        let err_task = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s).await;
+            s
+        });
+        let mut buf = [0u8; 512];
+        let mut pending = String::new();
+        loop {
+            let n = tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = child.kill().await;
+                    return Err(ImgError::Failed { op: "convert", stderr: "cancelled".into() });
+                }
+                n = stdout.read(&mut buf) => n.unwrap_or(0),
+            };
+            if n == 0 {
+                break;
+            }
+            pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+            // Progress lines look like "    (42.00/100%)" ended by \r.
+            while let Some(end) = pending.find(['\r', '\n']) {
+                let line: String = pending.drain(..=end).collect();
+                if let Some(pct) = parse_progress(&line) {
+                    progress(pct);
+                }
+            }
+        }
+        let status = child.wait().await.map_err(|source| ImgError::Spawn {
+            binary: self.binary.display().to_string(),
+            source,
+        })?;
+        let stderr = err_task.await.unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ImgError::Failed {
+                op: "convert",
+                stderr: stderr.trim().to_owned(),
+            })
+        }
+    }
+
     /// Grows `image` to `bytes`.
     pub async fn resize(&self, image: &Path, bytes: u64) -> Result<(), ImgError> {
         let size = bytes.to_string();
@@ -137,9 +210,48 @@ impl QemuImg {
     }
 }
 
+fn parse_progress(line: &str) -> Option<f32> {
+    let inner = line.trim().strip_prefix('(')?;
+    inner.split('/').next()?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(parse_progress("    (42.50/100%)\r"), Some(42.5));
+        assert_eq!(parse_progress("(100.00/100%)"), Some(100.0));
+        assert_eq!(parse_progress("junk"), None);
+    }
+
+    #[tokio::test]
+    async fn full_copy_reports_progress_and_can_be_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = QemuImg::new("qemu-img");
+        let raw = dir.path().join("base.raw");
+        std::fs::write(&raw, vec![1u8; 8 << 20]).unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let dest = dir.path().join("copy.qcow2");
+        img.copy_full_progress(
+            &raw,
+            &dest,
+            tokio_util::sync::CancellationToken::new(),
+            |p| seen.lock().unwrap().push(p),
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.lock().unwrap().last().copied(), Some(100.0));
+        assert_eq!(img.info(&dest).await.unwrap().virtual_size, 8 << 20);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        cancel.cancel();
+        let err = img
+            .copy_full_progress(&raw, &dir.path().join("c2.qcow2"), cancel, |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cancelled"));
+    }
 
     fn have_qemu_img() -> bool {
         std::process::Command::new("qemu-img")

@@ -134,16 +134,26 @@ pub struct CreateVmRequest {
     /// DNS label; generated from the base image name when omitted.
     #[serde(default)]
     pub name: Option<String>,
-    /// Number of virtual CPUs.
-    pub vcpus: u32,
-    /// Memory in MiB.
-    pub memory: u64,
-    /// Root disk size in GiB.
-    pub disk_size: u64,
-    /// Image name in a storage pool, or a path inside one.
-    pub base_image: String,
+    /// A template whose values fill the fields this request leaves out.
     #[serde(default)]
-    pub clone: CloneMode,
+    pub template: Option<String>,
+    /// Number of virtual CPUs (required here or in the template).
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Memory in MiB (required here or in the template).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// Root disk size in GiB (required here or in the template).
+    #[serde(default)]
+    pub disk_size: Option<u64>,
+    /// Image name in a storage pool, or a path inside one (required here or in the template).
+    #[serde(default)]
+    pub base_image: Option<String>,
+    #[serde(default)]
+    pub clone: Option<CloneMode>,
+    /// cloud-init user data, served to the guest on a NoCloud `cidata` drive.
+    #[serde(default)]
+    pub user_data: Option<String>,
     #[serde(default)]
     pub cpu_pinning: Option<CpuPinning>,
     #[serde(default)]
@@ -153,7 +163,7 @@ pub struct CreateVmRequest {
     #[serde(default)]
     pub network: Option<NetworkSpec>,
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub tags: Option<Vec<String>>,
 }
 
 /// A VM as the API shows it.
@@ -185,6 +195,9 @@ pub struct Vm {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// Whether the VM has cloud-init user data (served on a `cidata` drive).
+    #[serde(default)]
+    pub cloud_init: bool,
     /// Process id of the VM's QEMU while it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -506,6 +519,178 @@ pub struct Job {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// One per item of the job (one for a single-resource call).
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+}
+
+/// One item of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    /// Index of the task in its job, from 0.
+    pub id: u32,
+    pub state: JobState,
+    pub progress_percent: u8,
+    /// The resource the task acts on, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// What the task is about (a VM name, an id).
+    pub description: String,
+    /// The last log lines of the task (at most 100).
+    #[serde(default)]
+    pub log: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+    pub total_count: usize,
+}
+
+/// A page of tasks.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+    pub total_count: usize,
+}
+
+/// The 202 answer of an asynchronous call.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub job: Job,
+    /// The VM as it is now, for calls on one VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Vm>,
+}
+
+/// `DELETE /vms` body.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkDeleteVms {
+    /// VM ids or names (at most 100).
+    #[serde(alias = "vmIds")]
+    pub vm_ids: Vec<String>,
+}
+
+/// `DELETE /jobs` body.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkCancelJobs {
+    #[serde(alias = "jobIds")]
+    pub job_ids: Vec<Uuid>,
+}
+
+/// `DELETE /templates` body.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkDeleteTemplates {
+    #[serde(alias = "templateIds")]
+    pub template_ids: Vec<String>,
+}
+
+/// Reusable defaults for VMs (seed 000).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone: Option<CloneMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pinning: Option<CpuPinning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_limits: Option<IoLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// cloud-init user data given to every VM made from the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `POST /templates` body; `PATCH /templates/{id}` takes the same fields, all optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub base_image: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub disk_size: Option<u64>,
+    #[serde(default)]
+    pub clone: Option<CloneMode>,
+    #[serde(default)]
+    pub cpu_pinning: Option<CpuPinning>,
+    #[serde(default)]
+    pub io_limits: Option<IoLimits>,
+    #[serde(default)]
+    pub boot: Option<BootSpec>,
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub user_data: Option<String>,
+}
+
+/// A page of templates.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<Template>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+    pub total_count: usize,
+}
+
+/// An event on the `/api/v1/events` stream.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventMessage {
+    /// `vm.created`, `vm.starting`, `vm.started`, `vm.stopping`, `vm.stopped`,
+    /// `vm.paused`, `vm.resumed`, `vm.rebooting`, `vm.crashed`, `vm.error`,
+    /// `vm.updated`, `vm.deleted`, `job.created`, `job.progress`, `job.finished`,
+    /// `template.created`, `template.updated`, `template.deleted`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The resource's path (`/api/v1/vms/{id}`).
+    pub resource: String,
+    pub id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<u8>,
+    pub at: String,
+    /// Increases by one per event of this agent.
+    pub seq: u64,
 }
 
 /// `GET /health`.

@@ -41,6 +41,8 @@ pub struct LaunchSpec {
     /// A host tap device for the NIC; user-mode networking when None.
     pub tap: Option<String>,
     pub boot: Option<KernelBoot>,
+    /// A read-only cloud-init NoCloud seed drive.
+    pub seed: Option<PathBuf>,
     pub pidfile: PathBuf,
     pub qmp_socket: PathBuf,
     pub console_socket: PathBuf,
@@ -106,6 +108,16 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
         "-device",
         &format!("virtio-blk-pci,drive={DISK_DRIVE_ID},id={DISK_DEVICE_ID},bootindex=1"),
     ]);
+    if let Some(seed) = &spec.seed {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=cidata,format=raw,readonly=on",
+                path(seed)
+            ),
+        ]);
+        push(&["-device", "virtio-blk-pci,drive=cidata,id=vd1"]);
+    }
     match &spec.tap {
         None => push(&["-netdev", "user,id=net0"]),
         Some(tap) => push(&[
@@ -147,6 +159,7 @@ mod tests {
             mac: "52:54:00:aa:bb:cc".into(),
             tap: None,
             boot: None,
+            seed: None,
             pidfile: "/run/libgo/vms/x/qemu.pid".into(),
             qmp_socket: "/run/libgo/vms/x/qmp.sock".into(),
             console_socket: "/run/libgo/vms/x/console.sock".into(),
@@ -192,6 +205,17 @@ mod tests {
         assert!(after(&argv, "-chardev")[0].contains("logfile=/var/lib/libgo/vms/x/console.log"));
         assert!(after(&argv, "-kernel").is_empty());
         assert_eq!(after(&argv, "-netdev"), vec!["user,id=net0"]);
+    }
+
+    #[test]
+    fn a_cloud_init_seed_is_a_second_read_only_disk() {
+        let mut s = spec();
+        s.seed = Some("/var/lib/libgo/vms/x/cidata.iso".into());
+        let argv = build(&s);
+        assert!(after(&argv, "-drive").contains(
+            &"file=/var/lib/libgo/vms/x/cidata.iso,if=none,id=cidata,format=raw,readonly=on"
+        ));
+        assert!(after(&argv, "-device").contains(&"virtio-blk-pci,drive=cidata,id=vd1"));
     }
 
     #[test]

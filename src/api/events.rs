@@ -1,0 +1,102 @@
+//! `GET /api/v1/events`: a WebSocket of JSON events (VM lifecycle, jobs,
+//! templates), filtered by `types` (comma-separated prefixes: `vm.`,
+//! `job.finished`) and `resource` (an id or a name). A client that falls more
+//! than the ring's capacity behind, or does not take a message within 5 s, is
+//! closed with a reason instead of slowing the agent or growing its memory.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::{ApiError, ApiResult};
+use crate::engine::Agent;
+use crate::events::matches;
+use crate::model::EventMessage;
+
+/// Close code for a subscriber dropped for being too slow (policy violation).
+const TOO_SLOW: u16 = 1008;
+
+/// Stream of events over a WebSocket.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    params(("types" = Option<String>, Query, description = "comma-separated type prefixes, e.g. vm.started,job."),
+           ("resource" = Option<String>, Query, description = "a resource id or name")),
+    responses((status = 101, description = "WebSocket of EventMessage JSON texts", body = EventMessage),
+              (status = 400, body = crate::model::ErrorBody)))]
+pub async fn stream(
+    State(agent): State<Agent>,
+    Query(q): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let ws = ws.map_err(|e| {
+        ApiError::invalid(format!(
+            "GET /api/v1/events expects a WebSocket upgrade: {e}"
+        ))
+    })?;
+    let types: Vec<String> = q
+        .get("types")
+        .or_else(|| q.get("type"))
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let resource = q.get("resource").cloned();
+    let rx = agent.events().subscribe();
+    Ok(ws.on_upgrade(move |socket| pump(socket, rx, types, resource)))
+}
+
+async fn pump(
+    mut socket: WebSocket,
+    mut rx: tokio::sync::broadcast::Receiver<EventMessage>,
+    types: Vec<String>,
+    resource: Option<String>,
+) {
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    if !matches(&ev, &types, resource.as_deref()) {
+                        continue;
+                    }
+                    let Ok(text) = serde_json::to_string(&ev) else { continue };
+                    match tokio::time::timeout(Duration::from_secs(5), socket.send(Message::Text(text.into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            close(&mut socket, "client too slow: a message waited 5 s").await;
+                            return;
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    close(&mut socket, &format!("client too slow: {n} events dropped")).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn close(socket: &mut WebSocket, reason: &str) {
+    let frame = CloseFrame {
+        code: TOO_SLOW,
+        reason: reason.to_owned().into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}

@@ -1,0 +1,142 @@
+//! `/api/v1/templates`: reusable VM defaults (seed 000).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::{Extension, Json};
+use base64::Engine as _;
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::JsonBody;
+use super::respond::accepted;
+use super::Caller;
+use crate::engine::Agent;
+use crate::model::{Accepted, BulkDeleteTemplates, Template, TemplateList, TemplateRequest};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Templates by name (or `sort=-name`, `created_at`, `-created_at`); filters `name`, `tag`.
+#[utoipa::path(get, path = "/api/v1/templates", tag = "templates",
+    params(("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query), ("sort" = Option<String>, Query),
+           ("name" = Option<String>, Query), ("tag" = Option<String>, Query)),
+    responses((status = 200, body = TemplateList), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn list(
+    State(agent): State<Agent>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<TemplateList>> {
+    let limit = super::jobs::limit(&q)?;
+    let sort = q.get("sort").map(String::as_str).unwrap_or("name");
+    let (by_name, desc) = match sort {
+        "name" => (true, false),
+        "-name" => (true, true),
+        "created_at" => (false, false),
+        "-created_at" => (false, true),
+        other => return Err(ApiError::invalid(format!("Invalid sort {other:?}."))),
+    };
+    let key = |t: &Template| {
+        (
+            if by_name {
+                t.name.clone()
+            } else {
+                t.created_at.clone()
+            },
+            t.id,
+        )
+    };
+    let mut all: Vec<Template> = agent
+        .templates()?
+        .into_iter()
+        .filter(|t| q.get("name").is_none_or(|n| &t.name == n))
+        .filter(|t| q.get("tag").is_none_or(|g| t.tags.contains(g)))
+        .collect();
+    all.sort_by_key(key);
+    if desc {
+        all.reverse();
+    }
+    let total = all.len();
+    let after: Option<(String, Uuid)> = match q.get("page_token").or_else(|| q.get("pageToken")) {
+        None => None,
+        Some(t) => Some(
+            B64.decode(t)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
+        ),
+    };
+    let start = match &after {
+        None => 0,
+        Some(a) => all
+            .iter()
+            .position(|t| if desc { key(t) < *a } else { key(t) > *a })
+            .unwrap_or(all.len()),
+    };
+    let end = (start + limit).min(all.len());
+    let templates = all[start..end].to_vec();
+    let next_page_token = (end < all.len())
+        .then(|| {
+            templates
+                .last()
+                .map(|t| B64.encode(serde_json::to_vec(&key(t)).unwrap_or_default()))
+        })
+        .flatten();
+    Ok(Json(TemplateList {
+        templates,
+        next_page_token,
+        total_count: total,
+    }))
+}
+
+/// Create a template.
+#[utoipa::path(post, path = "/api/v1/templates", tag = "templates", request_body = TemplateRequest,
+    responses((status = 201, body = Template), (status = 400, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn create(
+    State(agent): State<Agent>,
+    JsonBody(req): JsonBody<TemplateRequest>,
+) -> ApiResult<(StatusCode, Json<Template>)> {
+    Ok((StatusCode::CREATED, Json(agent.create_template(req)?)))
+}
+
+/// A template by id or name.
+#[utoipa::path(get, path = "/api/v1/templates/{id}", tag = "templates", params(("id" = String, Path)),
+    responses((status = 200, body = Template), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Template>> {
+    Ok(Json(agent.find_template(&id)?))
+}
+
+/// Change any subset of a template's fields.
+#[utoipa::path(patch, path = "/api/v1/templates/{id}", tag = "templates", params(("id" = String, Path)), request_body = TemplateRequest,
+    responses((status = 200, body = Template), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn patch(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<TemplateRequest>,
+) -> ApiResult<Json<Template>> {
+    Ok(Json(agent.update_template(&id, req)?))
+}
+
+/// Delete a template (VMs made from it keep their configuration).
+#[utoipa::path(delete, path = "/api/v1/templates/{id}", tag = "templates", params(("id" = String, Path)),
+    responses((status = 200, body = Template), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn delete(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Template>> {
+    Ok(Json(agent.delete_template(&id)?))
+}
+
+/// Delete many templates: `{"template_ids": [...]}`; 202 with the job.
+#[utoipa::path(delete, path = "/api/v1/templates", tag = "templates", request_body = BulkDeleteTemplates,
+    responses((status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn bulk_delete(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<BulkDeleteTemplates>,
+) -> ApiResult<Response> {
+    Ok(accepted(
+        agent.bulk_delete_templates(req.template_ids, &caller.label)?,
+        None,
+    ))
+}

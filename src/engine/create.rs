@@ -1,0 +1,296 @@
+//! Creating VMs: a request (plus its template) resolved into a record, then
+//! the disk cloned and grown, the cloud-init seed written and the row
+//! committed, each step undone if a later one fails or the job is cancelled.
+
+use std::path::Path;
+use uuid::Uuid;
+
+use super::vm::{self, CreateSpec, ResolvedBoot, VmRecord};
+use super::{pool_err, Agent, EngineError, JobCtx, Result, Submitted, VmEntry, GIB};
+use crate::host::pool;
+use crate::jobs::{self, TaskSpec};
+use crate::model::{CloneMode, CreateVmRequest, Vm, VmStatus};
+use crate::rollback::Rollback;
+
+/// A create request resolved and checked: ready to run.
+pub struct CreatePlan {
+    pub rec: VmRecord,
+    pub base_format: String,
+    pub user_data: Option<String>,
+}
+
+impl Agent {
+    /// Applies the template, checks every field and resolves every path.
+    /// Everything that can be refused is refused here, before any job.
+    pub async fn prepare_create(&self, req: CreateVmRequest) -> Result<CreatePlan> {
+        let spec = self.apply_template(req)?;
+        let cfg = &self.inner.cfg;
+        vm::validate_create(
+            &spec,
+            &vm::Bounds {
+                max_vcpus: cfg.max_vcpus,
+                max_memory_mib: cfg.max_memory_mib,
+                max_disk_gib: cfg.max_disk_gib,
+            },
+        )?;
+        if let Some(pin) = &spec.cpu_pinning {
+            super::resources::check_pinning(pin)?;
+        }
+        let pools = cfg.pools();
+        let base_path = pool::resolve(&pools, &spec.base_image, "base image").map_err(pool_err)?;
+        let boot_paths = match &spec.boot {
+            None => None,
+            Some(b) => Some(ResolvedBoot {
+                kernel: pool::resolve(&pools, &b.kernel, "boot.kernel").map_err(pool_err)?,
+                initrd: b
+                    .initrd
+                    .as_deref()
+                    .map(|i| pool::resolve(&pools, i, "boot.initrd").map_err(pool_err))
+                    .transpose()?,
+            }),
+        };
+        let info = self.inner.img.info(&base_path).await.map_err(|e| {
+            EngineError::Invalid(format!(
+                "base image {} is not a disk image: {e}",
+                spec.base_image
+            ))
+        })?;
+        if spec.disk_size.saturating_mul(GIB) < info.virtual_size {
+            return Err(EngineError::Invalid(format!(
+                "Invalid parameter: disk_size {} GiB is smaller than the base image ({} bytes, {:.2} GiB); disks only grow.",
+                spec.disk_size,
+                info.virtual_size,
+                info.virtual_size as f64 / GIB as f64
+            )));
+        }
+        if let Some(name) = &spec.name {
+            if self.find(name).is_ok() {
+                return Err(EngineError::Conflict(format!(
+                    "name already in use: {name}"
+                )));
+            }
+        }
+        let id = Uuid::new_v4();
+        let name = spec.name.clone().unwrap_or_else(|| {
+            vm::generate_name(spec.template.as_deref().unwrap_or(&spec.base_image))
+        });
+        let now = jobs::now();
+        let dir = self.vm_state_dir(id);
+        Ok(CreatePlan {
+            rec: VmRecord {
+                id,
+                name,
+                status: VmStatus::Creating,
+                status_reason: None,
+                vcpus: spec.vcpus,
+                memory: spec.memory,
+                disk_size: spec.disk_size,
+                base_image: spec.base_image,
+                base_path,
+                clone: spec.clone,
+                disk_file: dir.join("root.qcow2"),
+                mac_address: self.unique_mac(),
+                cpu_pinning: spec.cpu_pinning,
+                io_limits: spec.io_limits.filter(|l| *l != Default::default()),
+                boot: spec.boot,
+                boot_paths,
+                network: spec.network,
+                tags: spec.tags,
+                template: spec.template,
+                cloud_init: spec.user_data.is_some(),
+                created_at: now.clone(),
+                updated_at: now,
+            },
+            base_format: info.format,
+            user_data: spec.user_data,
+        })
+    }
+
+    /// Creates one VM as a job.
+    pub async fn create(&self, req: CreateVmRequest, caller: &str) -> Result<Submitted<Vm>> {
+        let plan = self.prepare_create(req).await?;
+        let target = format!("/api/v1/vms/{}", plan.rec.id);
+        let handle = self.inner.jobs.start(
+            Uuid::new_v4(),
+            "vm.create",
+            Some(target.clone()),
+            caller,
+            vec![TaskSpec {
+                description: plan.rec.name.clone(),
+                target: Some(target),
+            }],
+        )?;
+        let ctx = JobCtx {
+            handle: handle.clone(),
+            task: 0,
+        };
+        let agent = self.clone();
+        let preview = plan.rec.to_api(&self.inner.node, None);
+        let mut sub = self.spawn_job(handle, async move { agent.create_run(plan, &ctx).await });
+        sub.vm = Some(preview);
+        Ok(sub)
+    }
+
+    /// The steps of a create. The row comes first (status `creating`): a
+    /// crash from there on is undone at the next start, and the name is
+    /// reserved atomically.
+    pub(crate) async fn create_run(&self, plan: CreatePlan, ctx: &JobCtx) -> Result<Vm> {
+        let CreatePlan {
+            mut rec,
+            base_format,
+            user_data,
+        } = plan;
+        let store = &self.inner.store;
+        let mut rb = Rollback::new();
+        ctx.check()?;
+        store.insert_vm(
+            rec.id,
+            &rec.name,
+            rec.status.as_str(),
+            &rec.created_at,
+            &rec,
+        )?;
+        {
+            let inner = self.inner.clone();
+            let id = rec.id;
+            rb.push("row", move || {
+                let _ = inner.store.delete_vm(id);
+            });
+        }
+        ctx.progress(10);
+        let dir = rec
+            .disk_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EngineError::internal("creating the VM directory", e))?;
+        {
+            let dir = dir.clone();
+            rb.push("dir", move || {
+                let _ = std::fs::remove_dir_all(&dir);
+            });
+        }
+        ctx.check()?;
+        let img = &self.inner.img;
+        match rec.clone {
+            CloneMode::Linked => {
+                ctx.log(format!("linked clone of {}", rec.base_path.display()));
+                img.create_linked(&rec.base_path, &base_format, &rec.disk_file)
+                    .await
+                    .map_err(|e| {
+                        EngineError::internal(
+                            &format!("Failed to clone base image {}", rec.base_image),
+                            e,
+                        )
+                    })?
+            }
+            CloneMode::Full => {
+                ctx.log(format!("full copy of {}", rec.base_path.display()));
+                let token = ctx.handle.token();
+                let result = img
+                    .copy_full_progress(&rec.base_path, &rec.disk_file, token, |pct| {
+                        ctx.progress(10 + (pct * 0.8) as u8)
+                    })
+                    .await;
+                ctx.check()?;
+                result.map_err(|e| {
+                    EngineError::internal(
+                        &format!("Failed to copy base image {}", rec.base_image),
+                        e,
+                    )
+                })?
+            }
+        }
+        ctx.progress(90);
+        ctx.check()?;
+        img.resize(&rec.disk_file, rec.disk_size * GIB)
+            .await
+            .map_err(|e| EngineError::internal("Failed to resize the disk", e))?;
+        if let Some(user_data) = &user_data {
+            crate::host::cloudinit::build_seed(
+                &dir.join("cidata.iso"),
+                &rec.id.to_string(),
+                &rec.name,
+                user_data,
+            )
+            .await
+            .map_err(|e| EngineError::internal("Failed to write the cloud-init seed", e))?;
+        }
+        ctx.check()?;
+        rec.status = VmStatus::Stopped;
+        rec.updated_at = jobs::now();
+        store.update_vm(rec.id, rec.status.as_str(), &rec)?;
+        rb.disarm();
+        let entry = VmEntry::new(rec);
+        let vm = self.to_api(&entry);
+        self.inner
+            .vms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.id, entry.clone());
+        ctx.log("created");
+        self.vm_event("vm.created", vm.id, vm.name.clone(), VmStatus::Stopped);
+        Ok(vm)
+    }
+
+    /// A request merged over its template: the request's fields win.
+    fn apply_template(&self, req: CreateVmRequest) -> Result<CreateSpec> {
+        let t = match &req.template {
+            Some(key) => Some(self.find_template(key)?),
+            None => None,
+        };
+        let missing = |f: &str| {
+            EngineError::Invalid(format!(
+                "Invalid parameter: {f} is required (in the request or its template)."
+            ))
+        };
+        Ok(CreateSpec {
+            name: req.name,
+            vcpus: req
+                .vcpus
+                .or_else(|| t.as_ref().and_then(|t| t.vcpus))
+                .ok_or_else(|| missing("vcpus"))?,
+            memory: req
+                .memory
+                .or_else(|| t.as_ref().and_then(|t| t.memory))
+                .ok_or_else(|| missing("memory"))?,
+            disk_size: req
+                .disk_size
+                .or_else(|| t.as_ref().and_then(|t| t.disk_size))
+                .ok_or_else(|| missing("disk_size"))?,
+            base_image: req
+                .base_image
+                .or_else(|| t.as_ref().and_then(|t| t.base_image.clone()))
+                .ok_or_else(|| missing("base_image"))?,
+            clone: req
+                .clone
+                .or_else(|| t.as_ref().and_then(|t| t.clone))
+                .unwrap_or_default(),
+            cpu_pinning: req
+                .cpu_pinning
+                .or_else(|| t.as_ref().and_then(|t| t.cpu_pinning.clone())),
+            io_limits: req
+                .io_limits
+                .or_else(|| t.as_ref().and_then(|t| t.io_limits.clone())),
+            boot: req.boot.or_else(|| t.as_ref().and_then(|t| t.boot.clone())),
+            network: req
+                .network
+                .or_else(|| t.as_ref().and_then(|t| t.network.clone()))
+                .unwrap_or_default(),
+            tags: req
+                .tags
+                .or_else(|| t.as_ref().map(|t| t.tags.clone()))
+                .unwrap_or_default(),
+            user_data: req
+                .user_data
+                .or_else(|| t.as_ref().and_then(|t| t.user_data.clone())),
+            template: t.map(|t| t.name),
+        })
+    }
+}
+
+/// Shared by the bulk path: a plan's description for its task.
+pub(crate) fn describe(req: &CreateVmRequest, i: usize) -> String {
+    req.name.clone().unwrap_or_else(|| format!("item {i}"))
+}
