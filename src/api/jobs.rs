@@ -64,11 +64,13 @@ pub async fn list(
                 .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
         ),
     };
-    let (rows, total) = agent
+    let (mut rows, total) = agent
         .store()
-        .page_jobs::<Job>(state, q.get("type").map(String::as_str), before, limit)
+        .page_jobs::<Job>(state, q.get("type").map(String::as_str), before, limit + 1)
         .map_err(crate::engine::EngineError::from)?;
-    let next_page_token = (rows.len() == limit)
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next_page_token = more
         .then(|| rows.last().map(|(rowid, _)| B64.encode(rowid.to_string())))
         .flatten();
     // Running jobs are current in memory; the store may lag by a moment.

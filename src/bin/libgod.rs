@@ -59,6 +59,9 @@ struct Args {
     /// Milliseconds between performance samples.
     #[arg(long)]
     sample_interval_ms: Option<u64>,
+    /// Items of a bulk job that run at once (0: the number of cores).
+    #[arg(long)]
+    bulk_parallelism: Option<usize>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -110,6 +113,9 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.sample_interval_ms {
         cfg.sample_interval_ms = v;
+    }
+    if let Some(v) = args.bulk_parallelism {
+        cfg.bulk_parallelism = v;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -173,36 +173,7 @@ impl Daemon {
         body: Option<String>,
         headers: &[(&str, &str)],
     ) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://localhost{path}"))
-            .header("host", "localhost");
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, headers, bytes.to_vec()))
+        raw_request(&self.socket, method, path, body, headers).await
     }
 
     pub async fn req(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -382,4 +353,64 @@ pub async fn wait_gone(pid: u32) {
         assert!(Instant::now() < deadline, "pid {pid} did not exit");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A bare HTTP client for a daemon socket (for requests sent from tasks).
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Client {
+        Client { socket }
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
+        raw_request(&self.socket, method, path, body, headers).await
+    }
+}
+
+pub async fn raw_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{path}"))
+        .header("host", "localhost");
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, bytes.to_vec()))
 }
