@@ -584,6 +584,32 @@ mod tests {
     }
 
     #[test]
+    fn finished_jobs_past_retention_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (old, running, new) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        store
+            .put_job(old, "k", "succeeded", "2020-01-01T00:00:00Z", &Doc { v: 1 })
+            .unwrap();
+        store
+            .put_job(
+                running,
+                "k",
+                "running",
+                "2020-01-01T00:00:00Z",
+                &Doc { v: 2 },
+            )
+            .unwrap();
+        store
+            .put_job(new, "k", "failed", "2030-01-01T00:00:00Z", &Doc { v: 3 })
+            .unwrap();
+        assert_eq!(store.prune_jobs("2025-01-01T00:00:00Z").unwrap(), 1);
+        assert!(store.get_job::<Doc>(old).unwrap().is_none());
+        assert!(store.get_job::<Doc>(running).unwrap().is_some());
+        assert!(store.get_job::<Doc>(new).unwrap().is_some());
+    }
+
+    #[test]
     fn idempotency_keys() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();

@@ -508,7 +508,7 @@ async fn paging_250_vms_while_others_come_and_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_calls_and_the_event_stream() {
     let _slot = guest_slot().await;
-    let d = Daemon::start().await;
+    let d = Daemon::start_with(&["--stop-timeout", "2"]).await;
     let vm = d.create_fixture_vm("watched", "libgo.ignore_acpi=1").await;
     let id = vm["id"].as_str().unwrap().to_owned();
 
@@ -599,6 +599,23 @@ async fn async_calls_and_the_event_stream() {
     assert!(pos("vm.started") < pos("vm.stopping"), "{kinds:?}");
     assert!(pos("vm.stopping") < pos("vm.stopped"), "{kinds:?}");
     let _ = ws.close(None).await;
+
+    // PATCH with a desired status drives the same lifecycle.
+    for (want, status) in [
+        ("running", "running"),
+        ("paused", "paused"),
+        ("running", "running"),
+        ("stopped", "stopped"),
+    ] {
+        let (code, r) = d
+            .req(
+                "PATCH",
+                &format!("/api/v1/vms/{id}"),
+                Some(json!({"status": want})),
+            )
+            .await;
+        assert_eq!((code, r["vm_status"].as_str()), (200, Some(status)), "{r}");
+    }
 
     // Plain GET without an upgrade is a clear 400.
     assert_eq!(d.req("GET", "/api/v1/events", None).await.0, 400);
