@@ -25,19 +25,28 @@ async fn bulk(d: &Daemon, from: usize, n: usize) -> f64 {
         .map(|i| json!({"name": format!("vm-{i:05}"), "vcpus": 1, "memory": 64, "disk_size": 1, "base_image": "base.qcow2"}))
         .collect();
     let t = Instant::now();
-    let (code, acc) = d.req("POST", "/api/v1/vms", Some(Value::Array(items))).await;
+    let (code, acc) = d
+        .req("POST", "/api/v1/vms", Some(Value::Array(items)))
+        .await;
     assert_eq!(code, 202, "{acc}");
     let id = acc["job"]["id"].as_str().unwrap();
-    let (_, job) = d.req("GET", &format!("/api/v1/jobs/{id}?wait=300"), None).await;
+    let (_, job) = d
+        .req("GET", &format!("/api/v1/jobs/{id}?wait=300"), None)
+        .await;
     assert_eq!(job["state"], "succeeded", "{job}");
     ms(t)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let total: usize = std::env::var("LIBGO_BENCH_VMS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let total: usize = std::env::var("LIBGO_BENCH_VMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let d = Daemon::start().await;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
 
     let mut batches = Vec::new();
     let mut made = 0;
@@ -53,7 +62,10 @@ async fn main() {
     let mut bytes = 0;
     for _ in 0..30 {
         let t = Instant::now();
-        let (code, _, body) = d.raw("GET", "/api/v1/vms?limit=200", None, &[]).await.unwrap();
+        let (code, _, body) = d
+            .raw("GET", "/api/v1/vms?limit=200", None, &[])
+            .await
+            .unwrap();
         page.push(ms(t));
         assert_eq!(code, 200);
         bytes = body.len();
@@ -81,7 +93,9 @@ async fn main() {
     let mut filtered = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
-        let (_, p) = d.req("GET", "/api/v1/vms?name=vm-00500&limit=200", None).await;
+        let (_, p) = d
+            .req("GET", "/api/v1/vms?name=vm-00500&limit=200", None)
+            .await;
         filtered.push(ms(t));
         assert!(p["total_count"].as_u64().unwrap() <= 1);
     }
@@ -90,8 +104,22 @@ async fn main() {
     println!("| figure | ms |");
     println!("| --- | --- |");
     println!("| bulk create of 100 VMs (one job, linked clones) | {first:.0} |");
-    println!("| per VM within a bulk create (median of {} batches) | {:.1} |", batches.len(), median(per_vm));
-    println!("| GET /vms?limit=200 with {total} VMs (full objects, {bytes} bytes) | {:.1} |", median(page));
-    println!("| walk all {} pages of {total} VMs | {:.1} |", total.div_ceil(200), median(walks));
-    println!("| GET /vms?name=... (filter) with {total} VMs | {:.2} |", median(filtered));
+    println!(
+        "| per VM within a bulk create (median of {} batches) | {:.1} |",
+        batches.len(),
+        median(per_vm)
+    );
+    println!(
+        "| GET /vms?limit=200 with {total} VMs (full objects, {bytes} bytes) | {:.1} |",
+        median(page)
+    );
+    println!(
+        "| walk all {} pages of {total} VMs | {:.1} |",
+        total.div_ceil(200),
+        median(walks)
+    );
+    println!(
+        "| GET /vms?name=... (filter) with {total} VMs | {:.2} |",
+        median(filtered)
+    );
 }
