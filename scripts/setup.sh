@@ -13,6 +13,8 @@ have mke2fs || need+=(e2fsprogs)
 have cpio || need+=(cpio)
 have curl || need+=(curl)
 have socat || need+=(socat)
+have genisoimage || need+=(genisoimage)
+have ip || need+=(iproute2)
 have python3 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
