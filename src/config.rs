@@ -80,6 +80,11 @@ pub struct Config {
     pub bulk_parallelism: usize,
     /// Finished jobs are kept this long.
     pub job_retention_hours: u64,
+    /// The Docker Engine API socket.
+    pub docker_socket: PathBuf,
+    /// This agent's name (the `node` of its resources, the owner label of
+    /// its containers); the host name when empty.
+    pub node_name: String,
 }
 
 impl Default for Config {
@@ -108,6 +113,8 @@ impl Default for Config {
             sample_interval_ms: 2000,
             bulk_parallelism: 0,
             job_retention_hours: 168,
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            node_name: String::new(),
         }
     }
 }

@@ -5,6 +5,8 @@
 pub mod api;
 /// All paths, binaries, limits and timeouts, with embedded defaults.
 pub mod config;
+/// The container backend: the Docker Engine API on its socket.
+pub mod docker;
 /// What the agent does: VMs, their lifecycle and recovery, transport-agnostic.
 pub mod engine;
 /// The broadcast of lifecycle and job events.

@@ -80,6 +80,11 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (caller, key)
      );",
+    // 3: containers adopted by libgo (created by someone else).
+    "CREATE TABLE adopted (
+        engine_id TEXT PRIMARY KEY,
+        id TEXT NOT NULL
+     );",
 ];
 
 pub struct Store {
@@ -316,6 +321,36 @@ impl Store {
 
     pub fn load_templates<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
         self.docs("SELECT id, doc FROM templates ORDER BY created_at, id", [])
+    }
+
+    // ---- adopted containers -------------------------------------------
+
+    pub fn adopt(&self, engine_id: &str, id: Uuid) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO adopted (engine_id, id) VALUES (?1, ?2)",
+            params![engine_id, id.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn adopted(&self, engine_id: &str) -> Result<Option<Uuid>> {
+        let id: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT id FROM adopted WHERE engine_id = ?1",
+                params![engine_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(id.and_then(|i| Uuid::parse_str(&i).ok()))
+    }
+
+    pub fn unadopt(&self, engine_id: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM adopted WHERE engine_id = ?1",
+            params![engine_id],
+        )?;
+        Ok(())
     }
 
     // ---- idempotency keys ---------------------------------------------

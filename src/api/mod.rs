@@ -1,6 +1,7 @@
 //! The HTTP edge: parses requests into `model` types, checks who is asking,
 //! calls the engine and renders the answer. Nothing below it knows HTTP.
 
+pub mod containers;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -34,6 +35,8 @@ use error::{ApiError, REQUEST_ID};
 
 /// Bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
+/// Image tarballs (import, load, build contexts) may be this large.
+pub const MAX_UPLOAD: usize = 4 << 30;
 
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +136,68 @@ pub fn router(agent: Agent) -> Router {
                 .patch(templates::patch)
                 .delete(templates::delete),
         )
-        .route("/events", get(events::stream));
+        .route("/events", get(events::stream))
+        .route(
+            "/containers",
+            get(containers::list).post(containers::create),
+        )
+        .route(
+            "/containers/{id}",
+            get(containers::get)
+                .delete(containers::delete)
+                .patch(containers::update),
+        )
+        .route("/containers/{id}/resources", put(containers::update))
+        .route("/containers/{id}/exec", post(containers::exec))
+        .route("/containers/{id}/adopt", post(containers::adopt))
+        .route("/containers/{id}/logs", get(containers::logs))
+        .route("/containers/{id}/stats", get(containers::stats))
+        .route("/containers/{id}/{action}", post(containers::action))
+        .route("/images", get(containers::images))
+        .route("/images/pull", post(containers::pull))
+        .route(
+            "/images/import",
+            post(containers::import).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route(
+            "/images/load",
+            post(containers::load).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route(
+            "/images/build",
+            post(containers::build).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route(
+            "/images/{id}",
+            get(containers::image).delete(containers::remove_image),
+        )
+        .route("/images/{id}/tag", post(containers::tag))
+        .route("/images/{id}/push", post(containers::push))
+        .route(
+            "/networks",
+            get(containers::networks).post(containers::create_network),
+        )
+        .route(
+            "/networks/{id}",
+            get(containers::network).delete(containers::remove_network),
+        )
+        .route("/networks/{id}/{op}", post(containers::network_op))
+        .route(
+            "/volumes",
+            get(containers::volumes).post(containers::create_volume),
+        )
+        .route(
+            "/volumes/{id}",
+            get(containers::volume).delete(containers::remove_volume),
+        )
+        .route(
+            "/instances",
+            get(containers::instances).post(containers::create_instance),
+        )
+        .route(
+            "/instances/{id}/{action}",
+            post(containers::instance_action),
+        );
     Router::new()
         .nest("/api/v1", api)
         .route("/health", get(health))

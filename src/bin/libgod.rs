@@ -62,6 +62,12 @@ struct Args {
     /// Items of a bulk job that run at once (0: the number of cores).
     #[arg(long)]
     bulk_parallelism: Option<usize>,
+    /// The Docker Engine API socket (default /var/run/docker.sock).
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
+    /// This agent's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -116,6 +122,12 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.bulk_parallelism {
         cfg.bulk_parallelism = v;
+    }
+    if let Some(v) = &args.docker_socket {
+        cfg.docker_socket = v.clone();
+    }
+    if let Some(v) = &args.node_name {
+        cfg.node_name = v.clone();
     }
     cfg.validate()?;
     Ok(cfg)

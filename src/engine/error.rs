@@ -10,6 +10,7 @@ pub enum ErrorKind {
     Conflict,
     Capacity,
     Unavailable,
+    Forbidden,
     Internal,
 }
 
@@ -37,6 +38,9 @@ pub enum EngineError {
     /// A backend (QEMU, KVM) is missing.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller may not do this to this resource.
+    #[error("{0}")]
+    Forbidden(String),
     /// The job was cancelled; what it did was undone.
     #[error("{0}")]
     Cancelled(String),
@@ -55,6 +59,7 @@ impl EngineError {
             }
             EngineError::Capacity(_) => ErrorKind::Capacity,
             EngineError::Unavailable(_) => ErrorKind::Unavailable,
+            EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::Internal(_) => ErrorKind::Internal,
         }
     }

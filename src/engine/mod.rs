@@ -17,7 +17,9 @@
 //! read in-memory records and never wait on a monitor.
 
 pub mod bulk;
+pub mod containers;
 pub mod create;
+pub mod docker_objects;
 pub mod error;
 pub mod resources;
 pub mod runtime;
@@ -101,6 +103,8 @@ pub(crate) struct Inner {
     /// configuration enforces limits there.
     cgroups: Option<crate::host::cgroup::Cgroups>,
     vms: RwLock<HashMap<Uuid, Arc<VmEntry>>>,
+    docker: crate::docker::DockerBackend,
+    containers: Mutex<containers::ContainerState>,
 }
 
 /// The agent. Cheap to clone.
@@ -265,11 +269,16 @@ impl Agent {
             tracing::warn!(dir = %cfg.state_dir.display(), "no O_DIRECT here (tmpfs?): disks use cache=writeback");
             "writeback"
         };
-        let node = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".into());
+        let node = if cfg.node_name.is_empty() {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        } else {
+            cfg.node_name.clone()
+        };
         let img = QemuImg::new(cfg.qemu_img_binary.clone());
+        let docker_socket = cfg.docker_socket.clone();
         let cgroups = if cfg.io_throttle.contains(&crate::config::IoLayer::Cgroup) {
             match crate::host::cgroup::Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent) {
                 Ok(cg) => {
@@ -295,10 +304,13 @@ impl Agent {
             disk_cache,
             cgroups,
             vms: RwLock::new(HashMap::new()),
+            docker: crate::docker::DockerBackend::new(docker_socket),
+            containers: Mutex::new(containers::ContainerState::default()),
         });
         let agent = Agent { inner };
         agent.recover().await?;
         agent.prune();
+        tokio::spawn(agent.clone().watch_engine());
         let weak = Arc::downgrade(&agent.inner);
         tokio::spawn(async move {
             loop {

@@ -48,6 +48,8 @@ pub fn fixture_cmdline() -> String {
 /// (Unix socket paths are limited to 108 bytes).
 pub struct Daemon {
     pub root: tempfile::TempDir,
+    /// The agent's node name (owner label of its containers).
+    pub node: String,
     pub socket: PathBuf,
     pub extra_args: Vec<String>,
     child: Option<Child>,
@@ -80,7 +82,17 @@ impl Daemon {
         for f in ["vmlinuz", "initrd.img", "base.qcow2", "bootable.qcow2"] {
             std::fs::copy(fx.join(f), images.join(f)).unwrap();
         }
+        let node = format!(
+            "test-{}",
+            root.path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_lowercase()
+                .replace(['_', '.'], "-")
+        );
         let mut d = Daemon {
+            node,
             socket: root.path().join("libgo.sock"),
             root,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
@@ -105,6 +117,8 @@ impl Daemon {
             .arg(self.run_dir())
             .arg("--image-dir")
             .arg(self.image_dir())
+            .arg("--node-name")
+            .arg(&self.node)
             .arg("--accel")
             .arg(std::env::var("LIBGO_TEST_ACCEL").unwrap_or_else(|_| "auto".into()))
             .args(&self.extra_args)

@@ -1,0 +1,629 @@
+//! `/api/v1/containers`, `/images`, `/networks`, `/volumes` (the Docker
+//! engine behind the agent) and `/instances` (VMs and containers together).
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine as _;
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{JsonBody, OptionalBody};
+use super::respond::{accepted, answer, wants_async};
+use super::Caller;
+use crate::engine::containers::CAction;
+use crate::engine::vm::Action;
+use crate::engine::Agent;
+use crate::model::{
+    ActionRequest, Container, ContainerList, CreateContainerRequest, CreateNetworkRequest,
+    CreateVmRequest, CreateVolumeRequest, ExecRequest, ExecResult, Image, ImageList, ImageRef,
+    Instance, InstanceList, Network, NetworkConnect, Performance, UpdateContainerRequest, VmStatus,
+    Volume,
+};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// One page of items sorted by (created_at, id), after an opaque cursor.
+fn paginate<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> (String, Uuid),
+    q: &HashMap<String, String>,
+) -> ApiResult<(Vec<T>, Option<String>, usize)> {
+    let limit = super::jobs::limit(q)?;
+    let total = items.len();
+    let after: Option<(String, Uuid)> = match q.get("page_token").or_else(|| q.get("pageToken")) {
+        None => None,
+        Some(t) => Some(
+            B64.decode(t)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
+        ),
+    };
+    let mut rest: Vec<T> = items
+        .into_iter()
+        .filter(|i| after.as_ref().is_none_or(|a| key(i) > *a))
+        .collect();
+    let more = rest.len() > limit;
+    rest.truncate(limit);
+    let next = more
+        .then(|| {
+            rest.last()
+                .map(|l| B64.encode(serde_json::to_vec(&key(l)).unwrap_or_default()))
+        })
+        .flatten();
+    Ok((rest, next, total))
+}
+
+fn flag(q: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::invalid(format!(
+            "Invalid {name} {other:?}: use true or false."
+        ))),
+    }
+}
+
+fn status_filter(q: &HashMap<String, String>) -> ApiResult<Option<VmStatus>> {
+    q.get("status")
+        .map(|s| {
+            VmStatus::parse(s)
+                .ok_or_else(|| ApiError::invalid(format!("Invalid status filter {s:?}.")))
+        })
+        .transpose()
+}
+
+// ---- containers ---------------------------------------------------------
+
+/// Containers libgo manages (`?all=true`: every container of the engine);
+/// filters `status`, `name`, `tag`.
+#[utoipa::path(get, path = "/api/v1/containers", tag = "containers",
+    params(("all" = Option<bool>, Query), ("status" = Option<String>, Query), ("name" = Option<String>, Query),
+           ("tag" = Option<String>, Query), ("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query)),
+    responses((status = 200, body = ContainerList), (status = 503, body = crate::model::ErrorBody)))]
+pub async fn list(
+    State(agent): State<Agent>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<ContainerList>> {
+    let status = status_filter(&q)?;
+    let all = flag(&q, "all")?;
+    let items: Vec<Container> = agent
+        .list_containers(all)
+        .await?
+        .into_iter()
+        .filter(|c| status.is_none_or(|s| c.status == s))
+        .filter(|c| q.get("name").is_none_or(|n| &c.name == n))
+        .filter(|c| q.get("tag").is_none_or(|t| c.tags.contains(t)))
+        .collect();
+    let (containers, next_page_token, total_count) =
+        paginate(items, |c| (c.created_at.clone(), c.id), &q)?;
+    Ok(Json(ContainerList {
+        containers,
+        next_page_token,
+        total_count,
+    }))
+}
+
+/// Create a container (201, or 202 under `Prefer: respond-async`).
+#[utoipa::path(post, path = "/api/v1/containers", tag = "containers", request_body = CreateContainerRequest,
+    responses((status = 201, body = Container), (status = 202, body = crate::model::Accepted), (status = 400, body = crate::model::ErrorBody),
+              (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody), (status = 503, body = crate::model::ErrorBody)))]
+pub async fn create(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateContainerRequest>,
+) -> ApiResult<Response> {
+    answer(
+        agent.create_container(req, &caller.label).await?,
+        &headers,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// A container by libgo id, engine id or name.
+#[utoipa::path(get, path = "/api/v1/containers/{id}", tag = "containers", params(("id" = String, Path)),
+    responses((status = 200, body = Container), (status = 404, body = crate::model::ErrorBody), (status = 503, body = crate::model::ErrorBody)))]
+pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Container>> {
+    Ok(Json(agent.find_container(&id).await?))
+}
+
+/// Remove a container; a running one needs `?force=true`.
+#[utoipa::path(delete, path = "/api/v1/containers/{id}", tag = "containers", params(("id" = String, Path), ("force" = Option<bool>, Query)),
+    responses((status = 200, body = Container), (status = 403, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn delete(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let sub = agent
+        .delete_container(&id, flag(&q, "force")?, &caller.label)
+        .await?;
+    answer(sub, &headers, StatusCode::OK).await
+}
+
+/// Change a container's resources live (`PATCH` or `PUT .../resources`).
+#[utoipa::path(patch, path = "/api/v1/containers/{id}", tag = "containers", params(("id" = String, Path)), request_body = UpdateContainerRequest,
+    responses((status = 200, body = Container), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn update(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateContainerRequest>,
+) -> ApiResult<Response> {
+    answer(
+        agent.update_container(&id, req, &caller.label).await?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// start, stop (graceful, `timeout`), restart, kill, pause, unpause.
+#[utoipa::path(post, path = "/api/v1/containers/{id}/{action}", tag = "containers",
+    params(("id" = String, Path), ("action" = String, Path, description = "start | stop | restart | kill | pause | unpause")),
+    request_body(content = Option<ActionRequest>),
+    responses((status = 200, body = crate::model::ActionResponse), (status = 403, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody), (status = 503, body = crate::model::ErrorBody)))]
+pub async fn action(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    JsonBody(req): OptionalBody<ActionRequest>,
+) -> ApiResult<Response> {
+    let action = CAction::parse(&action)
+        .ok_or_else(|| ApiError::not_found(format!("No such container action: {action}.")))?;
+    let sub = agent
+        .container_action(&id, action, req.timeout, &caller.label)
+        .await?;
+    answer(sub, &headers, StatusCode::OK).await
+}
+
+/// Run a command in the container: `{"command": [...]}` -> exit code and output.
+#[utoipa::path(post, path = "/api/v1/containers/{id}/exec", tag = "containers", params(("id" = String, Path)), request_body = ExecRequest,
+    responses((status = 200, body = ExecResult), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn exec(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ExecRequest>,
+) -> ApiResult<Json<ExecResult>> {
+    Ok(Json(agent.container_exec(&id, req).await?))
+}
+
+/// Take over a container libgo did not create.
+#[utoipa::path(post, path = "/api/v1/containers/{id}/adopt", tag = "containers", params(("id" = String, Path)),
+    responses((status = 200, body = Container), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn adopt(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Container>> {
+    Ok(Json(agent.adopt_container(&id).await?))
+}
+
+/// Logs: `tail` (lines or `all`), `since` (unix seconds), `timestamps`, `follow` (streams).
+#[utoipa::path(get, path = "/api/v1/containers/{id}/logs", tag = "containers",
+    params(("id" = String, Path), ("tail" = Option<String>, Query), ("since" = Option<i64>, Query), ("timestamps" = Option<bool>, Query), ("follow" = Option<bool>, Query)),
+    responses((status = 200, description = "log text", content_type = "text/plain"), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn logs(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let tail = match q.get("tail") {
+        None => None,
+        Some(t) if t == "all" || t.parse::<u32>().is_ok() => Some(t.clone()),
+        Some(t) => {
+            return Err(ApiError::invalid(format!(
+                "Invalid tail {t:?}: a line count or all."
+            )))
+        }
+    };
+    let since = match q.get("since") {
+        None => 0,
+        Some(s) => s
+            .parse::<i32>()
+            .map_err(|_| ApiError::invalid(format!("Invalid since {s:?}: unix seconds.")))?,
+    };
+    let stream = agent
+        .container_logs(
+            &id,
+            tail,
+            since,
+            flag(&q, "timestamps")?,
+            flag(&q, "follow")?,
+        )
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Live figures in the VM `/performance` shape, from a background stats stream.
+#[utoipa::path(get, path = "/api/v1/containers/{id}/stats", tag = "containers", params(("id" = String, Path)),
+    responses((status = 200, body = Performance), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn stats(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Performance>> {
+    Ok(Json(agent.container_stats(&id).await?))
+}
+
+// ---- images ---------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/images", tag = "images", responses((status = 200, body = ImageList)))]
+pub async fn images(State(agent): State<Agent>) -> ApiResult<Json<ImageList>> {
+    let images = agent.list_images().await?;
+    Ok(Json(ImageList {
+        total_count: images.len(),
+        images,
+    }))
+}
+
+/// The engine's inspect document of an image.
+#[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn image(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(agent.inspect_image(&id).await?))
+}
+
+/// Pull from a registry, as a job (fails clearly when no registry answers).
+#[utoipa::path(post, path = "/api/v1/images/pull", tag = "images", request_body = ImageRef,
+    responses((status = 200, body = Image), (status = 202, body = crate::model::Accepted), (status = 400, body = crate::model::ErrorBody), (status = 503, body = crate::model::ErrorBody)))]
+pub async fn pull(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ImageRef>,
+) -> ApiResult<Response> {
+    answer(
+        agent.pull_image(&req.image, &caller.label)?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
+}
+
+fn image_param(q: &HashMap<String, String>, name: &str) -> ApiResult<String> {
+    q.get(name)
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .ok_or_else(|| ApiError::invalid(format!("Query parameter {name} is required.")))
+}
+
+/// Import a root filesystem tarball (body) as `?image=repo:tag`.
+#[utoipa::path(post, path = "/api/v1/images/import", tag = "images", params(("image" = String, Query)),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 201, body = Image), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn import(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let image = image_param(&q, "image")?;
+    answer(
+        agent.import_image(&image, body, &caller.label)?,
+        &headers,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// Load images from a `docker save` tarball (body).
+#[utoipa::path(post, path = "/api/v1/images/load", tag = "images",
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 200, body = ImageList)))]
+pub async fn load(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    if wants_async(&headers) {
+        let sub = agent.load_images(body, &caller.label)?;
+        return Ok(accepted(sub.job, None));
+    }
+    let images = agent.load_images(body, &caller.label)?.outcome().await?;
+    Ok(Json(ImageList {
+        total_count: images.len(),
+        images,
+    })
+    .into_response())
+}
+
+/// Build from a context tarball (body) with a Dockerfile: `?tag=repo:tag&dockerfile=Dockerfile`.
+#[utoipa::path(post, path = "/api/v1/images/build", tag = "images", params(("tag" = String, Query), ("dockerfile" = Option<String>, Query)),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 201, body = Image), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn build(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let tag = image_param(&q, "tag")?;
+    let dockerfile = q
+        .get("dockerfile")
+        .cloned()
+        .unwrap_or_else(|| "Dockerfile".into());
+    answer(
+        agent.build_image(&tag, &dockerfile, body, &caller.label)?,
+        &headers,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// Tag an image: `{"image": "repo:tag"}`.
+#[utoipa::path(post, path = "/api/v1/images/{id}/tag", tag = "images", params(("id" = String, Path)), request_body = ImageRef,
+    responses((status = 200, body = Image), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn tag(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ImageRef>,
+) -> ApiResult<Json<Image>> {
+    Ok(Json(agent.tag_image(&id, &req.image).await?))
+}
+
+/// Push an image to its registry, as a job.
+#[utoipa::path(post, path = "/api/v1/images/{id}/push", tag = "images", params(("id" = String, Path)),
+    responses((status = 200, body = Image), (status = 503, body = crate::model::ErrorBody)))]
+pub async fn push(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    answer(
+        agent.push_image(&id, &caller.label)?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// Remove an image (`?force=true` even when tagged more than once or used).
+#[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path), ("force" = Option<bool>, Query)),
+    responses((status = 204), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn remove_image(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<StatusCode> {
+    agent.remove_image(&id, flag(&q, "force")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- networks and volumes -----------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/networks", tag = "networks", responses((status = 200, body = Vec<Network>)))]
+pub async fn networks(State(agent): State<Agent>) -> ApiResult<Json<serde_json::Value>> {
+    let n = agent.list_networks().await?;
+    Ok(Json(
+        serde_json::json!({"total_count": n.len(), "networks": n}),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/networks", tag = "networks", request_body = CreateNetworkRequest,
+    responses((status = 201, body = Network), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn create_network(
+    State(agent): State<Agent>,
+    JsonBody(req): JsonBody<CreateNetworkRequest>,
+) -> ApiResult<(StatusCode, Json<Network>)> {
+    Ok((StatusCode::CREATED, Json(agent.create_network(req).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
+    responses((status = 200, body = Network), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn network(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Network>> {
+    Ok(Json(agent.inspect_network(&id).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn remove_network(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    agent.remove_network(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Connect (`/connect`) or disconnect (`/disconnect`) a container.
+#[utoipa::path(post, path = "/api/v1/networks/{id}/{op}", tag = "networks", params(("id" = String, Path), ("op" = String, Path, description = "connect | disconnect")),
+    request_body = NetworkConnect, responses((status = 200, body = Network), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn network_op(
+    State(agent): State<Agent>,
+    Path((id, op)): Path<(String, String)>,
+    JsonBody(req): JsonBody<NetworkConnect>,
+) -> ApiResult<Json<Network>> {
+    let attach = match op.as_str() {
+        "connect" => true,
+        "disconnect" => false,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "No such network operation: {other}."
+            )))
+        }
+    };
+    Ok(Json(
+        agent.network_attach(&id, &req.container, attach).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", responses((status = 200, body = Vec<Volume>)))]
+pub async fn volumes(State(agent): State<Agent>) -> ApiResult<Json<serde_json::Value>> {
+    let v = agent.list_volumes().await?;
+    Ok(Json(
+        serde_json::json!({"total_count": v.len(), "volumes": v}),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes", tag = "volumes", request_body = CreateVolumeRequest,
+    responses((status = 201, body = Volume), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn create_volume(
+    State(agent): State<Agent>,
+    JsonBody(req): JsonBody<CreateVolumeRequest>,
+) -> ApiResult<(StatusCode, Json<Volume>)> {
+    Ok((StatusCode::CREATED, Json(agent.create_volume(req).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path)),
+    responses((status = 200, body = Volume), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn volume(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Volume>> {
+    Ok(Json(agent.inspect_volume(&id).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path), ("force" = Option<bool>, Query)),
+    responses((status = 204), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn remove_volume(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<StatusCode> {
+    agent.remove_volume(&id, flag(&q, "force")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- instances -------------------------------------------------------------
+
+/// VMs and containers in one list; filters `backend`, `status`, `name`, `tag`.
+/// If the engine is down, the VMs are still listed and `containers_error` says why.
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
+    params(("backend" = Option<String>, Query), ("status" = Option<String>, Query), ("name" = Option<String>, Query), ("tag" = Option<String>, Query),
+           ("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query)),
+    responses((status = 200, body = InstanceList)))]
+pub async fn instances(
+    State(agent): State<Agent>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let backend = q.get("backend").map(String::as_str);
+    if let Some(b) = backend {
+        if b != "vm" && b != "container" {
+            return Err(ApiError::invalid(format!(
+                "Invalid backend {b:?}: vm or container."
+            )));
+        }
+    }
+    let status = status_filter(&q)?;
+    let (all, err) = agent.instances().await;
+    let items: Vec<Instance> = all
+        .into_iter()
+        .filter(|i| backend.is_none_or(|b| i.backend == b))
+        .filter(|i| status.is_none_or(|s| i.status == s))
+        .filter(|i| q.get("name").is_none_or(|n| &i.name == n))
+        .filter(|i| q.get("tag").is_none_or(|t| i.tags.contains(t)))
+        .collect();
+    let (instances, next_page_token, total_count) =
+        paginate(items, |i| (i.created_at.clone(), i.id), &q)?;
+    let mut body = serde_json::to_value(InstanceList {
+        instances,
+        next_page_token,
+        total_count,
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(e) = err.filter(|_| backend != Some("vm")) {
+        body["containers_error"] = serde_json::Value::String(e);
+    }
+    Ok(Json(body).into_response())
+}
+
+/// Create a VM or a container: `{"backend": "vm" | "container", ...}` with
+/// the fields of `POST /vms` or `POST /containers`.
+#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", request_body = Object,
+    responses((status = 201, description = "the VM or the container"), (status = 400, body = crate::model::ErrorBody)))]
+pub async fn create_instance(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody<serde_json::Value>,
+) -> ApiResult<Response> {
+    let backend = body
+        .as_object_mut()
+        .and_then(|o| o.remove("backend"))
+        .and_then(|b| b.as_str().map(String::from))
+        .ok_or_else(|| {
+            ApiError::invalid("Invalid request body: backend (vm or container) is required.")
+        })?;
+    let bad = |e: serde_json::Error| ApiError::invalid(format!("Invalid request body: {e}"));
+    match backend.as_str() {
+        "vm" => {
+            let req: CreateVmRequest = serde_json::from_value(body).map_err(bad)?;
+            answer(
+                agent.create(req, &caller.label).await?,
+                &headers,
+                StatusCode::CREATED,
+            )
+            .await
+        }
+        "container" => {
+            let req: CreateContainerRequest = serde_json::from_value(body).map_err(bad)?;
+            answer(
+                agent.create_container(req, &caller.label).await?,
+                &headers,
+                StatusCode::CREATED,
+            )
+            .await
+        }
+        other => Err(ApiError::invalid(format!(
+            "Invalid backend {other:?}: vm or container."
+        ))),
+    }
+}
+
+/// Power actions on either kind: start, stop, restart/reboot, pause, resume/unpause, kill/poweroff.
+#[utoipa::path(post, path = "/api/v1/instances/{id}/{action}", tag = "instances",
+    params(("id" = String, Path), ("action" = String, Path)), request_body(content = Option<ActionRequest>),
+    responses((status = 200, body = crate::model::ActionResponse), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn instance_action(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    JsonBody(req): OptionalBody<ActionRequest>,
+) -> ApiResult<Response> {
+    if let Ok(entry) = agent.find(&id) {
+        let a = match action.as_str() {
+            "restart" => Some(Action::Reboot),
+            "kill" => Some(Action::Poweroff),
+            "unpause" => Some(Action::Resume),
+            other => Action::parse(other),
+        }
+        .ok_or_else(|| ApiError::not_found(format!("No such action: {action}.")))?;
+        return answer(
+            agent.action(&entry, a, req.timeout, &caller.label)?,
+            &headers,
+            StatusCode::OK,
+        )
+        .await;
+    }
+    let a = CAction::parse(&action)
+        .ok_or_else(|| ApiError::not_found(format!("No such action: {action}.")))?;
+    answer(
+        agent
+            .container_action(&id, a, req.timeout, &caller.label)
+            .await?,
+        &headers,
+        StatusCode::OK,
+    )
+    .await
+}

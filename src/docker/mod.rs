@@ -1,0 +1,179 @@
+//! The container backend: the Docker Engine API on its Unix socket (never
+//! the CLI). Connections are made per call, so an engine that restarts is
+//! picked up again without restarting the agent; an engine that is not there
+//! is `Unavailable` (HTTP 503) for container calls only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bollard::errors::Error as BollardError;
+use bollard::Docker;
+
+/// Label carrying the name of the agent (node) that created a container.
+pub const LABEL_AGENT: &str = "io.libgo.agent";
+/// Label carrying the libgo id (UUID) of a container.
+pub const LABEL_ID: &str = "io.libgo.id";
+/// Label carrying the libgo tags, comma-separated.
+pub const LABEL_TAGS: &str = "io.libgo.tags";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("the Docker engine is not available at {socket}: {reason}")]
+    Unavailable { socket: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the Docker engine failed: {0}")]
+    Engine(String),
+}
+
+/// A handle on the engine's socket.
+pub struct DockerBackend {
+    socket: PathBuf,
+    client: Mutex<Option<Docker>>,
+}
+
+impl DockerBackend {
+    pub fn new(socket: PathBuf) -> DockerBackend {
+        DockerBackend {
+            socket,
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    fn unavailable(&self, reason: impl std::fmt::Display) -> DockerError {
+        DockerError::Unavailable {
+            socket: self.socket.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A client for the engine (API 1.41, which every supported engine speaks).
+    pub fn client(&self) -> Result<Docker, DockerError> {
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.socket.exists() {
+            *c = None;
+            return Err(self.unavailable("socket missing"));
+        }
+        if let Some(d) = c.as_ref() {
+            return Ok(d.clone());
+        }
+        let path = self.socket.to_string_lossy().into_owned();
+        let d = Docker::connect_with_unix(
+            &path,
+            120,
+            &bollard::ClientVersion {
+                major_version: 1,
+                minor_version: 41,
+            },
+        )
+        .map_err(|e| self.unavailable(e))?;
+        *c = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Maps an engine error to the agent's kinds: a connection problem is
+    /// `Unavailable`, the engine's 404/409/400 keep their meaning.
+    pub fn map(&self, what: &str, e: BollardError) -> DockerError {
+        match e {
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } => match status_code {
+                404 => DockerError::NotFound(format!("{what}: {message}")),
+                409 => DockerError::Conflict(format!("{what}: {message}")),
+                400 => DockerError::Invalid(format!("{what}: {message}")),
+                304 => DockerError::Conflict(format!("{what}: already in that state")),
+                _ => DockerError::Engine(format!("{what}: {message}")),
+            },
+            // A build step or a pull that failed inside the engine.
+            BollardError::DockerStreamError { error } => {
+                DockerError::Invalid(format!("{what}: {error}"))
+            }
+            BollardError::SocketNotFoundError(_)
+            | BollardError::HyperResponseError { .. }
+            | BollardError::IOError { .. }
+            | BollardError::RequestTimeoutError => self.unavailable(format!("{what}: {e}")),
+            other => {
+                let text = other.to_string();
+                if text.contains("onnect") || text.contains("broken pipe") {
+                    self.unavailable(format!("{what}: {text}"))
+                } else {
+                    DockerError::Engine(format!("{what}: {text}"))
+                }
+            }
+        }
+    }
+}
+
+/// A stable UUID for a container libgo did not create, from its engine id.
+pub fn foreign_id(engine_id: &str) -> uuid::Uuid {
+    let hex: String = engine_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(32)
+        .collect();
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = hex
+            .get(i * 2..i * 2 + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    uuid::Uuid::from_bytes(bytes)
+}
+
+/// Whether `s` looks like an engine container id (12 to 64 hex digits).
+pub fn is_engine_id(s: &str) -> bool {
+    (12..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Environment as the engine wants it (`K=V`).
+pub fn env_list(env: &HashMap<String, String>) -> Vec<String> {
+    let mut v: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_ids_are_stable_uuids() {
+        let id = "4f1c2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
+        assert_eq!(foreign_id(id), foreign_id(id));
+        assert_eq!(
+            foreign_id(id).to_string(),
+            "4f1c2a3b-4c5d-6e7f-8091-a2b3c4d5e6f7"
+        );
+        assert!(is_engine_id(&id[..12]));
+        assert!(!is_engine_id("web-1"));
+    }
+
+    #[test]
+    fn env_is_sorted_k_equals_v() {
+        let env: HashMap<String, String> = [
+            ("B".to_string(), "2".to_string()),
+            ("A".to_string(), "1".to_string()),
+        ]
+        .into();
+        assert_eq!(env_list(&env), vec!["A=1", "B=2"]);
+    }
+
+    #[test]
+    fn a_missing_socket_is_unavailable() {
+        let b = DockerBackend::new("/nonexistent/docker.sock".into());
+        assert!(matches!(b.client(), Err(DockerError::Unavailable { .. })));
+    }
+}
