@@ -15,6 +15,7 @@ have curl || need+=(curl)
 have socat || need+=(socat)
 have genisoimage || need+=(genisoimage)
 have ip || need+=(iproute2)
+have dockerd || need+=(docker.io)
 have python3 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
@@ -29,4 +30,15 @@ if ! have cargo; then
     exit 1
 fi
 bash fixtures/build.sh >/dev/null
+
+# A Docker engine for the container API: started here when none answers.
+# Its pid goes to target/libgo-dockerd.started so the test run can stop
+# what it started (and only that).
+if ! docker info >/dev/null 2>&1; then
+    mkdir -p target
+    setsid dockerd >target/dockerd.log 2>&1 < /dev/null &
+    for _ in $(seq 300); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+    docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start (target/dockerd.log)" >&2; exit 1; }
+    touch target/libgo-dockerd.started
+fi
 echo "setup: ok (qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), fixtures in fixtures/out)"

@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 
 bash scripts/setup.sh
+stop_engine() {
+    # Stop the Docker engine if setup started it (tests may have restarted it).
+    if [ -f target/libgo-dockerd.started ] && [ -f /var/run/docker.pid ]; then
+        kill "$(cat /var/run/docker.pid)" 2>/dev/null || true
+        rm -f target/libgo-dockerd.started
+    fi
+}
+trap stop_engine EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
