@@ -19,15 +19,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 async fn engine(method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let (code, _, bytes) = raw_request(Path::new(ENGINE), method, &format!("/v1.41{path}"), body.map(|b| b.to_string()), &[])
-        .await
-        .unwrap();
+    let (code, _, bytes) = raw_request(
+        Path::new(ENGINE),
+        method,
+        &format!("/v1.41{path}"),
+        body.map(|b| b.to_string()),
+        &[],
+    )
+    .await
+    .unwrap();
     (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::var("LIBGO_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let runs: usize = std::env::var("LIBGO_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let d = Daemon::start().await;
     // The image: a busybox-static root filesystem imported through libgo.
     let dir = tempfile::tempdir().unwrap();
@@ -36,16 +45,29 @@ async fn main() {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", root.join("bin/sleep")).unwrap();
     let tar = dir.path().join("rootfs.tar");
-    assert!(std::process::Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    assert!(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
     let image = "libgo-bench/busybox:1";
     {
         use http_body_util::BodyExt;
         let stream = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         let req = hyper::Request::post(format!("http://x/api/v1/images/import?image={image}"))
             .header("host", "x")
-            .body(http_body_util::Full::new(hyper::body::Bytes::from(std::fs::read(&tar).unwrap())))
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                std::fs::read(&tar).unwrap(),
+            )))
             .unwrap();
         let resp = tx.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 201);
@@ -62,14 +84,31 @@ async fn main() {
         assert_eq!(code, 201, "{c}");
 
         let t = Instant::now();
-        let (code, c2) = engine("POST", &format!("/containers/create?name=bench-d{i}"), Some(json!({"Image": image, "Cmd": ["sleep", "600"]}))).await;
+        let (code, c2) = engine(
+            "POST",
+            &format!("/containers/create?name=bench-d{i}"),
+            Some(json!({"Image": image, "Cmd": ["sleep", "600"]})),
+        )
+        .await;
         assert_eq!(code, 201, "{c2}");
         let id = c2["Id"].as_str().unwrap().to_owned();
         let (code, _) = engine("POST", &format!("/containers/{id}/start"), None).await;
         direct.push(t.elapsed().as_secs_f64() * 1e3);
         assert_eq!(code, 204);
 
-        assert_eq!(d.req("DELETE", &format!("/api/v1/containers/{}?force=true", c["id"].as_str().unwrap()), None).await.0, 200);
+        assert_eq!(
+            d.req(
+                "DELETE",
+                &format!(
+                    "/api/v1/containers/{}?force=true",
+                    c["id"].as_str().unwrap()
+                ),
+                None
+            )
+            .await
+            .0,
+            200
+        );
         engine("DELETE", &format!("/containers/{id}?force=true"), None).await;
     }
     let (l, e) = (median(via_libgo), median(direct));
@@ -77,5 +116,11 @@ async fn main() {
     println!("| figure | libgo | engine socket | ratio |");
     println!("| --- | --- | --- | --- |");
     println!("| create + start (ms) | {l:.1} | {e:.1} | {:.2} |", l / e);
-    let _ = d.req("DELETE", "/api/v1/images/libgo-bench%2Fbusybox:1?force=true", None).await;
+    let _ = d
+        .req(
+            "DELETE",
+            "/api/v1/images/libgo-bench%2Fbusybox:1?force=true",
+            None,
+        )
+        .await;
 }

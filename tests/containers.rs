@@ -184,6 +184,39 @@ async fn container_lifecycle_logs_exec_stats_and_limits() {
         .await;
     assert_eq!(r["exit_code"], 0);
 
+    // Interactive exec over a WebSocket: stdin in, output out, exit code last.
+    {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+        let url = format!("ws://localhost/api/v1/containers/{id}/exec?command=sh");
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        ws.send(Message::Binary(
+            "echo interactive-$GREETING\nexit 5\n"
+                .as_bytes()
+                .to_vec()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let reason = loop {
+            match tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .expect("exec output")
+            {
+                Some(Ok(Message::Binary(b))) => out.extend_from_slice(&b),
+                Some(Ok(Message::Close(f))) => {
+                    break f.map(|f| f.reason.to_string()).unwrap_or_default()
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(String::from_utf8_lossy(&out), "interactive-hi\n");
+        assert_eq!(reason, "exit 5");
+    }
+
     // Logs: tail, and follow streams new lines.
     let (code, _, body) = d
         .raw("GET", "/api/v1/containers/life/logs?tail=all", None, &[])
@@ -417,6 +450,43 @@ async fn images_networks_and_volumes() {
     )
     .await;
     assert_eq!(code, 400, "{e}");
+
+    // Load: a `docker save` tarball comes back as the same image.
+    let saved = tempfile::NamedTempFile::new().unwrap();
+    assert!(std::process::Command::new("docker")
+        .args(["save", "-o"])
+        .arg(saved.path())
+        .arg("libgo-test/built:1")
+        .status()
+        .unwrap()
+        .success());
+    assert!(std::process::Command::new("docker")
+        .args(["tag", "libgo-test/built:1", "libgo-test/saved:1"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(std::process::Command::new("docker")
+        .args(["rmi", "libgo-test/saved:1"])
+        .status()
+        .unwrap()
+        .success());
+    let (code, loaded) = raw_bytes(
+        &d,
+        "POST",
+        "/api/v1/images/load",
+        std::fs::read(saved.path()).unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{loaded}");
+    assert!(loaded["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "libgo-test/built:1")));
 
     // List, inspect, tag, remove.
     let (_, list) = d.req("GET", "/api/v1/images", None).await;

@@ -199,6 +199,79 @@ pub async fn exec(
     Ok(Json(agent.container_exec(&id, req).await?))
 }
 
+/// An interactive command over a WebSocket: `?command=sh&command=-c&command=...`
+/// (repeat `command` for each argument; `sh` when absent), `tty=true` for a
+/// terminal. Client frames go to stdin; output comes back as binary frames;
+/// the socket closes with the exit code as its reason (`exit 0`).
+#[utoipa::path(get, path = "/api/v1/containers/{id}/exec", tag = "containers",
+    params(("id" = String, Path), ("command" = Option<Vec<String>>, Query), ("tty" = Option<bool>, Query)),
+    responses((status = 101, description = "WebSocket: stdin in, output out"), (status = 400, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
+pub async fn exec_ws(
+    State(agent): State<Agent>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> ApiResult<Response> {
+    let ws = ws.map_err(|e| {
+        ApiError::invalid(format!("this endpoint expects a WebSocket upgrade: {e}"))
+    })?;
+    let mut command: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if command.is_empty() {
+        command.push("sh".into());
+    }
+    let tty = q
+        .iter()
+        .any(|(k, v)| k == "tty" && (v == "true" || v == "1"));
+    let attached = agent.container_exec_attach(&id, command, tty).await?;
+    Ok(ws.on_upgrade(move |socket| pump_exec(agent, socket, attached)))
+}
+
+async fn pump_exec(
+    agent: Agent,
+    mut socket: axum::extract::ws::WebSocket,
+    mut exec: crate::engine::containers::AttachedExec,
+) {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    loop {
+        tokio::select! {
+            out = exec.output.next() => match out {
+                Some(Ok(chunk)) => {
+                    if socket.send(Message::Binary(chunk.into_bytes())).await.is_err() {
+                        return;
+                    }
+                }
+                _ => break,
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) => { let _ = exec.input.write_all(&b).await; }
+                Some(Ok(Message::Text(t))) => { let _ = exec.input.write_all(t.as_bytes()).await; }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return,
+            },
+        }
+    }
+    let code = agent.exec_exit_code(&exec.exec_id).await;
+    let reason = match code {
+        Some(c) => format!("exit {c}"),
+        None => "exit unknown".to_owned(),
+    };
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
 /// Take over a container libgo did not create.
 #[utoipa::path(post, path = "/api/v1/containers/{id}/adopt", tag = "containers", params(("id" = String, Path)),
     responses((status = 200, body = Container), (status = 404, body = crate::model::ErrorBody)))]

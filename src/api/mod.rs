@@ -148,7 +148,10 @@ pub fn router(agent: Agent) -> Router {
                 .patch(containers::update),
         )
         .route("/containers/{id}/resources", put(containers::update))
-        .route("/containers/{id}/exec", post(containers::exec))
+        .route(
+            "/containers/{id}/exec",
+            post(containers::exec).get(containers::exec_ws),
+        )
         .route("/containers/{id}/adopt", post(containers::adopt))
         .route("/containers/{id}/logs", get(containers::logs))
         .route("/containers/{id}/stats", get(containers::stats))

@@ -19,7 +19,7 @@ use utoipa::OpenApi;
         super::templates::patch, super::templates::delete, super::templates::bulk_delete,
         super::events::stream,
         super::containers::list, super::containers::create, super::containers::get, super::containers::delete,
-        super::containers::update, super::containers::action, super::containers::exec, super::containers::adopt,
+        super::containers::update, super::containers::action, super::containers::exec, super::containers::exec_ws, super::containers::adopt,
         super::containers::logs, super::containers::stats, super::containers::images, super::containers::image,
         super::containers::pull, super::containers::import, super::containers::load, super::containers::build,
         super::containers::tag, super::containers::push, super::containers::remove_image,

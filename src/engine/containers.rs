@@ -82,6 +82,22 @@ pub fn status_of(state: &str) -> VmStatus {
     }
 }
 
+/// An interactive exec: the command's output, its stdin, its id.
+pub struct AttachedExec {
+    pub output: std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = std::result::Result<
+                        bollard::container::LogOutput,
+                        bollard::errors::Error,
+                    >,
+                > + Send,
+        >,
+    >,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub exec_id: String,
+}
+
 /// What the agent keeps per container at run time.
 #[derive(Default)]
 pub struct ContainerState {
@@ -833,6 +849,63 @@ impl Agent {
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
+    }
+
+    /// Starts an interactive command (stdin attached) in a running container:
+    /// its output stream, its input, and the exec id (for the exit code).
+    pub async fn container_exec_attach(
+        &self,
+        key: &str,
+        command: Vec<String>,
+        tty: bool,
+    ) -> Result<AttachedExec> {
+        let c = self.find_container(key).await?;
+        if !c.managed {
+            return Err(EngineError::Forbidden(format!(
+                "Container {} is not managed by libgo.",
+                c.name
+            )));
+        }
+        if c.status != VmStatus::Running {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is {}, not running.",
+                c.name,
+                c.status.as_str()
+            )));
+        }
+        let d = self.docker()?;
+        let cfg: bollard::models::ExecConfig = serde_json::from_value(json!({
+            "AttachStdin": true, "AttachStdout": true, "AttachStderr": true, "Tty": tty, "Cmd": command
+        }))
+        .map_err(|e| EngineError::internal("building the exec", e))?;
+        let exec = d
+            .create_exec(&c.engine_id, cfg)
+            .await
+            .map_err(|e| self.dmap("exec", e))?;
+        match d
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| self.dmap("exec", e))?
+        {
+            bollard::exec::StartExecResults::Attached { output, input } => Ok(AttachedExec {
+                output,
+                input,
+                exec_id: exec.id,
+            }),
+            bollard::exec::StartExecResults::Detached => {
+                Err(EngineError::Internal("the engine detached the exec".into()))
+            }
+        }
+    }
+
+    /// The exit code of a finished exec.
+    pub async fn exec_exit_code(&self, exec_id: &str) -> Option<i64> {
+        self.docker()
+            .ok()?
+            .inspect_exec(exec_id)
+            .await
+            .ok()?
+            .exit_code
     }
 
     /// Log lines of a container (`follow` keeps the stream open).
