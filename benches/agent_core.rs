@@ -10,13 +10,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::{Daemon, BOOT, READY};
+use common::{median, Daemon, BOOT, READY};
 use serde_json::{json, Value};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -8,13 +8,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::Daemon;
+use common::{median, Daemon};
 use serde_json::{json, Value};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3

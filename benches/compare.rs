@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{raw_request, Daemon};
+use common::{median, raw_request, Daemon};
 use serde_json::{json, Value};
 
 const DOCKER: &str = "/var/run/docker.sock";
@@ -24,11 +24,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn ms(t: Instant) -> f64 {
@@ -112,24 +107,6 @@ async fn throughput(sock: &str, path: &str, conns: usize, secs: u64) -> f64 {
         total += t.await.unwrap();
     }
     total as f64 / secs as f64
-}
-
-fn busybox_tar(dir: &Path) -> Vec<u8> {
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.join("bin/sleep")).unwrap();
-    let tar = dir.join("rootfs.tar");
-    assert!(std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    std::fs::read(tar).unwrap()
 }
 
 struct Row {
@@ -421,8 +398,7 @@ async fn main() {
 
     // ---- Docker ---------------------------------------------------------
     println!("running the Docker side...");
-    let tar_dir = tempfile::tempdir().unwrap();
-    let tar = busybox_tar(tar_dir.path());
+    let tar = common::busybox_rootfs_tar(&["sleep"]);
     let image = "libgo-cmp/busybox:1";
     {
         use http_body_util::BodyExt;

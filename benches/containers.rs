@@ -8,15 +8,10 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{raw_request, Daemon};
+use common::{median, raw_request, Daemon};
 use serde_json::{json, Value};
 
 const ENGINE: &str = "/var/run/docker.sock";
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 async fn engine(method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let (code, _, bytes) = raw_request(
@@ -39,21 +34,7 @@ async fn main() {
         .unwrap_or(20);
     let d = Daemon::start().await;
     // The image: a busybox-static root filesystem imported through libgo.
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.join("bin/sleep")).unwrap();
-    let tar = dir.path().join("rootfs.tar");
-    assert!(std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
+    let tar = common::busybox_rootfs_tar(&["sleep"]);
     let image = "libgo-bench/busybox:1";
     {
         use http_body_util::BodyExt;
@@ -65,9 +46,7 @@ async fn main() {
         tokio::spawn(conn);
         let req = hyper::Request::post(format!("http://x/api/v1/images/import?image={image}"))
             .header("host", "x")
-            .body(http_body_util::Full::new(hyper::body::Bytes::from(
-                std::fs::read(&tar).unwrap(),
-            )))
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(tar)))
             .unwrap();
         let resp = tx.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 201);

@@ -770,7 +770,15 @@ async fn a_failed_create_leaves_no_file_no_row() {
     let (_d0, wrapper) = qemu_img_wrapper("echo 'injected resize failure' >&2; exit 1");
     let d = Daemon::start_with(&["--qemu-img", wrapper.to_str().unwrap()]).await;
     let (code, body) = d
-        .req("POST", "/api/v1/vms", Some(with("name", json!("doomed"))))
+        .req(
+            "POST",
+            "/api/v1/vms",
+            Some({
+                let mut b = with("name", json!("doomed"));
+                b["clone"] = json!("full");
+                b
+            }),
+        )
         .await;
     assert_error(code, &body, 500, "INTERNAL_SERVER_ERROR");
     assert!(
@@ -908,7 +916,8 @@ async fn sigkill_during_create_leaves_nothing_behind_after_restart() {
     d.extra_args.clear();
     let sock = d.socket.clone();
     let pending = tokio::spawn(async move {
-        let body = with("name", json!("half"));
+        let mut body = with("name", json!("half"));
+        body["clone"] = json!("full");
         // Talk to the socket directly: the request never gets an answer.
         let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
         let (mut tx, conn) =

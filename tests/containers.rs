@@ -14,28 +14,9 @@ const IMAGE: &str = "libgo-test/busybox:1";
 
 /// A busybox-static root filesystem as a tarball (no registry here).
 fn busybox_tar() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    for d in ["bin", "tmp", "proc", "sys", "dev", "etc", "data"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
+    common::busybox_rootfs_tar(&[
         "sh", "ls", "cat", "echo", "sleep", "yes", "true", "grep", "wc", "env", "touch", "killall",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    let tar = dir.path().join("rootfs.tar");
-    let ok = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::read(tar).unwrap()
+    ])
 }
 
 async fn import_busybox(d: &Daemon, image: &str) {

@@ -176,14 +176,19 @@ impl Agent {
         match rec.clone {
             CloneMode::Linked => {
                 ctx.log(format!("linked clone of {}", rec.base_path.display()));
-                img.create_linked(&rec.base_path, &base_format, &rec.disk_file)
-                    .await
-                    .map_err(|e| {
-                        EngineError::internal(
-                            &format!("Failed to clone base image {}", rec.base_image),
-                            e,
-                        )
-                    })?
+                img.create_linked(
+                    &rec.base_path,
+                    &base_format,
+                    &rec.disk_file,
+                    rec.disk_size * GIB,
+                )
+                .await
+                .map_err(|e| {
+                    EngineError::internal(
+                        &format!("Failed to clone base image {}", rec.base_image),
+                        e,
+                    )
+                })?
             }
             CloneMode::Full => {
                 ctx.log(format!("full copy of {}", rec.base_path.display()));
@@ -204,9 +209,12 @@ impl Agent {
         }
         ctx.progress(90);
         ctx.check()?;
-        img.resize(&rec.disk_file, rec.disk_size * GIB)
-            .await
-            .map_err(|e| EngineError::internal("Failed to resize the disk", e))?;
+        // A linked clone got its size when it was made; a full copy grows now.
+        if rec.clone == CloneMode::Full {
+            img.resize(&rec.disk_file, rec.disk_size * GIB)
+                .await
+                .map_err(|e| EngineError::internal("Failed to resize the disk", e))?;
+        }
         if let Some(user_data) = &user_data {
             crate::host::cloudinit::build_seed(
                 &dir.join("cidata.iso"),

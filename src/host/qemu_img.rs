@@ -78,13 +78,16 @@ impl QemuImg {
         serde_json::from_slice(&out).map_err(|e| ImgError::Parse(e.to_string()))
     }
 
-    /// A qcow2 overlay of `base` (whose format is `base_format`).
+    /// A qcow2 overlay of `base` (whose format is `base_format`) with a
+    /// virtual size of `bytes`, in one qemu-img call.
     pub async fn create_linked(
         &self,
         base: &Path,
         base_format: &str,
         dest: &Path,
+        bytes: u64,
     ) -> Result<(), ImgError> {
+        let size = bytes.to_string();
         self.run(
             "create",
             &[
@@ -97,6 +100,7 @@ impl QemuImg {
                 "-F".as_ref(),
                 base_format.as_ref(),
                 dest.as_os_str(),
+                size.as_ref(),
             ],
         )
         .await
@@ -282,7 +286,10 @@ mod tests {
         );
 
         let linked = dir.path().join("linked.qcow2");
-        img.create_linked(&base, "qcow2", &linked).await.unwrap();
+        img.create_linked(&base, "qcow2", &linked, 1 << 29)
+            .await
+            .unwrap();
+        assert_eq!(img.info(&linked).await.unwrap().virtual_size, 1 << 29);
         img.resize(&linked, 1 << 30).await.unwrap();
         let info = img.info(&linked).await.unwrap();
         assert_eq!(info.virtual_size, 1 << 30);
