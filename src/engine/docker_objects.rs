@@ -114,6 +114,29 @@ impl Agent {
         Ok(())
     }
 
+    /// `drain` for a transfer with a registry: bounded in time, and a
+    /// registry that does not answer is the backend being unavailable.
+    async fn registry_drain<S, T>(
+        &self,
+        ctx: &super::JobCtx,
+        what: String,
+        stream: S,
+        read: fn(&T) -> (Option<String>, Option<String>),
+    ) -> Result<()>
+    where
+        S: futures::Stream<Item = std::result::Result<T, bollard::errors::Error>> + Unpin,
+    {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(600),
+            self.drain(ctx, what.clone(), stream, read),
+        )
+        .await
+        .map_err(|_| {
+            EngineError::Unavailable(format!("{what}: no answer from the registry in 600 s"))
+        })?
+        .map_err(registry_error)
+    }
+
     fn image_job(
         &self,
         kind: &str,
@@ -150,20 +173,14 @@ impl Agent {
                 None,
                 None,
             );
-            let pull = agent.drain(
-                &ctx,
-                format!("pulling {image}"),
-                Box::pin(stream),
-                create_info,
-            );
-            tokio::time::timeout(std::time::Duration::from_secs(600), pull)
-                .await
-                .map_err(|_| {
-                    EngineError::Unavailable(format!(
-                        "pulling {image}: no answer from the registry in 600 s"
-                    ))
-                })?
-                .map_err(registry_error)?;
+            agent
+                .registry_drain(
+                    &ctx,
+                    format!("pulling {image}"),
+                    Box::pin(stream),
+                    create_info,
+                )
+                .await?;
             agent.image_view(&format!("{repo}:{tag}")).await
         }))
     }
@@ -316,20 +333,14 @@ impl Agent {
                 }),
                 None,
             );
-            let push = agent.drain(
-                &ctx,
-                format!("pushing {image}"),
-                Box::pin(stream),
-                push_info,
-            );
-            tokio::time::timeout(std::time::Duration::from_secs(600), push)
-                .await
-                .map_err(|_| {
-                    EngineError::Unavailable(format!(
-                        "pushing {image}: no answer from the registry in 600 s"
-                    ))
-                })?
-                .map_err(registry_error)?;
+            agent
+                .registry_drain(
+                    &ctx,
+                    format!("pushing {image}"),
+                    Box::pin(stream),
+                    push_info,
+                )
+                .await?;
             agent.image_view(&image).await
         }))
     }
