@@ -21,8 +21,8 @@ use crate::engine::Agent;
 use crate::model::{
     ActionRequest, Container, ContainerList, CreateContainerRequest, CreateNetworkRequest,
     CreateVmRequest, CreateVolumeRequest, ExecRequest, ExecResult, Image, ImageList, ImageRef,
-    Instance, InstanceList, Network, NetworkConnect, Performance, UpdateContainerRequest, VmStatus,
-    Volume,
+    Instance, InstanceList, Network, NetworkConnect, NetworkList, Performance,
+    UpdateContainerRequest, VmStatus, Volume, VolumeList,
 };
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -485,12 +485,13 @@ pub async fn remove_image(
 
 // ---- networks and volumes -----------------------------------------------
 
-#[utoipa::path(get, path = "/api/v1/networks", tag = "networks", responses((status = 200, body = Vec<Network>)))]
-pub async fn networks(State(agent): State<Agent>) -> ApiResult<Json<serde_json::Value>> {
-    let n = agent.list_networks().await?;
-    Ok(Json(
-        serde_json::json!({"total_count": n.len(), "networks": n}),
-    ))
+#[utoipa::path(get, path = "/api/v1/networks", tag = "networks", responses((status = 200, body = NetworkList)))]
+pub async fn networks(State(agent): State<Agent>) -> ApiResult<Json<NetworkList>> {
+    let networks = agent.list_networks().await?;
+    Ok(Json(NetworkList {
+        total_count: networks.len(),
+        networks,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/networks", tag = "networks", request_body = CreateNetworkRequest,
@@ -543,12 +544,13 @@ pub async fn network_op(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", responses((status = 200, body = Vec<Volume>)))]
-pub async fn volumes(State(agent): State<Agent>) -> ApiResult<Json<serde_json::Value>> {
-    let v = agent.list_volumes().await?;
-    Ok(Json(
-        serde_json::json!({"total_count": v.len(), "volumes": v}),
-    ))
+#[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", responses((status = 200, body = VolumeList)))]
+pub async fn volumes(State(agent): State<Agent>) -> ApiResult<Json<VolumeList>> {
+    let volumes = agent.list_volumes().await?;
+    Ok(Json(VolumeList {
+        total_count: volumes.len(),
+        volumes,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes", tag = "volumes", request_body = CreateVolumeRequest,

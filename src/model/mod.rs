@@ -969,3 +969,15 @@ pub struct InstanceList {
     pub next_page_token: Option<String>,
     pub total_count: usize,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkList {
+    pub networks: Vec<Network>,
+    pub total_count: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeList {
+    pub volumes: Vec<Volume>,
+    pub total_count: usize,
+}
