@@ -268,6 +268,23 @@ impl Agent {
     /// of these is 400; an unknown one 404.
     pub async fn find_container(&self, key: &str) -> Result<Container> {
         if let Ok(id) = Uuid::parse_str(key) {
+            // A container libgo made carries its id as a label: ask the
+            // engine for that one. Only ids derived from an engine id (or
+            // adopted ones) need the whole list.
+            let filters: HashMap<String, Vec<String>> =
+                [("label".to_string(), vec![format!("{LABEL_ID}={id}")])].into();
+            let labelled = self
+                .docker()?
+                .list_containers(Some(q::ListContainersOptions {
+                    all: true,
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|e| self.dmap("listing containers", e))?;
+            if let Some(engine_id) = labelled.into_iter().find_map(|c| c.id) {
+                return Ok(self.view(&self.inspect(&engine_id).await?));
+            }
             let all = self.list_containers(true).await?;
             return all
                 .into_iter()
