@@ -8,11 +8,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use base64::Engine as _;
-use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, OptionalBody};
+use super::page::paginate;
 use super::respond::{accepted, answer, wants_async};
 use super::Caller;
 use crate::engine::containers::CAction;
@@ -24,40 +23,6 @@ use crate::model::{
     Instance, InstanceList, Network, NetworkConnect, NetworkList, Performance,
     UpdateContainerRequest, VmStatus, Volume, VolumeList,
 };
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-/// One page of items sorted by (created_at, id), after an opaque cursor.
-fn paginate<T>(
-    items: Vec<T>,
-    key: impl Fn(&T) -> (String, Uuid),
-    q: &HashMap<String, String>,
-) -> ApiResult<(Vec<T>, Option<String>, usize)> {
-    let limit = super::jobs::limit(q)?;
-    let total = items.len();
-    let after: Option<(String, Uuid)> = match q.get("page_token").or_else(|| q.get("pageToken")) {
-        None => None,
-        Some(t) => Some(
-            B64.decode(t)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
-        ),
-    };
-    let mut rest: Vec<T> = items
-        .into_iter()
-        .filter(|i| after.as_ref().is_none_or(|a| key(i) > *a))
-        .collect();
-    let more = rest.len() > limit;
-    rest.truncate(limit);
-    let next = more
-        .then(|| {
-            rest.last()
-                .map(|l| B64.encode(serde_json::to_vec(&key(l)).unwrap_or_default()))
-        })
-        .flatten();
-    Ok((rest, next, total))
-}
 
 fn flag(q: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
     match q.get(name).map(String::as_str) {
@@ -101,7 +66,7 @@ pub async fn list(
         .filter(|c| q.get("tag").is_none_or(|t| c.tags.contains(t)))
         .collect();
     let (containers, next_page_token, total_count) =
-        paginate(items, |c| (c.created_at.clone(), c.id), &q)?;
+        paginate(items, |c| (c.created_at.clone(), c.id), false, &q)?;
     Ok(Json(ContainerList {
         containers,
         next_page_token,
@@ -609,7 +574,7 @@ pub async fn instances(
         .filter(|i| q.get("tag").is_none_or(|t| i.tags.contains(t)))
         .collect();
     let (instances, next_page_token, total_count) =
-        paginate(items, |i| (i.created_at.clone(), i.id), &q)?;
+        paginate(items, |i| (i.created_at.clone(), i.id), false, &q)?;
     let mut body = serde_json::to_value(InstanceList {
         instances,
         next_page_token,

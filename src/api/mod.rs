@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod respond;
 pub mod templates;
 pub mod vms;

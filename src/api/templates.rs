@@ -6,8 +6,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::{Extension, Json};
-use base64::Engine as _;
-use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
@@ -15,8 +13,6 @@ use super::respond::accepted;
 use super::Caller;
 use crate::engine::Agent;
 use crate::model::{Accepted, BulkDeleteTemplates, Template, TemplateList, TemplateRequest};
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Templates by name (or `sort=-name`, `created_at`, `-created_at`); filters `name`, `tag`.
 #[utoipa::path(get, path = "/api/v1/templates", tag = "templates",
@@ -27,7 +23,6 @@ pub async fn list(
     State(agent): State<Agent>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<TemplateList>> {
-    let limit = super::jobs::limit(&q)?;
     let sort = q.get("sort").map(String::as_str).unwrap_or("name");
     let (by_name, desc) = match sort {
         "name" => (true, false),
@@ -56,32 +51,7 @@ pub async fn list(
     if desc {
         all.reverse();
     }
-    let total = all.len();
-    let after: Option<(String, Uuid)> = match q.get("page_token").or_else(|| q.get("pageToken")) {
-        None => None,
-        Some(t) => Some(
-            B64.decode(t)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
-        ),
-    };
-    let start = match &after {
-        None => 0,
-        Some(a) => all
-            .iter()
-            .position(|t| if desc { key(t) < *a } else { key(t) > *a })
-            .unwrap_or(all.len()),
-    };
-    let end = (start + limit).min(all.len());
-    let templates = all[start..end].to_vec();
-    let next_page_token = (end < all.len())
-        .then(|| {
-            templates
-                .last()
-                .map(|t| B64.encode(serde_json::to_vec(&key(t)).unwrap_or_default()))
-        })
-        .flatten();
+    let (templates, next_page_token, total) = super::page::paginate(all, key, desc, &q)?;
     Ok(Json(TemplateList {
         templates,
         next_page_token,
