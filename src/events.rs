@@ -66,7 +66,7 @@ impl EventBus {
             name,
             status,
             progress_percent,
-            at: crate::jobs::now(),
+            at: crate::clock::now(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
         };
         let _ = self.tx.send(ev);

@@ -3,6 +3,8 @@
 
 /// The HTTP edge: routing, access checks, error rendering, OpenAPI.
 pub mod api;
+/// Wall-clock times as the API shows them.
+pub mod clock;
 /// All paths, binaries, limits and timeouts, with embedded defaults.
 pub mod config;
 /// The container backend: the Docker Engine API on its socket.
@@ -23,3 +25,5 @@ pub mod qemu;
 pub mod rollback;
 /// Durable state in SQLite.
 pub mod store;
+/// Lock helpers that survive a poisoned lock.
+pub mod sync;

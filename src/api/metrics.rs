@@ -105,9 +105,7 @@ pub struct HttpMetrics {
     latency: Mutex<HashMap<(String, String), Histogram>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 impl HttpMetrics {
     fn observe(&self, method: &str, route: &str, status: u16, secs: f64) {

@@ -313,7 +313,7 @@ async fn audit(State(agent): State<Agent>, req: Request, next: Next) -> Response
         .unwrap_or_else(|| "unknown".into());
     let resp = next.run(req).await;
     let entry = AuditEntry {
-        at: crate::jobs::now(),
+        at: crate::clock::now(),
         request_id: error::current_request_id(),
         caller,
         method,

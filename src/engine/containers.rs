@@ -1069,7 +1069,7 @@ impl Agent {
                 });
                 let sample = Sample {
                     at: Instant::now(),
-                    at_str: crate::jobs::now(),
+                    at_str: crate::clock::now(),
                     cpu_ticks: v["cpu_stats"]["cpu_usage"]["total_usage"]
                         .as_u64()
                         .unwrap_or(0),

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::vm::{self, CreateSpec, ResolvedBoot, VmRecord};
 use super::{pool_err, Agent, EngineError, JobCtx, Result, Submitted, VmEntry, GIB};
 use crate::host::pool;
-use crate::jobs::{self, TaskSpec};
+use crate::jobs::TaskSpec;
 use crate::model::{CloneMode, CreateVmRequest, Vm, VmStatus};
 use crate::rollback::Rollback;
 
@@ -74,7 +74,7 @@ impl Agent {
         let name = spec.name.clone().unwrap_or_else(|| {
             vm::generate_name(spec.template.as_deref().unwrap_or(&spec.base_image))
         });
-        let now = jobs::now();
+        let now = crate::clock::now();
         let dir = self.vm_state_dir(id);
         Ok(CreatePlan {
             rec: VmRecord {
@@ -227,7 +227,7 @@ impl Agent {
         }
         ctx.check()?;
         rec.status = VmStatus::Stopped;
-        rec.updated_at = jobs::now();
+        rec.updated_at = crate::clock::now();
         store.update_vm(rec.id, rec.status.as_str(), &rec)?;
         rb.disarm();
         let entry = VmEntry::new(rec);

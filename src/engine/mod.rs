@@ -41,7 +41,7 @@ use crate::config::{Accel, Config};
 use crate::events::EventBus;
 use crate::host::pool::PoolError;
 use crate::host::qemu_img::QemuImg;
-use crate::jobs::{self, JobHandle, Jobs, TaskSpec};
+use crate::jobs::{JobHandle, Jobs, TaskSpec};
 use crate::model::{ActionResponse, DeleteResponse, Job, Vm, VmStatus};
 use crate::qemu::argv::Accelerator;
 use crate::store::Store;
@@ -59,9 +59,7 @@ pub struct VmEntry {
     rt: Mutex<Option<Arc<Runtime>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 impl VmEntry {
     fn new(rec: VmRecord) -> Arc<VmEntry> {
@@ -326,7 +324,7 @@ impl Agent {
 
     /// Forgets finished jobs past their retention and idempotency keys past 24 h.
     fn prune(&self) {
-        let cutoff = jobs::ago(self.inner.cfg.job_retention_hours * 3600);
+        let cutoff = crate::clock::ago(self.inner.cfg.job_retention_hours * 3600);
         match self.inner.store.prune_jobs(&cutoff) {
             Ok(n) if n > 0 => tracing::info!(jobs = n, "pruned finished jobs"),
             Ok(_) => {}
@@ -581,7 +579,7 @@ impl Agent {
             let old = rec.status;
             rec.status = status;
             rec.status_reason = reason;
-            rec.updated_at = jobs::now();
+            rec.updated_at = crate::clock::now();
             if let Err(e) = self.inner.store.update_vm(rec.id, status.as_str(), &*rec) {
                 tracing::error!(vm = %rec.id, error = %e, "cannot persist VM status");
             }

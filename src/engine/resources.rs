@@ -525,7 +525,7 @@ impl Agent {
         rec.cpu_pinning = new.cpu_pinning.clone();
         rec.io_limits = new.io_limits.clone();
         rec.tags = new.tags.clone();
-        rec.updated_at = crate::jobs::now();
+        rec.updated_at = crate::clock::now();
         self.inner
             .store
             .update_vm(rec.id, rec.status.as_str(), &*rec)?;
@@ -538,7 +538,7 @@ impl Agent {
         let (cpu_ticks, rss_bytes) = proc_stats(rt.pid);
         let mut s = Sample {
             at: Instant::now(),
-            at_str: crate::jobs::now(),
+            at_str: crate::clock::now(),
             cpu_ticks,
             rss_bytes,
             ..Sample::default()

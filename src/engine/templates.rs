@@ -4,7 +4,6 @@
 use uuid::Uuid;
 
 use super::{vm, Agent, EngineError, Result};
-use crate::jobs;
 use crate::model::{Template, TemplateRequest};
 
 impl Agent {
@@ -75,7 +74,7 @@ impl Agent {
             .name
             .clone()
             .ok_or_else(|| EngineError::Invalid("Invalid parameter: name is required.".into()))?;
-        let now = jobs::now();
+        let now = crate::clock::now();
         let t = Template {
             id: Uuid::new_v4(),
             name,
@@ -130,7 +129,7 @@ impl Agent {
         if let Some(tags) = req.tags {
             t.tags = tags;
         }
-        t.updated_at = jobs::now();
+        t.updated_at = crate::clock::now();
         self.check_template(&t)?;
         self.inner.store.update_template(t.id, &t.name, &t)?;
         self.inner.events.emit(

@@ -163,9 +163,7 @@ impl Qmp {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 async fn read_loop(
     mut lines: FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
