@@ -1,5 +1,7 @@
 //! Everything about one QEMU process: its command line, its process, its monitor.
 
 pub mod argv;
+/// Typed QMP commands (one method per command) over the `qmp` transport.
+pub mod monitor;
 pub mod process;
 pub mod qmp;

@@ -41,6 +41,9 @@ pub enum QmpError {
     },
     #[error("QMP I/O error: {0}")]
     Io(String),
+    /// QEMU answered, but not in the shape the command documents.
+    #[error("QMP command {command} gave an unexpected answer: {detail}")]
+    BadReply { command: String, detail: String },
 }
 
 /// An asynchronous event from QEMU.
@@ -213,14 +216,14 @@ async fn read_loop(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::UnixListener;
 
     /// A fake QEMU monitor for protocol edge cases: greets, then answers each
-    /// command through `respond` (None = never answer).
-    async fn fake_qmp(
+    /// command through `respond` (no lines = never answer, `CLOSE` = hang up).
+    pub(crate) async fn fake_qmp(
         respond: impl Fn(&Value) -> Vec<String> + Send + 'static,
     ) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -247,7 +250,7 @@ mod tests {
         (dir, path)
     }
 
-    fn ret(v: &Value, ret: Value) -> String {
+    pub(crate) fn ret(v: &Value, ret: Value) -> String {
         json!({"return": ret, "id": v["id"]}).to_string()
     }
 
