@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
-use uuid::Uuid;
 
-use crate::model::EventMessage;
+use crate::model::{EventMessage, Target};
 
 /// Events kept for subscribers that are momentarily behind.
 pub const CAPACITY: usize = 1024;
@@ -39,22 +38,14 @@ impl EventBus {
     }
 
     /// Publishes an event (a no-op when nobody listens).
-    pub fn emit(
-        &self,
-        kind: &str,
-        resource: String,
-        id: Uuid,
-        name: Option<String>,
-        status: Option<String>,
-    ) {
-        self.emit_progress(kind, resource, id, name, status, None);
+    pub fn emit(&self, kind: &str, resource: Target, name: Option<String>, status: Option<String>) {
+        self.emit_progress(kind, resource, name, status, None);
     }
 
     pub fn emit_progress(
         &self,
         kind: &str,
-        resource: String,
-        id: Uuid,
+        resource: Target,
         name: Option<String>,
         status: Option<String>,
         progress_percent: Option<u8>,
@@ -62,7 +53,7 @@ impl EventBus {
         let ev = EventMessage {
             kind: kind.to_owned(),
             resource,
-            id,
+            id: resource.id(),
             name,
             status,
             progress_percent,
@@ -78,7 +69,7 @@ impl EventBus {
 pub fn matches(ev: &EventMessage, types: &[String], resource: Option<&str>) -> bool {
     let type_ok = types.is_empty() || types.iter().any(|t| ev.kind.starts_with(t.as_str()));
     let res_ok = resource.is_none_or(|r| {
-        ev.id.to_string() == r || ev.name.as_deref() == Some(r) || ev.resource == r
+        ev.id.to_string() == r || ev.name.as_deref() == Some(r) || ev.resource.to_string() == r
     });
     type_ok && res_ok
 }
@@ -86,6 +77,7 @@ pub fn matches(ev: &EventMessage, types: &[String], resource: Option<&str>) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[tokio::test]
     async fn subscribers_get_events_in_order_and_a_slow_one_lags() {
@@ -93,13 +85,7 @@ mod tests {
         let mut rx = bus.subscribe();
         let id = Uuid::new_v4();
         for kind in ["vm.starting", "vm.started"] {
-            bus.emit(
-                kind,
-                format!("/api/v1/vms/{id}"),
-                id,
-                Some("a".into()),
-                None,
-            );
+            bus.emit(kind, Target::Vm(id), Some("a".into()), None);
         }
         let a = rx.recv().await.unwrap();
         let b = rx.recv().await.unwrap();
@@ -109,7 +95,7 @@ mod tests {
         );
         assert!(b.seq > a.seq);
         for _ in 0..10 {
-            bus.emit("vm.updated", String::new(), id, None, None);
+            bus.emit("vm.updated", Target::Vm(id), None, None);
         }
         assert!(matches!(
             rx.recv().await,
@@ -122,7 +108,7 @@ mod tests {
         let id = Uuid::new_v4();
         let ev = EventMessage {
             kind: "vm.started".into(),
-            resource: format!("/api/v1/vms/{id}"),
+            resource: Target::Vm(id),
             id,
             name: Some("web".into()),
             status: None,

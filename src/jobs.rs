@@ -13,41 +13,12 @@ use uuid::Uuid;
 
 use crate::clock::now;
 use crate::events::EventBus;
-use crate::model::{Job, JobState, Task};
+use crate::model::{Job, JobState, Target, Task};
 use crate::store::{Store, StoreError};
 use crate::sync::lock;
 
 /// Log lines kept per task.
 const MAX_LOG: usize = 100;
-
-/// Told the id of the first job a request starts.
-pub struct JobSink {
-    seen: Mutex<bool>,
-    record: Box<dyn Fn(Uuid) + Send + Sync>,
-}
-
-impl JobSink {
-    pub fn new(record: impl Fn(Uuid) + Send + Sync + 'static) -> Arc<JobSink> {
-        Arc::new(JobSink {
-            seen: Mutex::new(false),
-            record: Box::new(record),
-        })
-    }
-
-    fn offer(&self, id: Uuid) {
-        let mut seen = lock(&self.seen);
-        if !*seen {
-            *seen = true;
-            (self.record)(id);
-        }
-    }
-}
-
-tokio::task_local! {
-    /// Set by the idempotency middleware, so that a retry of a request
-    /// whose job still runs can be pointed at that job.
-    pub static JOB_SINK: Arc<JobSink>;
-}
 
 pub fn state_str(s: JobState) -> &'static str {
     match s {
@@ -62,7 +33,7 @@ pub fn state_str(s: JobState) -> &'static str {
 /// What a task works on: a description and, when known, its resource.
 pub struct TaskSpec {
     pub description: String,
-    pub target: Option<String>,
+    pub target: Option<Target>,
 }
 
 /// A running job.
@@ -123,8 +94,7 @@ impl JobHandle {
         if job.progress_percent != before {
             self.events.emit_progress(
                 "job.progress",
-                format!("/api/v1/jobs/{}", job.id),
-                job.id,
+                Target::Job(job.id),
                 None,
                 Some(state_str(job.state).into()),
                 Some(job.progress_percent),
@@ -161,7 +131,7 @@ impl JobHandle {
         });
     }
 
-    pub fn task_target(&self, i: usize, target: String) {
+    pub fn task_target(&self, i: usize, target: Target) {
         self.update(true, |j| {
             if let Some(t) = j.tasks.get_mut(i) {
                 t.target = Some(target);
@@ -228,8 +198,8 @@ impl Jobs {
         &self,
         id: Uuid,
         kind: &str,
-        target: Option<String>,
-        caller: &str,
+        target: Option<Target>,
+        requester: &str,
         tasks: Vec<TaskSpec>,
     ) -> Result<Arc<JobHandle>, StoreError> {
         let single = tasks.len() == 1;
@@ -240,7 +210,7 @@ impl Jobs {
             state: JobState::Running,
             progress_percent: 0,
             target,
-            requested_by: caller.to_owned(),
+            requested_by: requester.to_owned(),
             error: None,
             created_at: created_at.clone(),
             finished_at: None,
@@ -275,11 +245,9 @@ impl Jobs {
         });
         h.persist(&job);
         lock(&self.running).insert(id, h.clone());
-        let _ = JOB_SINK.try_with(|sink| sink.offer(id));
         self.events.emit(
             "job.created",
-            format!("/api/v1/jobs/{id}"),
-            id,
+            Target::Job(id),
             Some(kind.to_owned()),
             Some("running".into()),
         );
@@ -324,8 +292,7 @@ impl Jobs {
         let _ = h.done.send(true);
         self.events.emit_progress(
             "job.finished",
-            format!("/api/v1/jobs/{}", job.id),
-            job.id,
+            Target::Job(job.id),
             Some(job.kind.clone()),
             Some(state_str(job.state).into()),
             Some(100),

@@ -19,6 +19,8 @@ pub mod host;
 pub mod jobs;
 /// Wire types shared by the API and its clients.
 pub mod model;
+/// Keyset pagination, the one pager of every list.
+pub mod page;
 /// One QEMU process: argv, spawn/reattach, QMP.
 pub mod qemu;
 /// Undo stack so a failed operation leaves nothing behind.

@@ -12,15 +12,15 @@ use axum::{Extension, Json};
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, OptionalBody};
 use super::page::paginate;
-use super::respond::{accepted, answer, wants_async};
+use super::respond::{accepted, answer, answer_with, wants_async};
 use super::Caller;
-use crate::engine::containers::CAction;
+use crate::engine::container::{CAction, ContainerActionDone, ContainerOutcome};
 use crate::engine::vm::Action;
 use crate::engine::Agent;
 use crate::model::{
-    ActionRequest, Container, ContainerList, CreateContainerRequest, CreateNetworkRequest,
-    CreateVmRequest, CreateVolumeRequest, ExecRequest, ExecResult, Image, ImageList, ImageRef,
-    Instance, InstanceList, Network, NetworkConnect, NetworkList, Performance,
+    ActionRequest, Container, ContainerList, ContainerStatus, CreateContainerRequest,
+    CreateNetworkRequest, CreateVmRequest, CreateVolumeRequest, ExecRequest, ExecResult, Image,
+    ImageList, ImageRef, Instance, InstanceList, Network, NetworkConnect, NetworkList, Performance,
     UpdateContainerRequest, VmStatus, Volume, VolumeList,
 };
 
@@ -34,10 +34,12 @@ fn flag(q: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
     }
 }
 
-fn status_filter(q: &HashMap<String, String>) -> ApiResult<Option<VmStatus>> {
+/// A `status` filter: a VM or a container status.
+fn status_filter(q: &HashMap<String, String>) -> ApiResult<Option<&str>> {
     q.get("status")
         .map(|s| {
-            VmStatus::parse(s)
+            (VmStatus::parse(s).is_some() || ContainerStatus::parse(s).is_some())
+                .then_some(s.as_str())
                 .ok_or_else(|| ApiError::invalid(format!("Invalid status filter {s:?}.")))
         })
         .transpose()
@@ -58,10 +60,11 @@ pub async fn list(
     let status = status_filter(&q)?;
     let all = flag(&q, "all")?;
     let items: Vec<Container> = agent
-        .list_containers(all)
+        .containers
+        .list(all)
         .await?
         .into_iter()
-        .filter(|c| status.is_none_or(|s| c.status == s))
+        .filter(|c| status.is_none_or(|s| c.status.as_str() == s))
         .filter(|c| q.get("name").is_none_or(|n| &c.name == n))
         .filter(|c| q.get("tag").is_none_or(|t| c.tags.contains(t)))
         .collect();
@@ -85,7 +88,7 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateContainerRequest>,
 ) -> ApiResult<Response> {
     answer(
-        agent.create_container(req, &caller.label).await?,
+        agent.containers.create(req, &caller.requester()).await?,
         &headers,
         StatusCode::CREATED,
     )
@@ -96,7 +99,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/containers/{id}", tag = "containers", params(("id" = String, Path)),
     responses((status = 200, body = Container), (status = 404, body = crate::model::ErrorBody), (status = 503, body = crate::model::ErrorBody)))]
 pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Container>> {
-    Ok(Json(agent.find_container(&id).await?))
+    Ok(Json(agent.containers.find(&id).await?))
 }
 
 /// Remove a container; a running one needs `?force=true`.
@@ -110,7 +113,8 @@ pub async fn delete(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let sub = agent
-        .delete_container(&id, flag(&q, "force")?, &caller.label)
+        .containers
+        .delete(&id, flag(&q, "force")?, &caller.requester())
         .await?;
     answer(sub, &headers, StatusCode::OK).await
 }
@@ -126,7 +130,10 @@ pub async fn update(
     JsonBody(req): JsonBody<UpdateContainerRequest>,
 ) -> ApiResult<Response> {
     answer(
-        agent.update_container(&id, req, &caller.label).await?,
+        agent
+            .containers
+            .update(&id, req, &caller.requester())
+            .await?,
         &headers,
         StatusCode::OK,
     )
@@ -148,9 +155,10 @@ pub async fn action(
     let action = CAction::parse(&action)
         .ok_or_else(|| ApiError::not_found(format!("No such container action: {action}.")))?;
     let sub = agent
-        .container_action(&id, action, req.timeout, &caller.label)
+        .containers
+        .action(&id, action, req.timeout, &caller.requester())
         .await?;
-    answer(sub, &headers, StatusCode::OK).await
+    answer_with(sub, &headers, StatusCode::OK, container_action_response).await
 }
 
 /// Run a command in the container: `{"command": [...]}` -> exit code and output.
@@ -161,7 +169,7 @@ pub async fn exec(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ExecRequest>,
 ) -> ApiResult<Json<ExecResult>> {
-    Ok(Json(agent.container_exec(&id, req).await?))
+    Ok(Json(agent.containers.exec(&id, req).await?))
 }
 
 /// An interactive command over a WebSocket: `?command=sh&command=-c&command=...`
@@ -194,14 +202,14 @@ pub async fn exec_ws(
     let tty = q
         .iter()
         .any(|(k, v)| k == "tty" && (v == "true" || v == "1"));
-    let attached = agent.container_exec_attach(&id, command, tty).await?;
+    let attached = agent.containers.exec_attach(&id, command, tty).await?;
     Ok(ws.on_upgrade(move |socket| pump_exec(agent, socket, attached)))
 }
 
 async fn pump_exec(
     agent: Agent,
     mut socket: axum::extract::ws::WebSocket,
-    mut exec: crate::engine::containers::AttachedExec,
+    mut exec: crate::engine::container::AttachedExec,
 ) {
     use axum::extract::ws::{CloseFrame, Message};
     use futures::StreamExt;
@@ -224,7 +232,7 @@ async fn pump_exec(
             },
         }
     }
-    let code = agent.exec_exit_code(&exec.exec_id).await;
+    let code = agent.containers.exec_exit_code(&exec.exec_id).await;
     let reason = match code {
         Some(c) => format!("exit {c}"),
         None => "exit unknown".to_owned(),
@@ -244,7 +252,7 @@ pub async fn adopt(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Container>> {
-    Ok(Json(agent.adopt_container(&id).await?))
+    Ok(Json(agent.containers.adopt(&id).await?))
 }
 
 /// Logs: `tail` (lines or `all`), `since` (unix seconds), `timestamps`, `follow` (streams).
@@ -272,7 +280,8 @@ pub async fn logs(
             .map_err(|_| ApiError::invalid(format!("Invalid since {s:?}: unix seconds.")))?,
     };
     let stream = agent
-        .container_logs(
+        .containers
+        .logs(
             &id,
             tail,
             since,
@@ -294,14 +303,14 @@ pub async fn stats(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Performance>> {
-    Ok(Json(agent.container_stats(&id).await?))
+    Ok(Json(agent.containers.stats(&id).await?))
 }
 
 // ---- images ---------------------------------------------------------------
 
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", responses((status = 200, body = ImageList)))]
 pub async fn images(State(agent): State<Agent>) -> ApiResult<Json<ImageList>> {
-    let images = agent.list_images().await?;
+    let images = agent.containers.list_images().await?;
     Ok(Json(ImageList {
         total_count: images.len(),
         images,
@@ -315,7 +324,7 @@ pub async fn image(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(agent.inspect_image(&id).await?))
+    Ok(Json(agent.containers.inspect_image(&id).await?))
 }
 
 /// Pull from a registry, as a job (fails clearly when no registry answers).
@@ -328,7 +337,9 @@ pub async fn pull(
     JsonBody(req): JsonBody<ImageRef>,
 ) -> ApiResult<Response> {
     answer(
-        agent.pull_image(&req.image, &caller.label)?,
+        agent
+            .containers
+            .pull_image(&req.image, &caller.requester())?,
         &headers,
         StatusCode::OK,
     )
@@ -355,7 +366,9 @@ pub async fn import(
 ) -> ApiResult<Response> {
     let image = image_param(&q, "image")?;
     answer(
-        agent.import_image(&image, body, &caller.label)?,
+        agent
+            .containers
+            .import_image(&image, body, &caller.requester())?,
         &headers,
         StatusCode::CREATED,
     )
@@ -373,10 +386,12 @@ pub async fn load(
     body: Bytes,
 ) -> ApiResult<Response> {
     if wants_async(&headers) {
-        let sub = agent.load_images(body, &caller.label)?;
+        let sub = agent.containers.load_images(body, &caller.requester())?;
         return Ok(accepted(sub.job, None));
     }
-    let images = agent.load_images(body, &caller.label)?.outcome().await?;
+    let sub = agent.containers.load_images(body, &caller.requester())?;
+    super::respond::track(&sub.job);
+    let images = sub.outcome().await?;
     Ok(Json(ImageList {
         total_count: images.len(),
         images,
@@ -401,7 +416,9 @@ pub async fn build(
         .cloned()
         .unwrap_or_else(|| "Dockerfile".into());
     answer(
-        agent.build_image(&tag, &dockerfile, body, &caller.label)?,
+        agent
+            .containers
+            .build_image(&tag, &dockerfile, body, &caller.requester())?,
         &headers,
         StatusCode::CREATED,
     )
@@ -416,7 +433,7 @@ pub async fn tag(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ImageRef>,
 ) -> ApiResult<Json<Image>> {
-    Ok(Json(agent.tag_image(&id, &req.image).await?))
+    Ok(Json(agent.containers.tag_image(&id, &req.image).await?))
 }
 
 /// Push an image to its registry, as a job.
@@ -429,7 +446,7 @@ pub async fn push(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     answer(
-        agent.push_image(&id, &caller.label)?,
+        agent.containers.push_image(&id, &caller.requester())?,
         &headers,
         StatusCode::OK,
     )
@@ -444,7 +461,10 @@ pub async fn remove_image(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
-    agent.remove_image(&id, flag(&q, "force")?).await?;
+    agent
+        .containers
+        .remove_image(&id, flag(&q, "force")?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -452,7 +472,7 @@ pub async fn remove_image(
 
 #[utoipa::path(get, path = "/api/v1/networks", tag = "networks", responses((status = 200, body = NetworkList)))]
 pub async fn networks(State(agent): State<Agent>) -> ApiResult<Json<NetworkList>> {
-    let networks = agent.list_networks().await?;
+    let networks = agent.containers.list_networks().await?;
     Ok(Json(NetworkList {
         total_count: networks.len(),
         networks,
@@ -465,7 +485,10 @@ pub async fn create_network(
     State(agent): State<Agent>,
     JsonBody(req): JsonBody<CreateNetworkRequest>,
 ) -> ApiResult<(StatusCode, Json<Network>)> {
-    Ok((StatusCode::CREATED, Json(agent.create_network(req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(agent.containers.create_network(req).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
@@ -474,7 +497,7 @@ pub async fn network(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Network>> {
-    Ok(Json(agent.inspect_network(&id).await?))
+    Ok(Json(agent.containers.inspect_network(&id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
@@ -483,7 +506,7 @@ pub async fn remove_network(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    agent.remove_network(&id).await?;
+    agent.containers.remove_network(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -505,13 +528,16 @@ pub async fn network_op(
         }
     };
     Ok(Json(
-        agent.network_attach(&id, &req.container, attach).await?,
+        agent
+            .containers
+            .network_attach(&id, &req.container, attach)
+            .await?,
     ))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", responses((status = 200, body = VolumeList)))]
 pub async fn volumes(State(agent): State<Agent>) -> ApiResult<Json<VolumeList>> {
-    let volumes = agent.list_volumes().await?;
+    let volumes = agent.containers.list_volumes().await?;
     Ok(Json(VolumeList {
         total_count: volumes.len(),
         volumes,
@@ -524,13 +550,16 @@ pub async fn create_volume(
     State(agent): State<Agent>,
     JsonBody(req): JsonBody<CreateVolumeRequest>,
 ) -> ApiResult<(StatusCode, Json<Volume>)> {
-    Ok((StatusCode::CREATED, Json(agent.create_volume(req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(agent.containers.create_volume(req).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path)),
     responses((status = 200, body = Volume), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn volume(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Volume>> {
-    Ok(Json(agent.inspect_volume(&id).await?))
+    Ok(Json(agent.containers.inspect_volume(&id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path), ("force" = Option<bool>, Query)),
@@ -540,7 +569,10 @@ pub async fn remove_volume(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
-    agent.remove_volume(&id, flag(&q, "force")?).await?;
+    agent
+        .containers
+        .remove_volume(&id, flag(&q, "force")?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -609,7 +641,7 @@ pub async fn create_instance(
         "vm" => {
             let req: CreateVmRequest = serde_json::from_value(body).map_err(bad)?;
             answer(
-                agent.create(req, &caller.label).await?,
+                agent.vms.create(req, &caller.requester()).await?,
                 &headers,
                 StatusCode::CREATED,
             )
@@ -618,7 +650,7 @@ pub async fn create_instance(
         "container" => {
             let req: CreateContainerRequest = serde_json::from_value(body).map_err(bad)?;
             answer(
-                agent.create_container(req, &caller.label).await?,
+                agent.containers.create(req, &caller.requester()).await?,
                 &headers,
                 StatusCode::CREATED,
             )
@@ -641,7 +673,7 @@ pub async fn instance_action(
     Path((id, action)): Path<(String, String)>,
     JsonBody(req): OptionalBody<ActionRequest>,
 ) -> ApiResult<Response> {
-    if let Ok(entry) = agent.find(&id) {
+    if let Ok(entry) = agent.vms.find(&id) {
         let a = match action.as_str() {
             "restart" => Some(Action::Reboot),
             "kill" => Some(Action::Poweroff),
@@ -649,21 +681,48 @@ pub async fn instance_action(
             other => Action::parse(other),
         }
         .ok_or_else(|| ApiError::not_found(format!("No such action: {action}.")))?;
-        return answer(
-            agent.action(&entry, a, req.timeout, &caller.label)?,
+        return answer_with(
+            agent
+                .vms
+                .action(&entry, a, req.timeout, &caller.requester())?,
             &headers,
             StatusCode::OK,
+            super::vms::action_response,
         )
         .await;
     }
     let a = CAction::parse(&action)
         .ok_or_else(|| ApiError::not_found(format!("No such action: {action}.")))?;
-    answer(
+    answer_with(
         agent
-            .container_action(&id, a, req.timeout, &caller.label)
+            .containers
+            .action(&id, a, req.timeout, &caller.requester())
             .await?,
         &headers,
         StatusCode::OK,
+        container_action_response,
     )
     .await
+}
+
+/// A container action's answer, phrased for people.
+fn container_action_response(d: ContainerActionDone) -> crate::model::ActionResponse {
+    let message = match d.outcome {
+        ContainerOutcome::AlreadyThere(s) => format!("Container already {}.", s.as_str()),
+        ContainerOutcome::Done(a) => match a {
+            CAction::Start => "Container started.",
+            CAction::Stop => "Container stopped.",
+            CAction::Restart => "Container restarted.",
+            CAction::Kill => "Container killed.",
+            CAction::Pause => "Container paused.",
+            CAction::Unpause => "Container unpaused.",
+        }
+        .into(),
+    };
+    crate::model::ActionResponse {
+        id: d.id,
+        status: d.status.as_str().into(),
+        message,
+        job_id: d.job_id,
+    }
 }

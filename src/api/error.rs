@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::engine::error::chain;
 use crate::engine::{EngineError, ErrorKind};
 use crate::model::{ErrorBody, ErrorDetail};
 
@@ -71,7 +72,13 @@ impl From<EngineError> for ApiError {
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut err = ApiError::new(status, e.to_string());
+        // A failed host step shows its causes too: the client sees why.
+        let message = if e.kind() == ErrorKind::Internal {
+            chain(&e)
+        } else {
+            e.to_string()
+        };
+        let mut err = ApiError::new(status, message);
         if e.kind() == ErrorKind::Capacity {
             err.reason = "INSUFFICIENT_CAPACITY";
         }
@@ -87,7 +94,7 @@ impl From<EngineError> for ApiError {
             }));
         }
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "request failed");
+            tracing::error!(error = %chain(&e), "request failed");
         }
         err
     }

@@ -10,10 +10,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use super::job_sink::{JobSink, JOB_SINK};
 use super::respond::accepted;
 use super::{Caller, MAX_BODY};
 use crate::engine::{Agent, IDEMPOTENCY_TTL};
-use crate::jobs::{JobSink, JOB_SINK};
 use crate::store::{IdemRequest, IdemState};
 
 fn replayed(mut resp: Response) -> Response {

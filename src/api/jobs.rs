@@ -195,7 +195,7 @@ pub async fn bulk_cancel(
     JsonBody(req): JsonBody<BulkCancelJobs>,
 ) -> ApiResult<Response> {
     Ok(accepted(
-        agent.bulk_cancel(req.job_ids, &caller.label)?,
+        agent.bulk.cancel_jobs(req.job_ids, &caller.requester())?,
         None,
     ))
 }

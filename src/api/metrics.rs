@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::engine::runtime::Sample;
+use crate::engine::sample::Sample;
 use crate::engine::Agent;
 
 const BUCKETS: [f64; 14] = [
@@ -161,8 +161,8 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Renders every metric. Reads only memory and one small SQLite query.
 pub fn render(agent: &Agent, http: &HttpMetrics) -> String {
     let mut o = String::with_capacity(16 * 1024);
-    let vms = agent.vm_metrics();
-    let tck = crate::engine::resources::clock_ticks() as f64;
+    let vms = agent.vms.metrics();
+    let tck = crate::engine::vm::resources::clock_ticks() as f64;
 
     head(
         &mut o,

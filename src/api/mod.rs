@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod idempotency;
+pub mod job_sink;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
@@ -55,6 +56,13 @@ pub enum Role {
 pub struct Caller {
     pub label: String,
     pub role: Role,
+}
+
+impl Caller {
+    /// The caller as the engine records it on jobs.
+    pub fn requester(&self) -> crate::engine::Requester {
+        crate::engine::Requester::new(self.label.clone())
+    }
 }
 
 /// Decides the role of a Unix-socket peer: root and members of the socket's
@@ -229,8 +237,8 @@ pub async fn health(State(agent): State<Agent>) -> Json<Health> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         node: agent.node().into(),
-        accel: agent.accel().as_str().into(),
-        vms: agent.vm_count(),
+        accel: agent.vms.accel().as_str().into(),
+        vms: agent.vms.count(),
     })
 }
 

@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::error::ApiResult;
+use super::job_sink::JOB_SINK;
 use crate::engine::Submitted;
 use crate::model::{Accepted, Job, Vm};
 
@@ -22,8 +23,15 @@ pub fn wants_async(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Tells the idempotency layer (when the request carries a key) which job
+/// the request started, so that a retry meanwhile is pointed at it.
+pub fn track(job: &Job) {
+    let _ = JOB_SINK.try_with(|sink| sink.offer(job.id));
+}
+
 /// 202 with `{job, vm}` and `Location: /api/v1/jobs/{id}`.
 pub fn accepted(job: Job, vm: Option<Vm>) -> Response {
+    track(&job);
     let location = format!("/api/v1/jobs/{}", job.id);
     let mut resp = (StatusCode::ACCEPTED, Json(Accepted { job, vm })).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -38,9 +46,20 @@ pub async fn answer<T: Serialize>(
     headers: &HeaderMap,
     ok: StatusCode,
 ) -> ApiResult<Response> {
+    answer_with(sub, headers, ok, |v| v).await
+}
+
+/// `answer`, with the engine's result rendered by `render`.
+pub async fn answer_with<T, U: Serialize>(
+    sub: Submitted<T>,
+    headers: &HeaderMap,
+    ok: StatusCode,
+    render: impl FnOnce(T) -> U,
+) -> ApiResult<Response> {
     if wants_async(headers) {
         return Ok(accepted(sub.job, sub.vm));
     }
-    let value = sub.outcome().await?;
+    track(&sub.job);
+    let value = render(sub.outcome().await?);
     Ok((ok, Json(value)).into_response())
 }

@@ -1,4 +1,4 @@
-//! `/api/v1/templates`: reusable VM defaults (seed 000).
+//! `/api/v1/templates`: reusable VM defaults.
 
 use std::collections::HashMap;
 
@@ -42,6 +42,7 @@ pub async fn list(
         )
     };
     let mut all: Vec<Template> = agent
+        .vms
         .templates()?
         .into_iter()
         .filter(|t| q.get("name").is_none_or(|n| &t.name == n))
@@ -66,14 +67,14 @@ pub async fn create(
     State(agent): State<Agent>,
     JsonBody(req): JsonBody<TemplateRequest>,
 ) -> ApiResult<(StatusCode, Json<Template>)> {
-    Ok((StatusCode::CREATED, Json(agent.create_template(req)?)))
+    Ok((StatusCode::CREATED, Json(agent.vms.create_template(req)?)))
 }
 
 /// A template by id or name.
 #[utoipa::path(get, path = "/api/v1/templates/{id}", tag = "templates", params(("id" = String, Path)),
     responses((status = 200, body = Template), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Template>> {
-    Ok(Json(agent.find_template(&id)?))
+    Ok(Json(agent.vms.find_template(&id)?))
 }
 
 /// Change any subset of a template's fields.
@@ -84,7 +85,7 @@ pub async fn patch(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<TemplateRequest>,
 ) -> ApiResult<Json<Template>> {
-    Ok(Json(agent.update_template(&id, req)?))
+    Ok(Json(agent.vms.update_template(&id, req)?))
 }
 
 /// Delete a template (VMs made from it keep their configuration).
@@ -94,7 +95,7 @@ pub async fn delete(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Template>> {
-    Ok(Json(agent.delete_template(&id)?))
+    Ok(Json(agent.vms.delete_template(&id)?))
 }
 
 /// Delete many templates: `{"template_ids": [...]}`; 202 with the job.
@@ -106,7 +107,9 @@ pub async fn bulk_delete(
     JsonBody(req): JsonBody<BulkDeleteTemplates>,
 ) -> ApiResult<Response> {
     Ok(accepted(
-        agent.bulk_delete_templates(req.template_ids, &caller.label)?,
+        agent
+            .bulk
+            .delete_templates(req.template_ids, &caller.requester())?,
         None,
     ))
 }

@@ -1,4 +1,4 @@
-//! `/api/v1/vms`: seed 001's VM API plus seed 003's power actions.
+//! `/api/v1/vms`: the VM API and its power actions.
 
 use std::collections::HashMap;
 
@@ -6,48 +6,35 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use base64::Engine as _;
-use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, OptionalBody};
-use super::respond::{accepted, answer, wants_async};
+use super::respond::{accepted, answer, answer_with, track, wants_async};
 use super::Caller;
-use crate::engine::vm::Action;
-use crate::engine::{Agent, ListQuery, SortKey};
+use crate::engine::vm::{Action, ActionDone, Deleted, ListQuery, Outcome, SortField};
+use crate::engine::Agent;
 use crate::model::{
     Accepted, ActionRequest, ActionResponse, BulkDeleteVms, CreateVmRequest, CreatedVm,
     DeleteResponse, PatchVmRequest, Performance, Resources, StatusResponse, UpdateCpuRequest,
     UpdateDiskRequest, UpdateMemoryRequest, UpdateResponse, Vm, VmConfig, VmList, VmStatus,
 };
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Cursor {
-    s: String,
-    k: String,
-    i: Uuid,
-}
-
-fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<ListQuery> {
-    let mut out = ListQuery {
-        limit: 50,
-        ..ListQuery::default()
-    };
+/// The filters and the sort of a VM list query.
+fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<(ListQuery, &str, bool)> {
+    let mut out = ListQuery::default();
     let sort_str = q.get("sort").map(String::as_str).unwrap_or("created_at");
-    out.sort = SortKey::parse(sort_str).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "Invalid sort {sort_str:?}: use name, -name, created_at or -created_at."
-        ))
-    })?;
-    if let Some(l) = q.get("limit") {
-        out.limit = l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=200).contains(l))
-            .ok_or_else(|| ApiError::invalid(format!("Invalid limit {l:?}: use 1 to 200.")))?;
-    }
+    let (field, descending) = match sort_str {
+        "created_at" => (SortField::CreatedAt, false),
+        "-created_at" => (SortField::CreatedAt, true),
+        "name" => (SortField::Name, false),
+        "-name" => (SortField::Name, true),
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "Invalid sort {sort_str:?}: use name, -name, created_at or -created_at."
+            )))
+        }
+    };
+    out.sort = field;
     if let Some(s) = q.get("status") {
         out.status = Some(
             VmStatus::parse(s)
@@ -58,18 +45,7 @@ fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<ListQuery> {
     out.tag = q.get("tag").cloned();
     out.template = q.get("template").cloned();
     out.node = q.get("node").cloned();
-    if let Some(tok) = q.get("page_token").or_else(|| q.get("pageToken")) {
-        let bad = || ApiError::invalid("Invalid page_token.");
-        let raw = B64.decode(tok).map_err(|_| bad())?;
-        let c: Cursor = serde_json::from_slice(&raw).map_err(|_| bad())?;
-        if c.s != sort_str {
-            return Err(ApiError::invalid(
-                "page_token was issued for another sort order.",
-            ));
-        }
-        out.after = Some((c.k, c.i));
-    }
-    Ok(out)
+    Ok((out, sort_str, descending))
 }
 
 /// List VMs.
@@ -86,23 +62,18 @@ pub async fn list(
     State(agent): State<Agent>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<VmList>> {
-    let query = parse_list_query(&q)?;
-    let sort_str = q
-        .get("sort")
-        .cloned()
-        .unwrap_or_else(|| "created_at".into());
-    let page = agent.list(&query);
-    let next_page_token = page.next.map(|(k, i)| {
-        B64.encode(serde_json::to_vec(&Cursor { s: sort_str, k, i }).unwrap_or_default())
-    });
+    let (query, sort, descending) = parse_list_query(&q)?;
+    let req = super::page::request(&q, sort, descending)?;
+    let (vms, next_page_token, total_count) =
+        super::page::render(agent.vms.list(&query, &req), sort);
     Ok(Json(VmList {
-        vms: page.vms,
+        vms,
         next_page_token,
-        total_count: page.total,
+        total_count,
     }))
 }
 
-/// Create a VM (seed 001), or many with an array body (one job, one task each, 202).
+/// Create a VM, or many with an array body (one job, one task each, 202).
 ///
 /// One VM: clones the base image (or the template's), grows it, persists it;
 /// 201 with the VM, or 202 with the job under `Prefer: respond-async`.
@@ -121,15 +92,16 @@ pub async fn create(
     if body.is_array() {
         let items: Vec<CreateVmRequest> = serde_json::from_value(body)
             .map_err(|e| ApiError::invalid(format!("Invalid request body: {e}")))?;
-        let job = agent.bulk_create(items, &caller.label)?;
+        let job = agent.bulk.create_vms(items, &caller.requester())?;
         return Ok(accepted(job, None));
     }
     let req: CreateVmRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid(format!("Invalid request body: {e}")))?;
-    let sub = agent.create(req, &caller.label).await?;
+    let sub = agent.vms.create(req, &caller.requester()).await?;
     if wants_async(&headers) {
         return Ok(accepted(sub.job, sub.vm));
     }
+    track(&sub.job);
     let job_id = sub.job.id;
     let vm = sub.outcome().await?;
     Ok((
@@ -151,7 +123,7 @@ pub async fn bulk_delete(
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<BulkDeleteVms>,
 ) -> ApiResult<Response> {
-    let job = agent.bulk_delete(req.vm_ids, &caller.label)?;
+    let job = agent.bulk.delete_vms(req.vm_ids, &caller.requester())?;
     Ok(accepted(job, None))
 }
 
@@ -160,8 +132,8 @@ pub async fn bulk_delete(
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = Vm), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Vm>> {
-    let entry = agent.find(&id)?;
-    Ok(Json(agent.to_api(&entry)))
+    let entry = agent.vms.find(&id)?;
+    Ok(Json(agent.vms.to_api(&entry)))
 }
 
 /// A VM's configuration.
@@ -172,8 +144,8 @@ pub async fn config(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<VmConfig>> {
-    let entry = agent.find(&id)?;
-    Ok(Json(agent.vm_config(&entry).await))
+    let entry = agent.vms.find(&id)?;
+    Ok(Json(agent.vms.vm_config(&entry).await))
 }
 
 /// A VM's status.
@@ -184,7 +156,7 @@ pub async fn status(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<StatusResponse>> {
-    let entry = agent.find(&id)?;
+    let entry = agent.vms.find(&id)?;
     let rec = entry.record();
     let message = match (&rec.status_reason, rec.status) {
         (Some(reason), s) => format!("VM is {}: {reason}", s.as_str()),
@@ -228,9 +200,47 @@ pub async fn action(
             ));
         }
     }
-    let entry = agent.find(&id)?;
-    let sub = agent.action(&entry, action, req.timeout, &caller.label)?;
-    answer(sub, &headers, StatusCode::OK).await
+    let entry = agent.vms.find(&id)?;
+    let sub = agent
+        .vms
+        .action(&entry, action, req.timeout, &caller.requester())?;
+    answer_with(sub, &headers, StatusCode::OK, action_response).await
+}
+
+/// A power action's answer, phrased for people.
+pub fn action_response(d: ActionDone) -> ActionResponse {
+    ActionResponse {
+        id: d.id,
+        status: d.status.as_str().to_owned(),
+        message: outcome_message(d.outcome),
+        job_id: d.job_id,
+    }
+}
+
+fn outcome_message(o: Outcome) -> String {
+    match o {
+        Outcome::Done(a) => match a {
+            Action::Start => "VM successfully started.",
+            Action::Stop | Action::Shutdown => "VM successfully stopped.",
+            Action::Poweroff => "VM powered off.",
+            Action::Reboot => "VM successfully rebooted.",
+            Action::Reset => "VM reset.",
+            Action::Pause => "VM paused.",
+            Action::Resume => "VM resumed.",
+            Action::Delete => "VM successfully deleted.",
+        }
+        .into(),
+        Outcome::AlreadyThere(s) => format!("VM already {}.", s.as_str()),
+        Outcome::Acknowledged => "VM had no running process; marked stopped.".into(),
+        Outcome::NoProcess => "VM has no running process.".into(),
+        Outcome::Forced {
+            action: Action::Reboot,
+            after_secs,
+        } => format!("The guest did not shut down within {after_secs} s; VM reset."),
+        Outcome::Forced { after_secs, .. } => {
+            format!("The guest did not shut down within {after_secs} s; VM forced off.")
+        }
+    }
 }
 
 /// Delete a VM: stop it if needed, remove its disk, runtime files and record.
@@ -244,16 +254,23 @@ pub async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let entry = agent.find(&id)?;
-    answer(
-        agent.delete(&entry, &caller.label)?,
+    let entry = agent.vms.find(&id)?;
+    answer_with(
+        agent.vms.delete(&entry, &caller.requester())?,
         &headers,
         StatusCode::OK,
+        |d: Deleted| DeleteResponse {
+            vm_id: d.id,
+            status: "deleted".into(),
+            message: "VM successfully deleted.".into(),
+            disk_file: d.disk_file,
+            job_id: d.job_id,
+        },
     )
     .await
 }
 
-/// Change vCPUs (next start) and pinning (live) (seed 001).
+/// Change vCPUs (next start) and pinning (live).
 #[utoipa::path(put, path = "/api/v1/vms/{id}/cpu", tag = "vms", request_body = UpdateCpuRequest,
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
@@ -265,14 +282,14 @@ pub async fn put_cpu(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateCpuRequest>,
 ) -> ApiResult<Response> {
-    let entry = agent.find(&id)?;
+    let entry = agent.vms.find(&id)?;
     let patch = PatchVmRequest {
         vcpus: req.vcpus,
         cpu_pinning: req.cpu_pinning,
         ..PatchVmRequest::default()
     };
     answer(
-        agent.update(&entry, patch, &caller.label)?,
+        agent.vms.update(&entry, patch, &caller.requester())?,
         &headers,
         StatusCode::OK,
     )
@@ -291,13 +308,13 @@ pub async fn put_memory(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateMemoryRequest>,
 ) -> ApiResult<Response> {
-    let entry = agent.find(&id)?;
+    let entry = agent.vms.find(&id)?;
     let patch = PatchVmRequest {
         memory: Some(req.memory),
         ..PatchVmRequest::default()
     };
     answer(
-        agent.update(&entry, patch, &caller.label)?,
+        agent.vms.update(&entry, patch, &caller.requester())?,
         &headers,
         StatusCode::OK,
     )
@@ -316,14 +333,14 @@ pub async fn put_disk(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateDiskRequest>,
 ) -> ApiResult<Response> {
-    let entry = agent.find(&id)?;
+    let entry = agent.vms.find(&id)?;
     let patch = PatchVmRequest {
         disk_size: req.disk_size,
         io_limits: req.io_limits,
         ..PatchVmRequest::default()
     };
     answer(
-        agent.update(&entry, patch, &caller.label)?,
+        agent.vms.update(&entry, patch, &caller.requester())?,
         &headers,
         StatusCode::OK,
     )
@@ -342,16 +359,16 @@ pub async fn patch(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<PatchVmRequest>,
 ) -> ApiResult<Response> {
-    let entry = agent.find(&id)?;
+    let entry = agent.vms.find(&id)?;
     answer(
-        agent.update(&entry, req, &caller.label)?,
+        agent.vms.update(&entry, req, &caller.requester())?,
         &headers,
         StatusCode::OK,
     )
     .await
 }
 
-/// Live performance metrics, from the background sampler (seed 001). 409 when not running.
+/// Live performance metrics, from the background sampler. 409 when not running.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/performance", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = Performance), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
@@ -359,11 +376,11 @@ pub async fn performance(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Performance>> {
-    let entry = agent.find(&id)?;
-    Ok(Json(agent.performance(&entry)?))
+    let entry = agent.vms.find(&id)?;
+    Ok(Json(agent.vms.performance(&entry)?))
 }
 
-/// Configured cpu/memory/disk next to what is used (seed 000).
+/// Configured cpu/memory/disk next to what is used.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/resources", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = Resources), (status = 404, body = crate::model::ErrorBody)))]
@@ -371,6 +388,6 @@ pub async fn resources(
     State(agent): State<Agent>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Resources>> {
-    let entry = agent.find(&id)?;
-    Ok(Json(agent.resources(&entry)))
+    let entry = agent.vms.find(&id)?;
+    Ok(Json(agent.vms.resources(&entry)))
 }

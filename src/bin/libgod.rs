@@ -199,8 +199,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         socket = %cfg.socket.display(),
         state = %cfg.state_dir.display(),
-        accel = agent.accel().as_str(),
-        vms = agent.vm_count(),
+        accel = agent.vms.accel().as_str(),
+        vms = agent.vms.count(),
         ready_ms = started.elapsed().as_millis() as u64,
         "libgod serving"
     );

@@ -7,16 +7,29 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{Agent, EngineError, JobCtx, Result};
+use super::core::{Core, JobCtx, JobTarget, Requester};
+use super::error::{EngineError, Result};
+use super::vm::VmEngine;
 use crate::jobs::TaskSpec;
-use crate::model::{CreateVmRequest, Job};
+use crate::model::{CreateVmRequest, Job, Target};
+
+/// Bulk operations over the VM engine and the job registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Bulk {
+    core: Arc<Core>,
+    vms: VmEngine,
+}
 
 /// At most this many items per bulk request.
 pub const MAX_ITEMS: usize = 100;
 
-impl Agent {
+impl Bulk {
+    pub(crate) fn new(core: Arc<Core>, vms: VmEngine) -> Bulk {
+        Bulk { core, vms }
+    }
+
     fn parallelism(&self) -> usize {
-        match self.inner.cfg.bulk_parallelism {
+        match self.core.cfg.bulk_parallelism {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -37,14 +50,14 @@ impl Agent {
     fn run_bulk<I, F, Fut>(
         &self,
         kind: &str,
-        caller: &str,
+        requester: &Requester,
         items: Vec<(String, I)>,
         work: F,
     ) -> Result<Job>
     where
         I: Send + 'static,
-        F: Fn(Agent, I, JobCtx) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Option<String>>> + Send + 'static,
+        F: Fn(Bulk, I, JobCtx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Target>>> + Send + 'static,
     {
         let n = items.len();
         let tasks = items
@@ -54,17 +67,16 @@ impl Agent {
                 target: None,
             })
             .collect();
-        let handle = self
-            .inner
-            .jobs
-            .start(Uuid::new_v4(), kind, None, caller, tasks)?;
+        let handle =
+            self.core
+                .start_job(Uuid::new_v4(), kind, JobTarget::Bulk, requester, tasks)?;
         let sem = Arc::new(Semaphore::new(self.parallelism()));
-        let agent = self.clone();
+        let bulk = self.clone();
         let h = handle.clone();
         let work = Arc::new(work);
-        let sub = self.spawn_job(handle, async move {
+        let sub = self.core.spawn_job(handle, None, async move {
             let runs = items.into_iter().enumerate().map(|(i, (_, item))| {
-                let (agent, sem, work) = (agent.clone(), sem.clone(), work.clone());
+                let (bulk, sem, work) = (bulk.clone(), sem.clone(), work.clone());
                 let ctx = JobCtx {
                     handle: h.clone(),
                     task: i,
@@ -77,9 +89,9 @@ impl Agent {
                         return false;
                     }
                     ctx.handle.task_running(i);
-                    let outcome = work(agent, item, ctx.clone()).await;
+                    let outcome = work(bulk, item, ctx.clone()).await;
                     if let Ok(Some(target)) = &outcome {
-                        ctx.handle.task_target(i, target.clone());
+                        ctx.handle.task_target(i, *target);
                     }
                     let ok = outcome.is_ok();
                     ctx.handle
@@ -94,93 +106,78 @@ impl Agent {
                 _ if h.is_cancelled() => Err(EngineError::Cancelled(format!(
                     "cancelled; {failed} of {n} tasks did not complete"
                 ))),
-                _ => Err(EngineError::Internal(format!(
-                    "{failed} of {n} tasks failed"
-                ))),
+                _ => Err(EngineError::failed(format!("{failed} of {n} tasks failed"))),
             }
         });
         Ok(sub.job)
     }
 
-    /// `POST /vms` with an array.
-    pub fn bulk_create(&self, items: Vec<CreateVmRequest>, caller: &str) -> Result<Job> {
+    /// Creates every VM of `items`.
+    pub fn create_vms(&self, items: Vec<CreateVmRequest>, requester: &Requester) -> Result<Job> {
         Self::check_count(items.len())?;
         let items = items
             .into_iter()
             .enumerate()
-            .map(|(i, r)| (super::create::describe(&r, i), r))
+            .map(|(i, r)| (super::vm::create::describe(&r, i), r))
             .collect();
         self.run_bulk(
             "vm.bulk_create",
-            caller,
+            requester,
             items,
-            |agent, req, ctx| async move {
-                let plan = agent.prepare_create(req).await?;
-                ctx.handle
-                    .task_target(ctx.task, format!("/api/v1/vms/{}", plan.rec.id));
-                let vm = agent.create_run(plan, &ctx).await?;
-                Ok(Some(format!("/api/v1/vms/{}", vm.id)))
+            |bulk, req, ctx| async move {
+                let plan = bulk.vms.prepare_create(req).await?;
+                ctx.handle.task_target(ctx.task, Target::Vm(plan.rec.id));
+                let vm = bulk.vms.create_run(plan, &ctx).await?;
+                Ok(Some(Target::Vm(vm.id)))
             },
         )
     }
 
-    /// `DELETE /vms` with `vm_ids`.
-    pub fn bulk_delete(&self, keys: Vec<String>, caller: &str) -> Result<Job> {
+    /// Deletes every VM of `keys` (ids or names).
+    pub fn delete_vms(&self, keys: Vec<String>, requester: &Requester) -> Result<Job> {
         Self::check_count(keys.len())?;
         let items = keys.into_iter().map(|k| (k.clone(), k)).collect();
         self.run_bulk(
             "vm.bulk_delete",
-            caller,
+            requester,
             items,
-            |agent, key, ctx| async move {
-                let entry = agent.find(&key)?;
-                let _guard = agent.claim(&entry, ctx.handle.id(), "vm.bulk_delete")?;
+            |bulk, key, ctx| async move {
+                let entry = bulk.vms.find(&key)?;
+                let _guard = bulk.vms.claim(&entry, ctx.handle.id(), "vm.bulk_delete")?;
                 ctx.check()?;
-                agent.delete_steps(&entry).await?;
-                Ok(Some(format!("/api/v1/vms/{}", entry.id)))
+                bulk.vms.delete_steps(&entry).await?;
+                Ok(Some(Target::Vm(entry.id)))
             },
         )
     }
 
-    /// `DELETE /templates` with `template_ids`.
-    pub fn bulk_delete_templates(&self, keys: Vec<String>, caller: &str) -> Result<Job> {
+    /// Deletes every template of `keys` (ids or names).
+    pub fn delete_templates(&self, keys: Vec<String>, requester: &Requester) -> Result<Job> {
         Self::check_count(keys.len())?;
         let items = keys.into_iter().map(|k| (k.clone(), k)).collect();
         self.run_bulk(
             "template.bulk_delete",
-            caller,
+            requester,
             items,
-            |agent, key, _ctx| async move {
-                let t = agent.delete_template(&key)?;
-                Ok(Some(format!("/api/v1/templates/{}", t.id)))
+            |bulk, key, _ctx| async move {
+                let t = bulk.vms.delete_template(&key)?;
+                Ok(Some(Target::Template(t.id)))
             },
         )
     }
 
-    /// `DELETE /jobs` with `job_ids`: cancels each.
-    pub fn bulk_cancel(&self, ids: Vec<Uuid>, caller: &str) -> Result<Job> {
+    /// Cancels every job of `ids`.
+    pub fn cancel_jobs(&self, ids: Vec<Uuid>, requester: &Requester) -> Result<Job> {
         Self::check_count(ids.len())?;
         let items = ids.into_iter().map(|id| (id.to_string(), id)).collect();
         self.run_bulk(
             "job.bulk_cancel",
-            caller,
+            requester,
             items,
-            |agent, id, _ctx| async move {
-                agent.inner.jobs.cancel(id)?;
-                Ok(Some(format!("/api/v1/jobs/{id}")))
+            |bulk, id, _ctx| async move {
+                bulk.core.jobs.cancel(id)?;
+                Ok(Some(Target::Job(id)))
             },
         )
-    }
-
-    /// `DELETE /jobs/{id}`: asks a running job to stop and waits briefly
-    /// for it to settle (its undo included).
-    pub async fn cancel_job(&self, id: Uuid) -> Result<Job> {
-        self.inner.jobs.cancel(id)?;
-        let waited = self
-            .inner
-            .jobs
-            .wait(id, std::time::Duration::from_secs(30))
-            .await?;
-        waited.ok_or_else(|| EngineError::NotFound(format!("Job not found: {id}.")))
     }
 }

@@ -1,5 +1,6 @@
 //! The engine's one error type. `kind()` is all the API layer needs to pick
-//! a status code; the message is shown to the client as is.
+//! a status code; the message is shown to the client as is, and a failed
+//! host step keeps its cause (`source`) so logs show the whole chain.
 
 use uuid::Uuid;
 
@@ -44,9 +45,13 @@ pub enum EngineError {
     /// The job was cancelled; what it did was undone.
     #[error("{0}")]
     Cancelled(String),
-    /// A step on the host failed; the message names the step.
-    #[error("{0}")]
-    Internal(String),
+    /// A step on the host failed: `step` names it, `source` is why.
+    #[error("{step}")]
+    Internal {
+        step: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 impl EngineError {
@@ -60,13 +65,46 @@ impl EngineError {
             EngineError::Capacity(_) => ErrorKind::Capacity,
             EngineError::Unavailable(_) => ErrorKind::Unavailable,
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
-            EngineError::Internal(_) => ErrorKind::Internal,
+            EngineError::Internal { .. } => ErrorKind::Internal,
         }
     }
 
-    pub fn internal(step: &str, err: impl std::fmt::Display) -> EngineError {
-        EngineError::Internal(format!("{step}: {err}"))
+    /// A host step that failed because of `err`.
+    pub fn internal(
+        step: impl Into<String>,
+        err: impl std::error::Error + Send + Sync + 'static,
+    ) -> EngineError {
+        EngineError::Internal {
+            step: step.into(),
+            source: Some(Box::new(err)),
+        }
     }
+
+    /// A host step that failed, with no underlying error to carry.
+    pub fn failed(step: impl Into<String>) -> EngineError {
+        EngineError::Internal {
+            step: step.into(),
+            source: None,
+        }
+    }
+}
+
+/// Any error, as a cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error and every cause under it: `a: b: c`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 impl From<crate::jobs::CancelError> for EngineError {
@@ -85,9 +123,25 @@ impl From<crate::store::StoreError> for EngineError {
             crate::store::StoreError::NameTaken(name) => {
                 EngineError::Conflict(format!("name already in use: {name}"))
             }
-            other => EngineError::Internal(format!("state database: {other}")),
+            other => EngineError::internal("state database", other),
         }
     }
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_step_keeps_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = EngineError::internal("creating the VM directory", io);
+        assert_eq!(e.to_string(), "creating the VM directory");
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(chain(&e), "creating the VM directory: denied");
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert_eq!(chain(&EngineError::failed("x")), "x");
+    }
+}

@@ -77,6 +77,26 @@ pub fn format_list(cores: &[u32]) -> String {
     parts.join(",")
 }
 
+/// Parses a kernel CPU list (`/sys/devices/system/cpu/online`: `0-3,6`).
+pub fn parse_cpu_list(sysfs_online: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in sysfs_online.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(a) = part.parse() {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,7 +122,7 @@ mod tests {
         pin_thread(pid, &[0]).unwrap();
         assert_eq!(allowed_list(proc, pid, pid).as_deref(), Some("0"));
         let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-        let all = crate::engine::vm::online_cpus(&online);
+        let all = parse_cpu_list(&online);
         pin_thread(pid, &all).unwrap();
         assert_eq!(allowed_list(proc, pid, pid), Some(format_list(&all)));
         assert!(matches!(
@@ -112,5 +132,10 @@ mod tests {
         let mut child = child;
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,6,8-9\n"), vec![0, 1, 2, 3, 6, 8, 9]);
+        assert_eq!(parse_cpu_list("0\n"), vec![0]);
     }
 }

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+mod target;
+pub use target::Target;
+
 /// Lifecycle state of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -21,6 +24,42 @@ pub enum VmStatus {
     Deleting,
     Crashed,
     Error,
+}
+
+/// A container's status, read from the container engine (which owns it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    /// Created or exited.
+    Stopped,
+    /// Restarting.
+    Starting,
+    Running,
+    Paused,
+    /// Being removed.
+    Deleting,
+    /// Dead: the engine could not stop or remove it cleanly.
+    Crashed,
+    /// A state the engine reports that libgo does not know.
+    Error,
+}
+
+impl ContainerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerStatus::Stopped => "stopped",
+            ContainerStatus::Starting => "starting",
+            ContainerStatus::Running => "running",
+            ContainerStatus::Paused => "paused",
+            ContainerStatus::Deleting => "deleting",
+            ContainerStatus::Crashed => "crashed",
+            ContainerStatus::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ContainerStatus> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
 }
 
 impl VmStatus {
@@ -127,7 +166,7 @@ pub enum CloneMode {
     Full,
 }
 
-/// `POST /api/v1/vms` body (seed 001).
+/// `POST /api/v1/vms` body.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
@@ -241,7 +280,7 @@ pub struct ActionResponse {
     pub job_id: Uuid,
 }
 
-/// Answer of `DELETE /vms/{id}` (seed 001).
+/// Answer of `DELETE /vms/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeleteResponse {
     pub vm_id: Uuid,
@@ -433,7 +472,7 @@ pub struct UpdateResponse {
     pub job_id: Uuid,
 }
 
-/// `GET /vms/{id}/performance` (seed 001), from the background sampler.
+/// `GET /vms/{id}/performance`, from the background sampler.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Performance {
     pub id: Uuid,
@@ -458,7 +497,7 @@ pub struct Performance {
     pub interval_secs: f64,
 }
 
-/// `GET /vms/{id}/resources` (seed 000): configured next to used.
+/// `GET /vms/{id}/resources`: configured next to used.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Resources {
     pub id: Uuid,
@@ -509,9 +548,10 @@ pub struct Job {
     pub kind: String,
     pub state: JobState,
     pub progress_percent: u8,
-    /// The resource the job acts on (`/api/v1/vms/{id}`).
+    /// The resource the job acts on (`/api/v1/vms/{id}`); none for bulk jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub target: Option<Target>,
     /// Who asked (`uid:0`).
     pub requested_by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -533,7 +573,8 @@ pub struct Task {
     pub progress_percent: u8,
     /// The resource the task acts on, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub target: Option<Target>,
     /// What the task is about (a VM name, an id).
     pub description: String,
     /// The last log lines of the task (at most 100).
@@ -599,7 +640,7 @@ pub struct BulkDeleteTemplates {
     pub template_ids: Vec<String>,
 }
 
-/// Reusable defaults for VMs (seed 000).
+/// Reusable defaults for VMs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Template {
     pub id: Uuid,
@@ -680,7 +721,8 @@ pub struct EventMessage {
     #[serde(rename = "type")]
     pub kind: String,
     /// The resource's path (`/api/v1/vms/{id}`).
-    pub resource: String,
+    #[schema(value_type = String)]
+    pub resource: Target,
     pub id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -802,7 +844,7 @@ pub struct Container {
     pub name: String,
     pub image: String,
     /// In the VM vocabulary: `running`, `paused`, `stopped`, `starting` (restarting), `deleting`, `crashed` (dead), `creating`.
-    pub status: VmStatus,
+    pub status: ContainerStatus,
     /// The engine's own state and status text.
     pub engine_state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -949,7 +991,8 @@ pub struct Instance {
     pub name: String,
     /// `vm` or `container`.
     pub backend: String,
-    pub status: VmStatus,
+    /// The backend's status (`running`, `stopped`, ...).
+    pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<f64>,
     /// MiB.
@@ -959,7 +1002,8 @@ pub struct Instance {
     pub tags: Vec<String>,
     pub created_at: String,
     /// The full resource.
-    pub link: String,
+    #[schema(value_type = String)]
+    pub link: Target,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

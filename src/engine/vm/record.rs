@@ -1,12 +1,11 @@
-//! The VM record the agent persists, input validation, and every lifecycle
-//! rule in one place (`plan`).
+//! The VM record the agent persists and the checks of its fields.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::error::{EngineError, Result};
+use crate::engine::error::{EngineError, Result};
 use crate::model::{BootSpec, CloneMode, CpuPinning, IoLimits, NetworkSpec, Vm, VmStatus};
 
 /// The host tap device of a VM with tap networking (at most 15 characters).
@@ -80,92 +79,6 @@ impl VmRecord {
     }
 }
 
-/// A power action or delete, as the lifecycle rules see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Shutdown,
-    Poweroff,
-    Reboot,
-    Reset,
-    Pause,
-    Resume,
-    Delete,
-}
-
-impl Action {
-    pub fn parse(s: &str) -> Option<Action> {
-        Some(match s {
-            "start" => Action::Start,
-            "stop" => Action::Stop,
-            "shutdown" => Action::Shutdown,
-            "poweroff" => Action::Poweroff,
-            "reboot" => Action::Reboot,
-            "reset" => Action::Reset,
-            "pause" => Action::Pause,
-            "resume" => Action::Resume,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Start => "start",
-            Action::Stop => "stop",
-            Action::Shutdown => "shutdown",
-            Action::Poweroff => "poweroff",
-            Action::Reboot => "reboot",
-            Action::Reset => "reset",
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-            Action::Delete => "delete",
-        }
-    }
-}
-
-/// What to do with an action in a given state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Do the work.
-    Proceed,
-    /// Already in the target state: answer 200, do nothing.
-    AlreadyThere(&'static str),
-    /// Not possible in this state: answer 409 with this message.
-    Refuse(String),
-}
-
-/// All lifecycle rules in one function.
-pub fn plan(action: Action, status: VmStatus) -> Plan {
-    use Action as A;
-    use VmStatus as S;
-    let busy = |s: S| Plan::Refuse(format!("VM is {}; try again when it settles", s.as_str()));
-    match (action, status) {
-        (_, s @ (S::Creating | S::Starting | S::Stopping | S::Rebooting | S::Deleting)) => busy(s),
-        (A::Delete, _) => Plan::Proceed,
-        (A::Start, S::Running) => Plan::AlreadyThere("VM already running."),
-        (A::Start, S::Paused) => Plan::Refuse("VM is paused; resume it instead.".into()),
-        (A::Start, S::Stopped | S::Crashed | S::Error) => Plan::Proceed,
-        (A::Stop | A::Shutdown | A::Poweroff, S::Stopped) => {
-            Plan::AlreadyThere("VM already stopped.")
-        }
-        // A crashed or failed VM has no process: stopping acknowledges it.
-        (A::Stop | A::Poweroff, S::Crashed | S::Error) => Plan::Proceed,
-        (A::Shutdown, S::Crashed | S::Error) => Plan::AlreadyThere("VM has no running process."),
-        (A::Stop | A::Shutdown | A::Poweroff, S::Running | S::Paused) => Plan::Proceed,
-        (A::Reboot, S::Running) => Plan::Proceed,
-        (A::Reboot, _) => Plan::Refuse("VM is not running, cannot reboot.".into()),
-        (A::Reset, S::Running | S::Paused) => Plan::Proceed,
-        (A::Reset, _) => Plan::Refuse("VM is not running, cannot reset.".into()),
-        (A::Pause, S::Paused) => Plan::AlreadyThere("VM already paused."),
-        (A::Pause, S::Running) => Plan::Proceed,
-        (A::Pause, _) => Plan::Refuse("VM is not running, cannot pause.".into()),
-        (A::Resume, S::Running) => Plan::AlreadyThere("VM already running."),
-        (A::Resume, S::Paused) => Plan::Proceed,
-        (A::Resume, _) => Plan::Refuse("VM is not paused, cannot resume.".into()),
-    }
-}
-
 /// Whether `s` is a DNS label: `[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?`.
 pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
@@ -201,14 +114,53 @@ pub fn generate_mac() -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
-/// Limits a create request is checked against.
+/// The sizes a VM may have on this host (from the configuration).
 pub struct Bounds {
     pub max_vcpus: u32,
     pub max_memory_mib: u64,
     pub max_disk_gib: u64,
 }
 
-/// Field checks that need no I/O.
+impl Bounds {
+    pub fn of(cfg: &crate::config::Config) -> Bounds {
+        Bounds {
+            max_vcpus: cfg.max_vcpus,
+            max_memory_mib: cfg.max_memory_mib,
+            max_disk_gib: cfg.max_disk_gib,
+        }
+    }
+
+    /// The one check of VM sizes: creates, templates and updates use it
+    /// for whichever of the three they carry.
+    pub fn check(
+        &self,
+        vcpus: Option<u32>,
+        memory: Option<u64>,
+        disk_size: Option<u64>,
+    ) -> Result<()> {
+        let invalid = |m: String| Err(EngineError::Invalid(format!("Invalid parameter: {m}")));
+        if vcpus.is_some_and(|v| v == 0 || v > self.max_vcpus) {
+            return invalid(format!("vcpus must be between 1 and {}.", self.max_vcpus));
+        }
+        if memory.is_some_and(|m| !(MIN_MEMORY_MIB..=self.max_memory_mib).contains(&m)) {
+            return invalid(format!(
+                "memory must be between {MIN_MEMORY_MIB} and {} MiB.",
+                self.max_memory_mib
+            ));
+        }
+        if disk_size.is_some_and(|d| d == 0 || d > self.max_disk_gib) {
+            return invalid(format!(
+                "disk_size must be between 1 and {} GiB.",
+                self.max_disk_gib
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The smallest memory a VM may have (MiB).
+pub const MIN_MEMORY_MIB: u64 = 16;
+
 /// A create request with its template applied: every field resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateSpec {
@@ -236,21 +188,7 @@ pub fn validate_create(req: &CreateSpec, b: &Bounds) -> Result<()> {
     if let Some(name) = &req.name {
         validate_name(name)?;
     }
-    if req.vcpus == 0 || req.vcpus > b.max_vcpus {
-        return invalid(format!("vcpus must be between 1 and {}.", b.max_vcpus));
-    }
-    if req.memory < 16 || req.memory > b.max_memory_mib {
-        return invalid(format!(
-            "memory must be between 16 and {} MiB.",
-            b.max_memory_mib
-        ));
-    }
-    if req.disk_size == 0 || req.disk_size > b.max_disk_gib {
-        return invalid(format!(
-            "disk_size must be between 1 and {} GiB.",
-            b.max_disk_gib
-        ));
-    }
+    b.check(Some(req.vcpus), Some(req.memory), Some(req.disk_size))?;
     if req.base_image.is_empty() {
         return invalid("base_image must not be empty.".into());
     }
@@ -341,49 +279,9 @@ pub fn validate_tags(tags: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Cores that are online on this host (`/sys/devices/system/cpu/online`).
-pub fn online_cpus(sysfs_online: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for part in sysfs_online.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-                    out.extend(a..=b);
-                }
-            }
-            None => {
-                if let Ok(a) = part.parse() {
-                    out.push(a);
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lifecycle_rules() {
-        use Action as A;
-        use VmStatus as S;
-        assert_eq!(plan(A::Start, S::Stopped), Plan::Proceed);
-        assert!(matches!(plan(A::Start, S::Running), Plan::AlreadyThere(_)));
-        assert!(matches!(plan(A::Stop, S::Stopped), Plan::AlreadyThere(_)));
-        assert!(matches!(plan(A::Pause, S::Paused), Plan::AlreadyThere(_)));
-        assert!(matches!(plan(A::Resume, S::Running), Plan::AlreadyThere(_)));
-        assert_eq!(
-            plan(A::Reboot, S::Stopped),
-            Plan::Refuse("VM is not running, cannot reboot.".into())
-        );
-        assert!(matches!(plan(A::Start, S::Stopping), Plan::Refuse(_)));
-        assert_eq!(plan(A::Delete, S::Running), Plan::Proceed);
-        assert_eq!(plan(A::Stop, S::Crashed), Plan::Proceed);
-        assert!(matches!(plan(A::Reset, S::Stopped), Plan::Refuse(_)));
-        assert!(matches!(plan(A::Delete, S::Deleting), Plan::Refuse(_)));
-    }
 
     #[test]
     fn dns_labels() {
@@ -440,11 +338,5 @@ mod tests {
         assert!(bad(|r| r.name = Some(Uuid::new_v4().to_string())));
         assert!(bad(|r| r.tags = vec!["".into()]));
         assert!(bad(|r| r.user_data = Some("x".repeat(MAX_USER_DATA + 1))));
-    }
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(online_cpus("0-3,6,8-9\n"), vec![0, 1, 2, 3, 6, 8, 9]);
-        assert_eq!(online_cpus("0\n"), vec![0]);
     }
 }

@@ -5,12 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-use super::runtime::{Runtime, Sample};
-use super::vm::VmRecord;
-use super::{lock, qmp_err, vm, Agent, EngineError, JobCtx, Result, Submitted, VmEntry};
+use super::lifecycle::{plan, Action, Plan};
+use super::live::qmp_err;
+use super::live::Runtime;
+use super::record::{self as vm, VmRecord};
+use super::registry::{VmEngine, VmEntry, GIB};
 use crate::config::IoLayer;
+use crate::engine::core::{JobCtx, Requester, Submitted};
+use crate::engine::error::{EngineError, Result};
+use crate::engine::sample::Sample;
 use crate::host::blockdev::{self, DevId};
 use crate::host::cgroup::IoMax;
 use crate::host::pinning;
@@ -19,15 +22,16 @@ use crate::model::{
     Performance, PinningInForce, UpdateResponse, VcpuAffinity, VmStatus,
 };
 use crate::qemu::argv::DISK_DRIVE_ID;
+use crate::qemu::monitor::{BlockInfo, BlockRef, IoThrottle};
+use crate::sync::lock;
 
 const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
 /// QOM path of the root disk's virtio-blk backend, for block_set_io_throttle.
 const DISK_QDEV: &str = "/machine/peripheral/vd0/virtio-backend";
 
 fn online_cpus() -> Vec<u32> {
     std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .map(|s| vm::online_cpus(&s))
+        .map(|s| crate::host::pinning::parse_cpu_list(&s))
         .unwrap_or_default()
 }
 
@@ -75,30 +79,19 @@ fn limits_of(m: IoMax) -> IoLimits {
     }
 }
 
-impl Agent {
+impl VmEngine {
     /// Pins vCPU i to cores[i] (same counts) or every vCPU to the whole set,
     /// and QEMU's other threads to `emulator_cores`; no pinning = all online
     /// cores, which also undoes an earlier pinning live.
     pub(crate) async fn apply_pinning(&self, rt: &Runtime, pin: Option<&CpuPinning>) -> Result<()> {
-        let cpus = rt
-            .qmp
-            .execute("query-cpus-fast", None)
+        let vcpus: Vec<(u32, u32)> = rt
+            .monitor
+            .query_cpus_fast()
             .await
-            .map_err(qmp_err("query-cpus-fast"))?;
-        let mut vcpus: Vec<(u32, u32)> = cpus
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| {
-                        Some((
-                            c.get("cpu-index")?.as_u64()? as u32,
-                            c.get("thread-id")?.as_u64()? as u32,
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        vcpus.sort_unstable();
+            .map_err(qmp_err("query-cpus-fast"))?
+            .into_iter()
+            .map(|v| (v.cpu_index, v.thread_id))
+            .collect();
         let all = online_cpus();
         let pin_err = |e: pinning::PinError| EngineError::internal("pinning vCPU threads", e);
         for (i, (_, tid)) in vcpus.iter().enumerate() {
@@ -147,7 +140,7 @@ impl Agent {
 
     /// Applies I/O limits on every configured layer (None removes them).
     pub(crate) async fn apply_io(&self, rec: &VmRecord, rt: &Runtime) -> Result<()> {
-        let layers = &self.inner.cfg.io_throttle;
+        let layers = &self.inner.core.cfg.io_throttle;
         if layers.contains(&IoLayer::Cgroup) {
             if let Some(cg) = &self.inner.cgroups {
                 let name = rec.id.to_string();
@@ -164,13 +157,16 @@ impl Agent {
         if layers.contains(&IoLayer::Qemu) {
             let l = rec.io_limits.clone().unwrap_or_default();
             let v = |x: Option<u64>| x.unwrap_or(0);
-            let args = json!({
-                "id": DISK_QDEV,
-                "iops": v(l.iops), "iops_rd": v(l.read_iops), "iops_wr": v(l.write_iops),
-                "bps": 0, "bps_rd": v(l.read_bps), "bps_wr": v(l.write_bps),
-            });
-            rt.qmp
-                .execute("block_set_io_throttle", Some(args))
+            let limits = IoThrottle {
+                iops: v(l.iops),
+                read_iops: v(l.read_iops),
+                write_iops: v(l.write_iops),
+                bps: 0,
+                read_bps: v(l.read_bps),
+                write_bps: v(l.write_bps),
+            };
+            rt.monitor
+                .set_io_throttle(DISK_QDEV, &limits)
                 .await
                 .map_err(qmp_err("block_set_io_throttle"))?;
         }
@@ -199,7 +195,7 @@ impl Agent {
 
     async fn io_enforcement(&self, rec: &VmRecord, rt: Option<&Runtime>) -> IoEnforcement {
         let mut out = IoEnforcement::default();
-        let layers = &self.inner.cfg.io_throttle;
+        let layers = &self.inner.core.cfg.io_throttle;
         if !layers.contains(&IoLayer::Cgroup) {
             out.notes
                 .push("cgroup enforcement disabled by configuration (io_throttle)".into());
@@ -236,11 +232,7 @@ impl Agent {
             out.notes
                 .push("QEMU throttling disabled by configuration (io_throttle)".into());
         } else if let Some(rt) = rt {
-            match rt
-                .qmp
-                .execute_with_timeout("query-block", None, Duration::from_secs(2))
-                .await
-            {
+            match rt.monitor.query_block().await {
                 Ok(blocks) => out.qemu = qemu_throttle(&blocks),
                 Err(e) => out.notes.push(format!("QEMU: {e}")),
             }
@@ -259,12 +251,8 @@ impl Agent {
         let io_enforcement = self.io_enforcement(&r, rt.as_deref()).await;
         let mut memory_in_force = None;
         if let Some(rt) = &rt {
-            if let Ok(b) = rt
-                .qmp
-                .execute_with_timeout("query-balloon", None, Duration::from_secs(2))
-                .await
-            {
-                memory_in_force = b.get("actual").and_then(Value::as_u64).map(|b| b / MIB);
+            if let Ok(b) = rt.monitor.query_balloon().await {
+                memory_in_force = Some(b / MIB);
             }
         }
         crate::model::VmConfig {
@@ -294,33 +282,9 @@ impl Agent {
         &self,
         entry: &Arc<VmEntry>,
         req: PatchVmRequest,
-        caller: &str,
+        requester: &Requester,
     ) -> Result<Submitted<UpdateResponse>> {
-        let cfg = &self.inner.cfg;
-        if let Some(v) = req.vcpus {
-            if v == 0 || v > cfg.max_vcpus {
-                return Err(EngineError::Invalid(format!(
-                    "Invalid parameter: vcpus must be between 1 and {}.",
-                    cfg.max_vcpus
-                )));
-            }
-        }
-        if let Some(m) = req.memory {
-            if !(16..=cfg.max_memory_mib).contains(&m) {
-                return Err(EngineError::Invalid(format!(
-                    "Invalid parameter: memory must be between 16 and {} MiB.",
-                    cfg.max_memory_mib
-                )));
-            }
-        }
-        if let Some(d) = req.disk_size {
-            if d == 0 || d > cfg.max_disk_gib {
-                return Err(EngineError::Invalid(format!(
-                    "Invalid parameter: disk_size must be between 1 and {} GiB.",
-                    cfg.max_disk_gib
-                )));
-            }
-        }
+        vm::Bounds::of(&self.core().cfg).check(req.vcpus, req.memory, req.disk_size)?;
         if let Some(Some(p)) = &req.cpu_pinning {
             check_pinning(p)?;
         }
@@ -347,14 +311,11 @@ impl Agent {
         }
         let job_id = uuid::Uuid::new_v4();
         let guard = self.claim(entry, job_id, "vm.update")?;
-        let handle = self.vm_job(job_id, "vm.update", entry, caller)?;
-        let ctx = JobCtx {
-            handle: handle.clone(),
-            task: 0,
-        };
+        let (handle, ctx) = self.vm_job(job_id, "vm.update", entry, requester)?;
         let agent = self.clone();
         let entry = entry.clone();
-        Ok(self.spawn_job(handle, async move {
+        let preview = Some(self.to_api(&entry));
+        Ok(self.inner.core.spawn_job(handle, preview, async move {
             let _guard = guard;
             let changes = agent.update_steps(&entry, &req, &ctx).await?;
             let rec = entry.record();
@@ -371,7 +332,7 @@ impl Agent {
                 }
             };
             if !changes.is_empty() {
-                agent.vm_event("vm.updated", rec.id, rec.name.clone(), rec.status);
+                agent.publish("vm.updated", rec.id, rec.name.clone(), rec.status);
             }
             Ok(UpdateResponse {
                 id: rec.id,
@@ -423,21 +384,16 @@ impl Agent {
             if d > rec.disk_size {
                 match &rt {
                     Some(rt) => rt
-                        .qmp
-                        .execute(
-                            "block_resize",
-                            Some(json!({"device": DISK_DRIVE_ID, "size": d * GIB})),
-                        )
+                        .monitor
+                        .block_resize(BlockRef::Device(DISK_DRIVE_ID), d * GIB)
                         .await
                         .map_err(qmp_err("block_resize"))?,
-                    None => {
-                        self.inner
-                            .img
-                            .resize(&rec.disk_file, d * GIB)
-                            .await
-                            .map_err(|e| EngineError::internal("Failed to resize the disk", e))?;
-                        Value::Null
-                    }
+                    None => self
+                        .inner
+                        .img
+                        .resize(&rec.disk_file, d * GIB)
+                        .await
+                        .map_err(|e| EngineError::internal("Failed to resize the disk", e))?,
                 };
                 rec.disk_size = d;
                 change("disk_size", Applies::Live);
@@ -453,8 +409,8 @@ impl Agent {
             if m != rec.memory {
                 let applies = match &rt {
                     Some(rt) if m <= rt.boot_memory => {
-                        rt.qmp
-                            .execute("balloon", Some(json!({"value": m * MIB})))
+                        rt.monitor
+                            .balloon(m * MIB)
                             .await
                             .map_err(qmp_err("balloon"))?;
                         Applies::Live
@@ -495,16 +451,16 @@ impl Agent {
         }
         if let Some(status) = req.status {
             let action = match status {
-                VmStatus::Running if entry.status() == VmStatus::Paused => vm::Action::Resume,
-                VmStatus::Running => vm::Action::Start,
-                VmStatus::Paused => vm::Action::Pause,
-                _ => vm::Action::Stop,
+                VmStatus::Running if entry.status() == VmStatus::Paused => Action::Resume,
+                VmStatus::Running => Action::Start,
+                VmStatus::Paused => Action::Pause,
+                _ => Action::Stop,
             };
-            match vm::plan(action, entry.status()) {
-                vm::Plan::Refuse(msg) => return Err(EngineError::Conflict(msg)),
-                vm::Plan::AlreadyThere(_) => {}
-                vm::Plan::Proceed => {
-                    let timeout = Duration::from_secs(self.inner.cfg.stop_timeout_secs);
+            match plan(action, entry.status()) {
+                Plan::Refuse(msg) => return Err(EngineError::Conflict(msg)),
+                Plan::Skip(_) => {}
+                Plan::Proceed => {
+                    let timeout = Duration::from_secs(self.inner.core.cfg.stop_timeout_secs);
                     self.run_action(entry, action, timeout, ctx).await?;
                     changes.push(FieldChange {
                         field: "status".into(),
@@ -527,6 +483,7 @@ impl Agent {
         rec.tags = new.tags.clone();
         rec.updated_at = crate::clock::now();
         self.inner
+            .core
             .store
             .update_vm(rec.id, rec.status.as_str(), &*rec)?;
         Ok(())
@@ -543,22 +500,15 @@ impl Agent {
             rss_bytes,
             ..Sample::default()
         };
-        if let Ok(stats) = rt
-            .qmp
-            .execute_with_timeout("query-blockstats", None, Duration::from_secs(2))
-            .await
-        {
-            if let Some(st) = stats.as_array().and_then(|a| {
-                a.iter().find(|d| {
-                    d.get("device").and_then(Value::as_str) == Some(DISK_DRIVE_ID)
-                        || d.get("qdev").and_then(Value::as_str) == Some(DISK_QDEV)
-                })
-            }) {
-                let n = |k: &str| st["stats"].get(k).and_then(Value::as_u64).unwrap_or(0);
-                s.rd_bytes = n("rd_bytes");
-                s.wr_bytes = n("wr_bytes");
-                s.rd_ops = n("rd_operations");
-                s.wr_ops = n("wr_operations");
+        if let Ok(stats) = rt.monitor.query_blockstats().await {
+            if let Some(st) = stats
+                .iter()
+                .find(|d| d.is_named(DISK_DRIVE_ID) || d.is_named(DISK_QDEV))
+            {
+                s.rd_bytes = st.rd_bytes;
+                s.wr_bytes = st.wr_bytes;
+                s.rd_ops = st.rd_operations;
+                s.wr_ops = st.wr_operations;
             }
         }
         if let Some(tap) = tap {
@@ -657,19 +607,20 @@ impl Agent {
     }
 }
 
-fn qemu_throttle(blocks: &Value) -> Option<IoLimits> {
-    let dev = blocks.as_array()?.iter().find(|b| {
-        b.get("device").and_then(Value::as_str) == Some(DISK_DRIVE_ID)
-            || b.get("qdev").and_then(Value::as_str) == Some(DISK_QDEV)
-    })?;
-    let ins = dev.get("inserted")?;
-    let g = |k: &str| ins.get(k).and_then(Value::as_u64).filter(|v| *v > 0);
+fn qemu_throttle(blocks: &[BlockInfo]) -> Option<IoLimits> {
+    let t = &blocks
+        .iter()
+        .find(|b| b.is_named(DISK_DRIVE_ID) || b.is_named(DISK_QDEV))?
+        .inserted
+        .as_ref()?
+        .throttle;
+    let g = |v: u64| (v > 0).then_some(v);
     Some(IoLimits {
-        iops: g("iops"),
-        read_iops: g("iops_rd"),
-        write_iops: g("iops_wr"),
-        read_bps: g("bps_rd"),
-        write_bps: g("bps_wr"),
+        iops: g(t.iops),
+        read_iops: g(t.read_iops),
+        write_iops: g(t.write_iops),
+        read_bps: g(t.read_bps),
+        write_bps: g(t.write_bps),
     })
 }
 
@@ -730,7 +681,7 @@ mod tests {
 
     #[test]
     fn qemu_throttle_is_read_from_query_block() {
-        let blocks = json!([{"device": "disk0", "qdev": DISK_QDEV, "inserted": {"iops": 0, "iops_rd": 50, "iops_wr": 0, "bps_rd": 0, "bps_wr": 1000}}]);
+        let blocks: Vec<BlockInfo> = serde_json::from_value(serde_json::json!([{"device": "disk0", "qdev": DISK_QDEV, "inserted": {"file": "/d.qcow2", "ro": false, "iops": 0, "iops_rd": 50, "iops_wr": 0, "bps": 0, "bps_rd": 0, "bps_wr": 1000}}])).unwrap();
         let l = qemu_throttle(&blocks).unwrap();
         assert_eq!(
             (l.read_iops, l.write_bps, l.iops),

@@ -1,14 +1,16 @@
-//! Templates: reusable VM defaults (seed 000). A `POST /vms` naming a
+//! Templates: reusable VM defaults. A VM create naming a
 //! template takes its values; the request's own fields override them.
 
 use uuid::Uuid;
 
-use super::{vm, Agent, EngineError, Result};
-use crate::model::{Template, TemplateRequest};
+use super::record as vm;
+use super::registry::VmEngine;
+use crate::engine::error::{EngineError, Result};
+use crate::model::{Target, Template, TemplateRequest};
 
-impl Agent {
+impl VmEngine {
     pub fn templates(&self) -> Result<Vec<Template>> {
-        Ok(self.inner.store.load_templates()?)
+        Ok(self.inner.core.store.load_templates()?)
     }
 
     /// A template by id or name.
@@ -27,25 +29,9 @@ impl Agent {
 
     fn check_template(&self, t: &Template) -> Result<()> {
         vm::validate_name(&t.name)?;
-        let cfg = &self.inner.cfg;
+        let cfg = &self.inner.core.cfg;
         let invalid = |m: String| Err(EngineError::Invalid(format!("Invalid parameter: {m}")));
-        if t.vcpus.is_some_and(|v| v == 0 || v > cfg.max_vcpus) {
-            return invalid(format!("vcpus must be between 1 and {}.", cfg.max_vcpus));
-        }
-        if t.memory
-            .is_some_and(|m| !(16..=cfg.max_memory_mib).contains(&m))
-        {
-            return invalid(format!(
-                "memory must be between 16 and {} MiB.",
-                cfg.max_memory_mib
-            ));
-        }
-        if t.disk_size.is_some_and(|d| d == 0 || d > cfg.max_disk_gib) {
-            return invalid(format!(
-                "disk_size must be between 1 and {} GiB.",
-                cfg.max_disk_gib
-            ));
-        }
+        vm::Bounds::of(cfg).check(t.vcpus, t.memory, t.disk_size)?;
         if let Some(p) = &t.cpu_pinning {
             super::resources::check_pinning(p)?;
         }
@@ -64,7 +50,7 @@ impl Agent {
         }
         if let Some(base) = &t.base_image {
             crate::host::pool::resolve(&cfg.pools(), base, "base image")
-                .map_err(super::pool_err)?;
+                .map_err(super::registry::pool_err)?;
         }
         Ok(())
     }
@@ -94,12 +80,12 @@ impl Agent {
         };
         self.check_template(&t)?;
         self.inner
+            .core
             .store
             .insert_template(t.id, &t.name, &t.created_at, &t)?;
-        self.inner.events.emit(
+        self.inner.core.events.emit(
             "template.created",
-            format!("/api/v1/templates/{}", t.id),
-            t.id,
+            Target::Template(t.id),
             Some(t.name.clone()),
             None,
         );
@@ -131,11 +117,10 @@ impl Agent {
         }
         t.updated_at = crate::clock::now();
         self.check_template(&t)?;
-        self.inner.store.update_template(t.id, &t.name, &t)?;
-        self.inner.events.emit(
+        self.inner.core.store.update_template(t.id, &t.name, &t)?;
+        self.inner.core.events.emit(
             "template.updated",
-            format!("/api/v1/templates/{}", t.id),
-            t.id,
+            Target::Template(t.id),
             Some(t.name.clone()),
             None,
         );
@@ -144,13 +129,12 @@ impl Agent {
 
     pub fn delete_template(&self, key: &str) -> Result<Template> {
         let t = self.find_template(key)?;
-        if !self.inner.store.delete_template(t.id)? {
+        if !self.inner.core.store.delete_template(t.id)? {
             return Err(EngineError::NotFound(format!("Template not found: {key}.")));
         }
-        self.inner.events.emit(
+        self.inner.core.events.emit(
             "template.deleted",
-            format!("/api/v1/templates/{}", t.id),
-            t.id,
+            Target::Template(t.id),
             Some(t.name.clone()),
             None,
         );

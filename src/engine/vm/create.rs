@@ -5,10 +5,12 @@
 use std::path::Path;
 use uuid::Uuid;
 
-use super::vm::{self, CreateSpec, ResolvedBoot, VmRecord};
-use super::{pool_err, Agent, EngineError, JobCtx, Result, Submitted, VmEntry, GIB};
+use super::lifecycle::{self, VmEvent};
+use super::record::{self as vm, CreateSpec, ResolvedBoot, VmRecord};
+use super::registry::{pool_err, VmEngine, VmEntry, GIB};
+use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
+use crate::engine::error::{EngineError, Result};
 use crate::host::pool;
-use crate::jobs::TaskSpec;
 use crate::model::{CloneMode, CreateVmRequest, Vm, VmStatus};
 use crate::rollback::Rollback;
 
@@ -19,20 +21,13 @@ pub struct CreatePlan {
     pub user_data: Option<String>,
 }
 
-impl Agent {
+impl VmEngine {
     /// Applies the template, checks every field and resolves every path.
     /// Everything that can be refused is refused here, before any job.
     pub async fn prepare_create(&self, req: CreateVmRequest) -> Result<CreatePlan> {
         let spec = self.apply_template(req)?;
-        let cfg = &self.inner.cfg;
-        vm::validate_create(
-            &spec,
-            &vm::Bounds {
-                max_vcpus: cfg.max_vcpus,
-                max_memory_mib: cfg.max_memory_mib,
-                max_disk_gib: cfg.max_disk_gib,
-            },
-        )?;
+        let cfg = &self.inner.core.cfg;
+        vm::validate_create(&spec, &vm::Bounds::of(cfg))?;
         if let Some(pin) = &spec.cpu_pinning {
             super::resources::check_pinning(pin)?;
         }
@@ -75,7 +70,7 @@ impl Agent {
             vm::generate_name(spec.template.as_deref().unwrap_or(&spec.base_image))
         });
         let now = crate::clock::now();
-        let dir = self.vm_state_dir(id);
+        let dir = self.state_dir(id);
         Ok(CreatePlan {
             rec: VmRecord {
                 id,
@@ -107,28 +102,27 @@ impl Agent {
     }
 
     /// Creates one VM as a job.
-    pub async fn create(&self, req: CreateVmRequest, caller: &str) -> Result<Submitted<Vm>> {
+    pub async fn create(
+        &self,
+        req: CreateVmRequest,
+        requester: &Requester,
+    ) -> Result<Submitted<Vm>> {
         let plan = self.prepare_create(req).await?;
-        let target = format!("/api/v1/vms/{}", plan.rec.id);
-        let handle = self.inner.jobs.start(
+        let (handle, ctx) = self.core().start_single(
             Uuid::new_v4(),
             "vm.create",
-            Some(target.clone()),
-            caller,
-            vec![TaskSpec {
-                description: plan.rec.name.clone(),
-                target: Some(target),
-            }],
+            JobTarget::Vm(plan.rec.id),
+            plan.rec.name.clone(),
+            requester,
         )?;
-        let ctx = JobCtx {
-            handle: handle.clone(),
-            task: 0,
-        };
-        let agent = self.clone();
-        let preview = plan.rec.to_api(&self.inner.node, None);
-        let mut sub = self.spawn_job(handle, async move { agent.create_run(plan, &ctx).await });
-        sub.vm = Some(preview);
-        Ok(sub)
+        let engine = self.clone();
+        let preview = plan.rec.to_api(&self.core().node, None);
+        Ok(self
+            .inner
+            .core
+            .spawn_job(handle, Some(preview), async move {
+                engine.create_run(plan, &ctx).await
+            }))
     }
 
     /// The steps of a create. The row comes first (status `creating`): a
@@ -140,7 +134,7 @@ impl Agent {
             base_format,
             user_data,
         } = plan;
-        let store = &self.inner.store;
+        let store = &self.core().store;
         let mut rb = Rollback::new();
         ctx.check()?;
         store.insert_vm(
@@ -151,10 +145,10 @@ impl Agent {
             &rec,
         )?;
         {
-            let inner = self.inner.clone();
+            let store = self.core().store.clone();
             let id = rec.id;
             rb.push("row", move || {
-                let _ = inner.store.delete_vm(id);
+                let _ = store.delete_vm(id);
             });
         }
         ctx.progress(10);
@@ -185,7 +179,7 @@ impl Agent {
                 .await
                 .map_err(|e| {
                     EngineError::internal(
-                        &format!("Failed to clone base image {}", rec.base_image),
+                        format!("Failed to clone base image {}", rec.base_image),
                         e,
                     )
                 })?
@@ -201,7 +195,7 @@ impl Agent {
                 ctx.check()?;
                 result.map_err(|e| {
                     EngineError::internal(
-                        &format!("Failed to copy base image {}", rec.base_image),
+                        format!("Failed to copy base image {}", rec.base_image),
                         e,
                     )
                 })?
@@ -226,19 +220,16 @@ impl Agent {
             .map_err(|e| EngineError::internal("Failed to write the cloud-init seed", e))?;
         }
         ctx.check()?;
-        rec.status = VmStatus::Stopped;
+        rec.status = lifecycle::next(rec.status, VmEvent::Created)
+            .map_err(|e| EngineError::internal("finishing the create", e))?;
         rec.updated_at = crate::clock::now();
         store.update_vm(rec.id, rec.status.as_str(), &rec)?;
         rb.disarm();
         let entry = VmEntry::new(rec);
         let vm = self.to_api(&entry);
-        self.inner
-            .vms
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(entry.id, entry.clone());
+        self.insert(entry);
         ctx.log("created");
-        self.vm_event("vm.created", vm.id, vm.name.clone(), VmStatus::Stopped);
+        self.publish("vm.created", vm.id, vm.name.clone(), VmStatus::Stopped);
         Ok(vm)
     }
 

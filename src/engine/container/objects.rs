@@ -8,9 +8,10 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Agent, EngineError, Result, Submitted};
-use crate::jobs::TaskSpec;
-use crate::model::{Image, Instance, Network, Volume};
+use super::registry::ContainerEngine;
+use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
+use crate::engine::error::{EngineError, Result};
+use crate::model::{Image, Network, Volume};
 
 fn ts(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
@@ -40,7 +41,7 @@ pub fn split_ref(image: &str) -> (String, String) {
     }
 }
 
-impl Agent {
+impl ContainerEngine {
     fn d(&self) -> Result<bollard::Docker> {
         Ok(self.inner.docker.client()?)
     }
@@ -88,7 +89,7 @@ impl Agent {
     /// ends it. `read` gives an item's error and its log line.
     async fn drain<S, T>(
         &self,
-        ctx: &super::JobCtx,
+        ctx: &JobCtx,
         what: String,
         mut stream: S,
         read: fn(&T) -> (Option<String>, Option<String>),
@@ -118,7 +119,7 @@ impl Agent {
     /// registry that does not answer is the backend being unavailable.
     async fn registry_drain<S, T>(
         &self,
-        ctx: &super::JobCtx,
+        ctx: &JobCtx,
         what: String,
         stream: S,
         read: fn(&T) -> (Option<String>, Option<String>),
@@ -141,28 +142,24 @@ impl Agent {
         &self,
         kind: &str,
         what: &str,
-        caller: &str,
-    ) -> Result<(std::sync::Arc<crate::jobs::JobHandle>, super::JobCtx)> {
-        let h = self.inner.jobs.start(
+        requester: &Requester,
+    ) -> Result<(std::sync::Arc<crate::jobs::JobHandle>, JobCtx)> {
+        self.core().start_single(
             Uuid::new_v4(),
             kind,
-            None,
-            caller,
-            vec![TaskSpec {
-                description: what.to_owned(),
-                target: None,
-            }],
-        )?;
-        Ok((h.clone(), super::JobCtx { handle: h, task: 0 }))
+            JobTarget::Image(what.to_owned()),
+            what.to_owned(),
+            requester,
+        )
     }
 
     /// Pulls an image from its registry (a job; no registry = a clear error).
-    pub fn pull_image(&self, image: &str, caller: &str) -> Result<Submitted<Image>> {
+    pub fn pull_image(&self, image: &str, requester: &Requester) -> Result<Submitted<Image>> {
         let (repo, tag) = split_ref(image);
-        let (h, ctx) = self.image_job("image.pull", image, caller)?;
+        let (h, ctx) = self.image_job("image.pull", image, requester)?;
         let agent = self.clone();
         let image = image.to_owned();
-        Ok(self.spawn_job(h, async move {
+        Ok(self.core().spawn_job(h, None, async move {
             let d = agent.d()?;
             let stream = d.create_image(
                 Some(q::CreateImageOptions {
@@ -207,7 +204,7 @@ impl Agent {
         &self,
         image: &str,
         tarball: hyper::body::Bytes,
-        caller: &str,
+        requester: &Requester,
     ) -> Result<Submitted<Image>> {
         let (repo, tag) = split_ref(image);
         if tarball.is_empty() {
@@ -215,10 +212,10 @@ impl Agent {
                 "Invalid request: the tarball is empty.".into(),
             ));
         }
-        let (h, ctx) = self.image_job("image.import", image, caller)?;
+        let (h, ctx) = self.image_job("image.import", image, requester)?;
         let agent = self.clone();
         let image = image.to_owned();
-        Ok(self.spawn_job(h, async move {
+        Ok(self.core().spawn_job(h, None, async move {
             let d = agent.d()?;
             let stream = d.create_image(
                 Some(q::CreateImageOptions {
@@ -246,11 +243,11 @@ impl Agent {
     pub fn load_images(
         &self,
         tarball: hyper::body::Bytes,
-        caller: &str,
+        requester: &Requester,
     ) -> Result<Submitted<Vec<Image>>> {
-        let (h, ctx) = self.image_job("image.load", "image tarball", caller)?;
+        let (h, ctx) = self.image_job("image.load", "image tarball", requester)?;
         let agent = self.clone();
-        Ok(self.spawn_job(h, async move {
+        Ok(self.core().spawn_job(h, None, async move {
             let d = agent.d()?;
             let stream = d.import_image(
                 q::ImportImageOptions::default(),
@@ -270,17 +267,17 @@ impl Agent {
         tag: &str,
         dockerfile: &str,
         context: hyper::body::Bytes,
-        caller: &str,
+        requester: &Requester,
     ) -> Result<Submitted<Image>> {
         if context.is_empty() {
             return Err(EngineError::Invalid(
                 "Invalid request: the build context is empty.".into(),
             ));
         }
-        let (h, ctx) = self.image_job("image.build", tag, caller)?;
+        let (h, ctx) = self.image_job("image.build", tag, requester)?;
         let agent = self.clone();
         let (tag, dockerfile) = (tag.to_owned(), dockerfile.to_owned());
-        Ok(self.spawn_job(h, async move {
+        Ok(self.core().spawn_job(h, None, async move {
             let d = agent.d()?;
             let opts = q::BuildImageOptions {
                 t: Some(tag.clone()),
@@ -318,12 +315,12 @@ impl Agent {
     }
 
     /// Pushes an image to its registry (a job; unreachable = a clear error).
-    pub fn push_image(&self, image: &str, caller: &str) -> Result<Submitted<Image>> {
+    pub fn push_image(&self, image: &str, requester: &Requester) -> Result<Submitted<Image>> {
         let (repo, tag) = split_ref(image);
-        let (h, ctx) = self.image_job("image.push", image, caller)?;
+        let (h, ctx) = self.image_job("image.push", image, requester)?;
         let agent = self.clone();
         let image = image.to_owned();
-        Ok(self.spawn_job(h, async move {
+        Ok(self.core().spawn_job(h, None, async move {
             let d = agent.d()?;
             let stream = d.push_image(
                 &repo,
@@ -400,7 +397,7 @@ impl Agent {
     }
 
     pub async fn create_network(&self, req: crate::model::CreateNetworkRequest) -> Result<Network> {
-        super::vm::validate_name(&req.name)?;
+        crate::engine::vm::record::validate_name(&req.name)?;
         let body: bollard::models::NetworkCreateRequest = serde_json::from_value(json!({
             "Name": req.name, "Driver": req.driver.unwrap_or_else(|| "bridge".into()),
             "Internal": req.internal, "Labels": req.labels,
@@ -427,7 +424,7 @@ impl Agent {
         container: &str,
         attach: bool,
     ) -> Result<Network> {
-        let c = self.find_container(container).await?;
+        let c = self.find(container).await?;
         let d = self.d()?;
         if attach {
             let body: bollard::models::NetworkConnectRequest =
@@ -485,7 +482,7 @@ impl Agent {
     }
 
     pub async fn create_volume(&self, req: crate::model::CreateVolumeRequest) -> Result<Volume> {
-        super::vm::validate_name(&req.name)?;
+        crate::engine::vm::record::validate_name(&req.name)?;
         let body: bollard::models::VolumeCreateRequest =
             serde_json::from_value(json!({"Name": req.name, "Labels": req.labels}))
                 .map_err(|e| EngineError::internal("building the volume", e))?;
@@ -505,51 +502,6 @@ impl Agent {
             .await
             .map_err(self.de(&format!("removing volume {name}")))
     }
-
-    // ---- instances ----------------------------------------------------
-
-    /// VMs and containers in one list (containers only while the engine answers;
-    /// `containers_error` says why they are missing otherwise).
-    pub async fn instances(&self) -> (Vec<Instance>, Option<String>) {
-        let mut out: Vec<Instance> = self
-            .list(&super::ListQuery {
-                limit: usize::MAX,
-                ..Default::default()
-            })
-            .vms
-            .into_iter()
-            .map(|v| Instance {
-                id: v.id,
-                name: v.name,
-                backend: "vm".into(),
-                status: v.status,
-                vcpus: Some(v.vcpus as f64),
-                memory: Some(v.memory),
-                node: v.node,
-                tags: v.tags,
-                created_at: v.created_at,
-                link: format!("/api/v1/vms/{}", v.id),
-            })
-            .collect();
-        let mut err = None;
-        match self.list_containers(false).await {
-            Ok(cs) => out.extend(cs.into_iter().map(|c| Instance {
-                id: c.id,
-                name: c.name,
-                backend: "container".into(),
-                status: c.status,
-                vcpus: c.vcpus,
-                memory: c.memory,
-                node: c.node,
-                tags: c.tags,
-                created_at: c.created_at,
-                link: format!("/api/v1/containers/{}", c.id),
-            })),
-            Err(e) => err = Some(e.to_string()),
-        }
-        out.sort_by(|a, b| (&a.created_at, a.id).cmp(&(&b.created_at, b.id)));
-        (out, err)
-    }
 }
 
 /// A pull or push the engine could not do because the registry does not
@@ -562,13 +514,15 @@ fn registry_error(e: EngineError) -> EngineError {
         "i/o timeout",
         "lookup ",
     ];
-    match e {
-        EngineError::Internal(m) | EngineError::Invalid(m)
-            if UNREACHABLE.iter().any(|k| m.contains(k)) =>
-        {
-            EngineError::Unavailable(format!("registry not reachable: {m}"))
-        }
-        other => other,
+    let text = match &e {
+        EngineError::Invalid(m) => m.clone(),
+        EngineError::Internal { .. } => crate::engine::error::chain(&e),
+        _ => return e,
+    };
+    if UNREACHABLE.iter().any(|k| text.contains(k)) {
+        EngineError::Unavailable(format!("registry not reachable: {text}"))
+    } else {
+        e
     }
 }
 

@@ -1,0 +1,434 @@
+//! The VMs this agent knows: the VM engine itself, its registry (in memory,
+//! written through to the store), lookups, lists, the per-VM operation slot
+//! and the one place a status changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use uuid::Uuid;
+
+use super::lifecycle::{self, VmEvent};
+use super::live::Runtime;
+use super::record::{self, VmRecord};
+use crate::engine::core::Core;
+use crate::engine::error::{EngineError, Result};
+use crate::engine::sample::Sample;
+use crate::host::cgroup::Cgroups;
+use crate::host::pool::PoolError;
+use crate::host::qemu_img::QemuImg;
+use crate::model::{Target, Vm, VmStatus};
+use crate::page::{paginate, Page, PageRequest};
+use crate::qemu::argv::Accelerator;
+use crate::sync::{lock, read, write};
+
+pub(crate) const GIB: u64 = 1 << 30;
+
+/// One VM known to the agent.
+pub struct VmEntry {
+    pub id: Uuid,
+    pub(crate) rec: Mutex<VmRecord>,
+    /// The operation holding this VM: (job id, job type).
+    op: Mutex<Option<(Uuid, String)>>,
+    pub(crate) rt: Mutex<Option<Arc<Runtime>>>,
+}
+
+impl VmEntry {
+    pub(crate) fn new(rec: VmRecord) -> Arc<VmEntry> {
+        Arc::new(VmEntry {
+            id: rec.id,
+            rec: Mutex::new(rec),
+            op: Mutex::new(None),
+            rt: Mutex::new(None),
+        })
+    }
+
+    pub fn record(&self) -> VmRecord {
+        lock(&self.rec).clone()
+    }
+
+    pub fn status(&self) -> VmStatus {
+        lock(&self.rec).status
+    }
+
+    pub(crate) fn runtime(&self) -> Option<Arc<Runtime>> {
+        lock(&self.rt).clone()
+    }
+
+    pub(crate) fn busy_op(&self) -> Option<(Uuid, String)> {
+        lock(&self.op).clone()
+    }
+}
+
+/// Holds a VM's operation slot; frees it when dropped.
+pub struct OpGuard {
+    entry: Arc<VmEntry>,
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        *lock(&self.entry.op) = None;
+    }
+}
+
+/// The VMs by id, and in creation order (the default order of lists).
+#[derive(Default)]
+pub(crate) struct Registry {
+    by_id: HashMap<Uuid, Arc<VmEntry>>,
+    by_created: BTreeMap<(String, Uuid), Arc<VmEntry>>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&mut self, entry: Arc<VmEntry>) {
+        let key = (lock(&entry.rec).created_at.clone(), entry.id);
+        self.by_created.insert(key, entry.clone());
+        self.by_id.insert(entry.id, entry);
+    }
+
+    pub(crate) fn remove(&mut self, id: Uuid) {
+        if let Some(e) = self.by_id.remove(&id) {
+            let key = (lock(&e.rec).created_at.clone(), id);
+            self.by_created.remove(&key);
+        }
+    }
+}
+
+/// What the VM engine owns besides the shared core.
+pub struct VmShared {
+    pub(crate) core: Arc<Core>,
+    pub(crate) img: QemuImg,
+    pub(crate) accel: Accelerator,
+    pub(crate) disk_cache: &'static str,
+    /// The io/blkio cgroup hierarchy, where the host has one and the
+    /// configuration enforces limits there.
+    pub(crate) cgroups: Option<Cgroups>,
+    pub(crate) vms: RwLock<Registry>,
+}
+
+/// The QEMU backend. Cheap to clone.
+#[derive(Clone)]
+pub struct VmEngine {
+    pub(crate) inner: Arc<VmShared>,
+}
+
+/// What `/metrics` shows of one VM.
+pub struct VmMetrics {
+    pub id: Uuid,
+    pub name: String,
+    pub status: VmStatus,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub sample: Option<Sample>,
+}
+
+/// Filters and order of a VM list.
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    pub status: Option<VmStatus>,
+    pub name: Option<String>,
+    pub tag: Option<String>,
+    pub template: Option<String>,
+    pub node: Option<String>,
+    pub sort: SortField,
+}
+
+/// What a VM list is sorted by (the direction is the page request's).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    #[default]
+    CreatedAt,
+    Name,
+}
+
+pub(crate) fn pool_err(e: PoolError) -> EngineError {
+    match e {
+        PoolError::NotFound { what, given } => {
+            let what = if what == "base image" {
+                "Base image"
+            } else {
+                what
+            };
+            EngineError::NotFound(format!("{what} not found: {given}."))
+        }
+        other => EngineError::Invalid(other.to_string()),
+    }
+}
+
+impl VmEngine {
+    /// Chooses the accelerator and the disk cache mode, finds the cgroup
+    /// hierarchy, then settles what a stop of the daemon left half-done and
+    /// re-adopts every guest that still runs. `host_root` is `/` but in tests.
+    pub async fn open(core: Arc<Core>, host_root: &Path) -> anyhow::Result<VmEngine> {
+        use crate::config::{Accel, IoLayer};
+        let cfg = &core.cfg;
+        std::fs::create_dir_all(cfg.state_dir.join("vms"))?;
+        std::fs::create_dir_all(cfg.run_dir.join("vms"))?;
+        let accel = match cfg.accel {
+            Accel::Kvm => Accelerator::Kvm,
+            Accel::Tcg => Accelerator::Tcg,
+            Accel::Auto if crate::host::accel::hardware_kvm(host_root) => Accelerator::Kvm,
+            Accel::Auto => Accelerator::Tcg,
+        };
+        let disk_cache = if crate::host::supports_o_direct(&cfg.state_dir.join("vms")) {
+            "none"
+        } else {
+            tracing::warn!(dir = %cfg.state_dir.display(), "no O_DIRECT here (tmpfs?): disks use cache=writeback");
+            "writeback"
+        };
+        let cgroups = if cfg.io_throttle.contains(&IoLayer::Cgroup) {
+            match Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent) {
+                Ok(cg) => {
+                    tracing::info!(version = ?cg.version(), "I/O limits enforced in cgroups");
+                    Some(cg)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no cgroup I/O enforcement");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let engine = VmEngine {
+            inner: Arc::new(VmShared {
+                img: QemuImg::new(cfg.qemu_img_binary.clone()),
+                core: core.clone(),
+                accel,
+                disk_cache,
+                cgroups,
+                vms: RwLock::new(Registry::default()),
+            }),
+        };
+        engine.recover().await?;
+        Ok(engine)
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    pub fn accel(&self) -> Accelerator {
+        self.inner.accel
+    }
+
+    pub fn count(&self) -> usize {
+        read(&self.inner.vms).by_id.len()
+    }
+
+    pub(crate) fn state_dir(&self, id: Uuid) -> PathBuf {
+        self.core().cfg.state_dir.join("vms").join(id.to_string())
+    }
+    pub(crate) fn run_dir(&self, id: Uuid) -> PathBuf {
+        self.core().cfg.run_dir.join("vms").join(id.to_string())
+    }
+
+    /// Finds a VM by UUID or name. Neither form: invalid; unknown: not found.
+    pub fn find(&self, key: &str) -> Result<Arc<VmEntry>> {
+        let map = read(&self.inner.vms);
+        if let Ok(id) = Uuid::parse_str(key) {
+            return map
+                .by_id
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| EngineError::NotFound(format!("VM not found: {key}.")));
+        }
+        if !record::is_dns_label(key) {
+            return Err(EngineError::Invalid(
+                "Invalid UUID format: expected a VM id or name.".into(),
+            ));
+        }
+        map.by_id
+            .values()
+            .find(|e| lock(&e.rec).name == key)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("VM not found: {key}.")))
+    }
+
+    pub(crate) fn insert(&self, entry: Arc<VmEntry>) {
+        write(&self.inner.vms).insert(entry);
+    }
+
+    pub(crate) fn forget(&self, id: Uuid) {
+        write(&self.inner.vms).remove(id);
+    }
+
+    fn entries(&self) -> Vec<Arc<VmEntry>> {
+        read(&self.inner.vms).by_created.values().cloned().collect()
+    }
+
+    pub fn to_api(&self, entry: &VmEntry) -> Vm {
+        let pid = entry.runtime().map(|rt| rt.pid);
+        lock(&entry.rec).to_api(&self.core().node, pid)
+    }
+
+    /// Every VM, oldest first.
+    pub fn all(&self) -> Vec<Vm> {
+        self.entries().iter().map(|e| self.to_api(e)).collect()
+    }
+
+    /// Every VM with its latest sample, from memory.
+    pub fn metrics(&self) -> Vec<VmMetrics> {
+        self.entries()
+            .iter()
+            .map(|e| {
+                let (name, status, vcpus, memory_mib) = {
+                    let r = lock(&e.rec);
+                    (r.name.clone(), r.status, r.vcpus, r.memory)
+                };
+                VmMetrics {
+                    id: e.id,
+                    name,
+                    status,
+                    vcpus,
+                    memory_mib,
+                    sample: e.runtime().and_then(|rt| lock(&rt.samples).latest.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Lists VMs with filters, one keyset page at a time (stable under
+    /// inserts and deletes: the cursor is the last (sort key, id) returned).
+    /// Only the page's VMs are rendered; the rest are only counted.
+    pub fn list(
+        &self,
+        q: &ListQuery,
+        page: &PageRequest<(String, Uuid)>,
+    ) -> Page<Vm, (String, Uuid)> {
+        let node = &self.core().node;
+        if q.node.as_ref().is_some_and(|n| n != node) {
+            return Page {
+                items: Vec::new(),
+                next: None,
+                total: 0,
+            };
+        }
+        let matches = |r: &VmRecord| {
+            q.status.is_none_or(|s| r.status == s)
+                && q.name.as_ref().is_none_or(|n| &r.name == n)
+                && q.tag.as_ref().is_none_or(|t| r.tags.contains(t))
+                && q.template
+                    .as_ref()
+                    .is_none_or(|t| r.template.as_ref() == Some(t))
+        };
+        let map = read(&self.inner.vms);
+        let page = match q.sort {
+            SortField::CreatedAt => {
+                let it = map.by_created.iter();
+                let rows: Box<dyn Iterator<Item = _>> = if page.descending {
+                    Box::new(it.rev())
+                } else {
+                    Box::new(it)
+                };
+                paginate(
+                    rows.filter(|(_, e)| matches(&lock(&e.rec))),
+                    |(k, _)| (*k).clone(),
+                    page,
+                )
+                .map(|(_, e)| e.clone())
+            }
+            SortField::Name => {
+                let mut rows: Vec<((String, Uuid), &Arc<VmEntry>)> = map
+                    .by_created
+                    .values()
+                    .filter_map(|e| {
+                        let r = lock(&e.rec);
+                        matches(&r).then(|| ((r.name.clone(), e.id), e))
+                    })
+                    .collect();
+                rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                if page.descending {
+                    rows.reverse();
+                }
+                paginate(rows, |(k, _)| k.clone(), page).map(|(_, e)| e.clone())
+            }
+        };
+        drop(map);
+        page.map(|e| self.to_api(&e))
+    }
+
+    /// Takes the VM's operation slot for job `job_id` of type `kind`.
+    pub fn claim(&self, entry: &Arc<VmEntry>, job_id: Uuid, kind: &str) -> Result<OpGuard> {
+        let mut op = lock(&entry.op);
+        if let Some((job_id, job_type)) = op.clone() {
+            return Err(EngineError::Busy {
+                what: format!("VM {}", entry.id),
+                job_id,
+                job_type,
+            });
+        }
+        let present = read(&self.inner.vms).by_id.contains_key(&entry.id);
+        if !present {
+            return Err(EngineError::NotFound(format!(
+                "VM not found: {}.",
+                entry.id
+            )));
+        }
+        *op = Some((job_id, kind.to_owned()));
+        Ok(OpGuard {
+            entry: entry.clone(),
+        })
+    }
+
+    /// The one place a VM's status changes: `event` must be valid in the
+    /// current status (the transition table in `lifecycle`); the new status
+    /// is persisted and published. An invalid transition changes nothing and
+    /// is refused as a conflict.
+    pub(crate) fn transition(
+        &self,
+        entry: &VmEntry,
+        event: VmEvent,
+        reason: Option<String>,
+    ) -> Result<VmStatus> {
+        let (old, new, name) = {
+            let mut rec = lock(&entry.rec);
+            let old = rec.status;
+            let new = lifecycle::next(old, event).map_err(|e| {
+                tracing::warn!(vm = %rec.id, from = old.as_str(), ?event, "refused status change");
+                EngineError::Conflict(e.to_string())
+            })?;
+            if old == new && rec.status_reason == reason {
+                return Ok(new);
+            }
+            rec.status = new;
+            rec.status_reason = reason;
+            rec.updated_at = crate::clock::now();
+            if let Err(e) = self.core().store.update_vm(rec.id, new.as_str(), &*rec) {
+                tracing::error!(vm = %rec.id, error = %e, "cannot persist VM status");
+            }
+            tracing::info!(vm = %rec.id, name = %rec.name, status = new.as_str(), "status");
+            (old, new, rec.name.clone())
+        };
+        if old != new {
+            if let Some(kind) = lifecycle::event_name(old, new) {
+                self.publish(kind, entry.id, name, new);
+            }
+        }
+        Ok(new)
+    }
+
+    /// `transition` for the paths that cannot do anything about a refusal
+    /// (watchers, clean-up): the refusal is logged and the status stays.
+    pub(crate) fn settle(&self, entry: &VmEntry, event: VmEvent, reason: Option<String>) {
+        let _ = self.transition(entry, event, reason);
+    }
+
+    pub(crate) fn publish(&self, kind: &str, id: Uuid, name: String, status: VmStatus) {
+        self.core().events.emit(
+            kind,
+            Target::Vm(id),
+            Some(name),
+            Some(status.as_str().into()),
+        );
+    }
+
+    pub(crate) fn unique_mac(&self) -> String {
+        let map = read(&self.inner.vms);
+        loop {
+            let mac = record::generate_mac();
+            if !map.by_id.values().any(|e| lock(&e.rec).mac_address == mac) {
+                return mac;
+            }
+        }
+    }
+}
