@@ -106,6 +106,7 @@ fn launch_spec(
         qmp_socket: run.join("qmp.sock"),
         console_socket: run.join("console.sock"),
         console_log: state.join("console.log"),
+        throttle: None,
     }
 }
 
@@ -130,9 +131,13 @@ async fn floor_create_start(
         .unwrap();
     let img_ms = ms(t);
     let log = state.join("qemu.log");
-    let mut child =
-        libgo::qemu::process::spawn(Path::new("qemu-system-x86_64"), &argv::build(spec), &log)
-            .unwrap();
+    let mut child = libgo::qemu::process::spawn(
+        Path::new("qemu-system-x86_64"),
+        &argv::build(spec),
+        &log,
+        None,
+    )
+    .unwrap();
     let stream = loop {
         if let Ok(s) = tokio::net::UnixStream::connect(&spec.qmp_socket).await {
             break s;

@@ -186,7 +186,9 @@ impl Store {
     }
 
     pub fn load_vms<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
-        self.docs("SELECT id, doc FROM vms ORDER BY created_at, id", [])
+        // Any order: the registry keeps its own index (and a sort of 10,000
+        // documents without an index would spill to a temporary file).
+        self.docs("SELECT id, doc FROM vms", [])
     }
 
     /// Runs a query selecting `(id, doc)` rows and decodes each document.

@@ -47,6 +47,36 @@ pub struct LaunchSpec {
     pub qmp_socket: PathBuf,
     pub console_socket: PathBuf,
     pub console_log: PathBuf,
+    /// I/O limits of the root disk, set on the command line so the guest
+    /// never runs a moment without them (none: unthrottled).
+    pub throttle: Option<DriveThrottle>,
+}
+
+/// QEMU's per-drive I/O throttling (0 = no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriveThrottle {
+    pub iops_total: u64,
+    pub iops_read: u64,
+    pub iops_write: u64,
+    pub bps_read: u64,
+    pub bps_write: u64,
+}
+
+impl DriveThrottle {
+    /// The `-drive` options, e.g. `,throttling.iops-read=50`.
+    fn options(&self) -> String {
+        [
+            ("iops-total", self.iops_total),
+            ("iops-read", self.iops_read),
+            ("iops-write", self.iops_write),
+            ("bps-read", self.bps_read),
+            ("bps-write", self.bps_write),
+        ]
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!(",throttling.{k}={v}"))
+        .collect()
+    }
 }
 
 /// Id of the root disk's virtio-blk device (`/machine/peripheral/vd0/virtio-backend`).
@@ -99,9 +129,10 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
     push(&[
         "-drive",
         &format!(
-            "file={},if=none,id={DISK_DRIVE_ID},format=qcow2,cache={},aio=threads,discard=unmap",
+            "file={},if=none,id={DISK_DRIVE_ID},format=qcow2,cache={},aio=threads,discard=unmap{}",
             path(&spec.disk),
-            spec.disk_cache
+            spec.disk_cache,
+            spec.throttle.map(|t| t.options()).unwrap_or_default()
         ),
     ]);
     push(&[
@@ -164,6 +195,7 @@ mod tests {
             qmp_socket: "/run/libgo/vms/x/qmp.sock".into(),
             console_socket: "/run/libgo/vms/x/console.sock".into(),
             console_log: "/var/lib/libgo/vms/x/console.log".into(),
+            throttle: None,
         }
     }
 
@@ -251,5 +283,22 @@ mod tests {
         s.disk = "/data/a,b.qcow2".into();
         let argv = build(&s);
         assert!(after(&argv, "-drive")[0].starts_with("file=/data/a,,b.qcow2,if=none"));
+    }
+
+    #[test]
+    fn io_limits_go_on_the_drive() {
+        let mut s = spec();
+        s.throttle = Some(DriveThrottle {
+            iops_read: 50,
+            bps_write: 1000,
+            ..Default::default()
+        });
+        let argv = build(&s);
+        let drive = after(&argv, "-drive")[0];
+        assert!(
+            drive.ends_with(",throttling.iops-read=50,throttling.bps-write=1000"),
+            "{drive}"
+        );
+        assert!(!after(&build(&spec()), "-drive")[0].contains("throttling"));
     }
 }

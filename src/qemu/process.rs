@@ -15,8 +15,20 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use uuid::Uuid;
 
-/// Spawns `binary argv...` in a new session; stdout and stderr append to `log`.
-pub fn spawn(binary: &Path, argv: &[String], log: &Path) -> io::Result<tokio::process::Child> {
+/// Spawns `binary argv...` in a new session; stdout and stderr append to
+/// `log`. With `cgroup_procs` (a cgroup's `cgroup.procs`), the child joins
+/// that cgroup before it executes, so it never runs outside it.
+pub fn spawn(
+    binary: &Path,
+    argv: &[String],
+    log: &Path,
+    cgroup_procs: Option<&Path>,
+) -> io::Result<tokio::process::Child> {
+    use std::os::unix::ffi::OsStrExt;
+    let procs = cgroup_procs
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -27,17 +39,45 @@ pub fn spawn(binary: &Path, argv: &[String], log: &Path) -> io::Result<tokio::pr
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_file))
         .stderr(Stdio::from(log_err));
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // setsid(2), which is async-signal-safe and touches no shared state.
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, open, write, close) on memory
+    // prepared before the fork; it allocates nothing and takes no lock.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
+            if let Some(procs) = &procs {
+                join_cgroup(procs)?;
+            }
             Ok(())
         });
     }
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(false);
     cmd.spawn()
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is
+/// `procs` ("0" names the writer, in both cgroup versions).
+///
+/// # Safety
+/// Only raw system calls: callable between fork and exec.
+unsafe fn join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: `procs` is a valid NUL-terminated path; the descriptor is
+    // closed on every path below.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: writes one byte from a static buffer to the open descriptor.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let err = io::Error::last_os_error();
+    // SAFETY: `fd` was opened above and is not used after this.
+    unsafe { libc::close(fd) };
+    if n != 1 {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// Reads a pidfile written by QEMU's `-pidfile`.
@@ -112,6 +152,7 @@ mod tests {
                 id.to_string(),
             ],
             &log,
+            None,
         )
         .unwrap();
         let pid = child.id().unwrap();

@@ -44,7 +44,7 @@ impl VmEngine {
                     .transpose()?,
             }),
         };
-        let info = self.inner.img.info(&base_path).await.map_err(|e| {
+        let info = self.base_info(&base_path).await.map_err(|e| {
             EngineError::Invalid(format!(
                 "base image {} is not a disk image: {e}",
                 spec.base_image
@@ -231,6 +231,29 @@ impl VmEngine {
         ctx.log("created");
         self.publish("vm.created", vm.id, vm.name.clone(), VmStatus::Stopped);
         Ok(vm)
+    }
+
+    /// `qemu-img info` of a base image, asked once per version of the file.
+    async fn base_info(
+        &self,
+        path: &Path,
+    ) -> std::result::Result<crate::host::qemu_img::ImageInfo, crate::host::qemu_img::ImgError>
+    {
+        let stamp = std::fs::metadata(path)
+            .and_then(|m| Ok((m.len(), m.modified()?)))
+            .ok();
+        if let Some(stamp) = stamp {
+            if let Some((s, info)) = crate::sync::lock(&self.inner.base_info).get(path) {
+                if *s == stamp {
+                    return Ok(info.clone());
+                }
+            }
+        }
+        let info = self.inner.img.info(path).await?;
+        if let Some(stamp) = stamp {
+            crate::sync::lock(&self.inner.base_info).insert(path.to_owned(), (stamp, info.clone()));
+        }
+        Ok(info)
     }
 
     /// A request merged over its template: the request's fields win.

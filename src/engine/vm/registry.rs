@@ -16,7 +16,7 @@ use crate::engine::error::{EngineError, Result};
 use crate::engine::sample::Sample;
 use crate::host::cgroup::Cgroups;
 use crate::host::pool::PoolError;
-use crate::host::qemu_img::QemuImg;
+use crate::host::qemu_img::{ImageInfo, QemuImg};
 use crate::model::{Target, Vm, VmStatus};
 use crate::page::{paginate, Page, PageRequest};
 use crate::qemu::argv::Accelerator;
@@ -103,7 +103,13 @@ pub struct VmShared {
     /// configuration enforces limits there.
     pub(crate) cgroups: Option<Cgroups>,
     pub(crate) vms: RwLock<Registry>,
+    /// `qemu-img info` of base images, by path, valid while the file's
+    /// size and modification time stay the same.
+    pub(crate) base_info: Mutex<HashMap<PathBuf, (BaseStamp, ImageInfo)>>,
 }
+
+/// What identifies one version of a base image file.
+pub(crate) type BaseStamp = (u64, std::time::SystemTime);
 
 /// The QEMU backend. Cheap to clone.
 #[derive(Clone)]
@@ -197,6 +203,7 @@ impl VmEngine {
                 disk_cache,
                 cgroups,
                 vms: RwLock::new(Registry::default()),
+                base_info: Mutex::new(HashMap::new()),
             }),
         };
         engine.recover().await?;

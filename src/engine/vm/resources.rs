@@ -138,11 +138,56 @@ impl VmEngine {
         blockdev::whole_disk_of(disk, Path::new("/sys"))
     }
 
+    /// Makes the VM's cgroup with its I/O limits before QEMU starts, when
+    /// the VM has limits and cgroups enforce them; answers the cgroup's
+    /// `cgroup.procs` for QEMU to join. A VM without limits gets its cgroup
+    /// only when limits are set on it live.
+    pub(crate) fn prepare_cgroup(
+        &self,
+        rec: &VmRecord,
+        undo: &mut crate::rollback::Rollback,
+    ) -> Result<Option<std::path::PathBuf>> {
+        let limits = rec
+            .io_limits
+            .as_ref()
+            .filter(|l| **l != IoLimits::default());
+        let (Some(cg), Some(limits)) = (&self.inner.cgroups, limits) else {
+            return Ok(None);
+        };
+        if !self.core().cfg.io_throttle.contains(&IoLayer::Cgroup) {
+            return Ok(None);
+        }
+        let name = rec.id.to_string();
+        let dir = cg
+            .create(&name)
+            .map_err(|e| EngineError::internal("creating the VM's cgroup", e))?;
+        {
+            let (cg, name) = (cg.clone(), name.clone());
+            undo.push("cgroup", move || {
+                super::runtime::remove_cgroup_now(&cg, &name)
+            });
+        }
+        if let Some(dev) = self.disk_device(&rec.disk_file) {
+            cg.set_io(&name, dev, &io_max(Some(limits)))
+                .map_err(|e| EngineError::internal("setting cgroup I/O limits", e))?;
+        }
+        Ok(Some(dir.join("cgroup.procs")))
+    }
+
     /// Applies I/O limits on every configured layer (None removes them).
     pub(crate) async fn apply_io(&self, rec: &VmRecord, rt: &Runtime) -> Result<()> {
         let layers = &self.inner.core.cfg.io_throttle;
         if layers.contains(&IoLayer::Cgroup) {
-            if let Some(cg) = &self.inner.cgroups {
+            let unlimited = rec
+                .io_limits
+                .as_ref()
+                .is_none_or(|l| *l == IoLimits::default());
+            let cgroup = self
+                .inner
+                .cgroups
+                .as_ref()
+                .filter(|cg| !unlimited || cg.group_path(&rec.id.to_string()).exists());
+            if let Some(cg) = cgroup {
                 let name = rec.id.to_string();
                 cg.create(&name)
                     .map_err(|e| EngineError::internal("creating the VM's cgroup", e))?;
@@ -204,6 +249,11 @@ impl VmEngine {
                 .push("no cgroup hierarchy with the io/blkio controller on this host".into());
         } else if rt.is_some() {
             match (&self.inner.cgroups, self.disk_device(&rec.disk_file)) {
+                (Some(cg), Some(dev)) if !cg.group_path(&rec.id.to_string()).exists() => {
+                    out.notes
+                        .push("cgroup: none yet (the VM has had no I/O limits since it started)".into());
+                    let _ = dev;
+                }
                 (Some(cg), Some(dev)) => {
                     let name = rec.id.to_string();
                     match cg.read_io(&name, dev) {

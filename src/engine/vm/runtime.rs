@@ -14,11 +14,13 @@ use super::lifecycle::{Action, Outcome, VmEvent};
 use super::live::{qmp_err, Runtime};
 use super::record::{self as vm, VmRecord};
 use super::registry::{VmEngine, VmEntry};
+use crate::config::IoLayer;
 use crate::engine::core::JobCtx;
 use crate::engine::error::{chain, EngineError, Result};
 use crate::engine::sample::Samples;
+use crate::model::IoLimits;
 use crate::model::{NetworkMode, VmStatus};
-use crate::qemu::argv::{self, KernelBoot, LaunchSpec};
+use crate::qemu::argv::{self, DriveThrottle, KernelBoot, LaunchSpec};
 use crate::qemu::monitor::{Monitor, ShutdownAction};
 use crate::qemu::process;
 use crate::qemu::qmp::Event;
@@ -77,13 +79,21 @@ impl VmEngine {
             qmp_socket: files.qmp.clone(),
             console_socket: files.console.clone(),
             console_log: self.console_log(rec.id),
+            throttle: self
+                .core()
+                .cfg
+                .io_throttle
+                .contains(&IoLayer::Qemu)
+                .then(|| drive_throttle(rec.io_limits.as_ref()))
+                .flatten(),
         }
     }
 
-    /// Boot order, so a guest never runs unpinned or unthrottled: QEMU
-    /// started paused (-S) -> QMP connected -> watcher running -> vCPU threads
-    /// pinned -> I/O limits (cgroup, QEMU) -> tap up -> `cont`. Any failure
-    /// kills QEMU and leaves the VM stopped.
+    /// Boot order, so a guest never runs unpinned or unthrottled: the VM's
+    /// cgroup with its I/O limits (only when it has limits) -> QEMU started
+    /// paused (-S) inside it, its own throttle on the command line -> QMP
+    /// connected -> watcher running -> vCPU threads pinned -> tap up ->
+    /// `cont`. Each step pushes its undo: a failure leaves nothing behind.
     pub(crate) async fn start(&self, entry: &Arc<VmEntry>, ctx: &JobCtx) -> Result<()> {
         let rec = entry.record();
         let previous = rec.status;
@@ -140,23 +150,22 @@ impl VmEngine {
                 }
             });
         }
-        if let Some(cg) = self.inner.cgroups.clone() {
-            let name = rec.id.to_string();
-            undo.push("cgroup", move || remove_cgroup_now(&cg, &name));
-        }
+        let spawned = std::time::Instant::now();
+        let cgroup_procs = self.prepare_cgroup(rec, undo)?;
         let argv = argv::build(&self.launch_spec(rec, &files));
         let log = self.state_dir(rec.id).join("qemu.log");
-        let spawned = std::time::Instant::now();
-        let mut child = process::spawn(&self.core().cfg.qemu_binary, &argv, &log).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                EngineError::Unavailable(format!(
-                    "QEMU is not installed: {} not found",
-                    self.core().cfg.qemu_binary.display()
-                ))
-            } else {
-                EngineError::internal("starting QEMU", e)
-            }
-        })?;
+        let qemu = &self.core().cfg.qemu_binary;
+        let mut child =
+            process::spawn(qemu, &argv, &log, cgroup_procs.as_deref()).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    EngineError::Unavailable(format!(
+                        "QEMU is not installed: {} not found",
+                        self.core().cfg.qemu_binary.display()
+                    ))
+                } else {
+                    EngineError::internal("starting QEMU", e)
+                }
+            })?;
         let pid = child
             .id()
             .ok_or_else(|| EngineError::failed("QEMU exited at once"))?;
@@ -192,7 +201,7 @@ impl VmEngine {
                     self.core().cfg.qemu_start_timeout_secs
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         };
         let qmp_up = spawned.elapsed();
         let rt = self.attach(entry, pid, monitor, events, Some(child), rec.memory);
@@ -208,9 +217,6 @@ impl VmEngine {
         let t = std::time::Instant::now();
         self.apply_pinning(&rt, rec.cpu_pinning.as_ref()).await?;
         let pinned = t.elapsed();
-        let t = std::time::Instant::now();
-        self.apply_io(rec, &rt).await?;
-        let throttled = t.elapsed();
         ctx.check()?;
         if rec.network.mode == NetworkMode::Tap {
             set_link_up(&vm::tap_name(rec.id)).await?;
@@ -221,7 +227,6 @@ impl VmEngine {
             pid,
             qmp_up_us = qmp_up.as_micros() as u64,
             pin_us = pinned.as_micros() as u64,
-            io_limits_us = throttled.as_micros() as u64,
             total_us = spawned.elapsed().as_micros() as u64,
             "guest continued"
         );
@@ -526,9 +531,23 @@ async fn set_link_up(dev: &str) -> Result<()> {
     Ok(())
 }
 
+/// QEMU's drive throttle for the VM's I/O limits (none when unlimited).
+fn drive_throttle(l: Option<&IoLimits>) -> Option<DriveThrottle> {
+    let l = l?;
+    let v = |x: Option<u64>| x.unwrap_or(0);
+    let t = DriveThrottle {
+        iops_total: v(l.iops),
+        iops_read: v(l.read_iops),
+        iops_write: v(l.write_iops),
+        bps_read: v(l.read_bps),
+        bps_write: v(l.write_bps),
+    };
+    (t != DriveThrottle::default()).then_some(t)
+}
+
 /// Removes a cgroup at once (retrying briefly while the kernel still counts
 /// a process that was just killed).
-fn remove_cgroup_now(cg: &crate::host::cgroup::Cgroups, name: &str) {
+pub(crate) fn remove_cgroup_now(cg: &crate::host::cgroup::Cgroups, name: &str) {
     for _ in 0..10 {
         match cg.remove(name) {
             Err(crate::host::cgroup::CgroupError::Busy { .. }) => {
