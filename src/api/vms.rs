@@ -9,12 +9,12 @@ use axum::{Extension, Json};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, OptionalBody};
-use super::respond::{accepted, answer, answer_with, track, wants_async};
+use super::respond::{accepted, answer_with, track, wants_async};
 use super::Caller;
-use crate::engine::vm::{Action, ActionDone, Deleted, ListQuery, Outcome, SortField};
+use crate::engine::vm::{Action, ActionDone, Deleted, ListQuery, Outcome, SortField, Updated};
 use crate::engine::Agent;
 use crate::model::{
-    Accepted, ActionRequest, ActionResponse, BulkDeleteVms, CreateVmRequest, CreatedVm,
+    Accepted, ActionRequest, ActionResponse, Applies, BulkDeleteVms, CreateVmRequest, CreatedVm,
     DeleteResponse, PatchVmRequest, Performance, Resources, StatusResponse, UpdateCpuRequest,
     UpdateDiskRequest, UpdateMemoryRequest, UpdateResponse, Vm, VmConfig, VmList, VmStatus,
 };
@@ -207,6 +207,31 @@ pub async fn action(
     answer_with(sub, &headers, StatusCode::OK, action_response).await
 }
 
+/// A resource update's answer, phrased for people.
+fn update_response(u: Updated) -> UpdateResponse {
+    let message = match (u.changes.is_empty(), u.applies) {
+        (true, _) => "Nothing to change.",
+        (false, Applies::Live) => "Configuration updated and applied live.",
+        (false, Applies::NextStart) => {
+            "Configuration updated; some changes take effect at the next start."
+        }
+    };
+    UpdateResponse {
+        id: u.vm.id,
+        status: "updated".into(),
+        message: message.into(),
+        applies: u.applies,
+        changes: u.changes,
+        vcpus: u.vm.vcpus,
+        memory: u.vm.memory,
+        disk_size: u.vm.disk_size,
+        cpu_pinning: u.vm.cpu_pinning,
+        io_limits: u.vm.io_limits,
+        vm_status: u.vm.status,
+        job_id: u.job_id,
+    }
+}
+
 /// A power action's answer, phrased for people.
 pub fn action_response(d: ActionDone) -> ActionResponse {
     ActionResponse {
@@ -288,10 +313,11 @@ pub async fn put_cpu(
         cpu_pinning: req.cpu_pinning,
         ..PatchVmRequest::default()
     };
-    answer(
+    answer_with(
         agent.vms.update(&entry, patch, &caller.requester())?,
         &headers,
         StatusCode::OK,
+        update_response,
     )
     .await
 }
@@ -313,10 +339,11 @@ pub async fn put_memory(
         memory: Some(req.memory),
         ..PatchVmRequest::default()
     };
-    answer(
+    answer_with(
         agent.vms.update(&entry, patch, &caller.requester())?,
         &headers,
         StatusCode::OK,
+        update_response,
     )
     .await
 }
@@ -339,10 +366,11 @@ pub async fn put_disk(
         io_limits: req.io_limits,
         ..PatchVmRequest::default()
     };
-    answer(
+    answer_with(
         agent.vms.update(&entry, patch, &caller.requester())?,
         &headers,
         StatusCode::OK,
+        update_response,
     )
     .await
 }
@@ -360,10 +388,11 @@ pub async fn patch(
     JsonBody(req): JsonBody<PatchVmRequest>,
 ) -> ApiResult<Response> {
     let entry = agent.vms.find(&id)?;
-    answer(
+    answer_with(
         agent.vms.update(&entry, req, &caller.requester())?,
         &headers,
         StatusCode::OK,
+        update_response,
     )
     .await
 }

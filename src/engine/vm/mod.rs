@@ -25,3 +25,4 @@ pub mod templates;
 pub use lifecycle::{Action, Outcome};
 pub use power::{ActionDone, Deleted};
 pub use registry::{ListQuery, SortField, VmEngine, VmEntry, VmMetrics};
+pub use resources::Updated;

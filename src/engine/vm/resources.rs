@@ -19,7 +19,7 @@ use crate::host::cgroup::IoMax;
 use crate::host::pinning;
 use crate::model::{
     Applies, CgroupEnforcement, CpuPinning, FieldChange, IoEnforcement, IoLimits, PatchVmRequest,
-    Performance, PinningInForce, UpdateResponse, VcpuAffinity, VmStatus,
+    Performance, PinningInForce, VcpuAffinity, VmStatus,
 };
 use crate::qemu::argv::DISK_DRIVE_ID;
 use crate::qemu::monitor::{BlockInfo, BlockRef, IoThrottle};
@@ -77,6 +77,16 @@ fn limits_of(m: IoMax) -> IoLimits {
         read_bps: m.read_bps,
         write_bps: m.write_bps,
     }
+}
+
+/// What a resource update did: the VM after it, and each field changed.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub vm: crate::model::Vm,
+    /// `Live` when everything changed took effect now.
+    pub applies: Applies,
+    pub changes: Vec<FieldChange>,
+    pub job_id: uuid::Uuid,
 }
 
 impl VmEngine {
@@ -333,7 +343,7 @@ impl VmEngine {
         entry: &Arc<VmEntry>,
         req: PatchVmRequest,
         requester: &Requester,
-    ) -> Result<Submitted<UpdateResponse>> {
+    ) -> Result<Submitted<Updated>> {
         vm::Bounds::of(&self.core().cfg).check(req.vcpus, req.memory, req.disk_size)?;
         if let Some(Some(p)) = &req.cpu_pinning {
             check_pinning(p)?;
@@ -374,28 +384,13 @@ impl VmEngine {
             } else {
                 Applies::NextStart
             };
-            let message = match (changes.is_empty(), applies) {
-                (true, _) => "Nothing to change.".to_owned(),
-                (false, Applies::Live) => "Configuration updated and applied live.".to_owned(),
-                (false, Applies::NextStart) => {
-                    "Configuration updated; some changes take effect at the next start.".to_owned()
-                }
-            };
             if !changes.is_empty() {
                 agent.publish("vm.updated", rec.id, rec.name.clone(), rec.status);
             }
-            Ok(UpdateResponse {
-                id: rec.id,
-                status: "updated".into(),
-                message,
+            Ok(Updated {
+                vm: agent.to_api(&entry),
                 applies,
                 changes,
-                vcpus: rec.vcpus,
-                memory: rec.memory,
-                disk_size: rec.disk_size,
-                cpu_pinning: rec.cpu_pinning,
-                io_limits: rec.io_limits,
-                vm_status: rec.status,
                 job_id,
             })
         }))
