@@ -1,0 +1,383 @@
+//! Tests of the typed monitor against a fake QEMU that answers on a socket.
+
+use super::*;
+use crate::qemu::qmp::tests::{fake_qmp, ret};
+use std::sync::{Arc, Mutex};
+
+type Sent = Arc<Mutex<Vec<Value>>>;
+
+/// A monitor connected to a fake QEMU that answers each command with the
+/// given `return` value (`"CLOSE"` hangs up; unknown commands get
+/// CommandNotFound) and records every command it receives.
+async fn monitor(answers: Vec<(&'static str, Value)>) -> (tempfile::TempDir, Monitor, Sent) {
+    let sent: Sent = Arc::default();
+    let log = sent.clone();
+    let (dir, path) = fake_qmp(move |v| {
+        let cmd = v["execute"].as_str().unwrap_or_default();
+        if cmd == "qmp_capabilities" {
+            return vec![ret(v, json!({}))];
+        }
+        log.lock().unwrap().push(v.clone());
+        match answers.iter().find(|(c, _)| *c == cmd) {
+            Some((_, a)) if a == "CLOSE" => vec!["CLOSE".into()],
+            Some((_, a)) => vec![ret(v, a.clone())],
+            None => vec![json!({
+                "error": {"class": "CommandNotFound", "desc": format!("The command {cmd} has not been found")},
+                "id": v["id"],
+            })
+            .to_string()],
+        }
+    })
+    .await;
+    let (mon, _events) = Monitor::connect(&path, Duration::from_secs(2))
+        .await
+        .unwrap();
+    (dir, mon, sent)
+}
+
+/// (command, arguments) of every command sent, `Null` for no arguments.
+fn wire(sent: &Sent) -> Vec<(String, Value)> {
+    sent.lock()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["execute"].as_str().unwrap().to_owned(),
+                v.get("arguments").cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+fn bad_reply_of(e: QmpError) -> String {
+    match e {
+        QmpError::BadReply { command, .. } => command,
+        other => panic!("expected BadReply, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn power_commands_go_out_without_arguments() {
+    let answers = [
+        "cont",
+        "stop",
+        "system_powerdown",
+        "system_reset",
+        "set-action",
+    ]
+    .into_iter()
+    .map(|c| (c, json!({})))
+    .collect();
+    let (_d, mon, sent) = monitor(answers).await;
+    mon.cont().await.unwrap();
+    mon.stop().await.unwrap();
+    mon.system_powerdown().await.unwrap();
+    mon.system_reset().await.unwrap();
+    mon.set_shutdown_action(ShutdownAction::Pause)
+        .await
+        .unwrap();
+    mon.set_shutdown_action(ShutdownAction::Poweroff)
+        .await
+        .unwrap();
+    assert_eq!(
+        wire(&sent),
+        vec![
+            ("cont".into(), Value::Null),
+            ("stop".into(), Value::Null),
+            ("system_powerdown".into(), Value::Null),
+            ("system_reset".into(), Value::Null),
+            ("set-action".into(), json!({"shutdown": "pause"})),
+            ("set-action".into(), json!({"shutdown": "poweroff"})),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn quit_succeeds_when_qemu_hangs_up_instead_of_answering() {
+    let (_d, mon, sent) = monitor(vec![("quit", json!("CLOSE"))]).await;
+    mon.quit().await.unwrap();
+    assert_eq!(wire(&sent), vec![("quit".into(), Value::Null)]);
+
+    let (_d, mon, _) = monitor(vec![("quit", json!({}))]).await;
+    mon.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_qmp_error_stays_a_command_error() {
+    let (_d, mon, _) = monitor(vec![]).await;
+    let e = mon.cont().await.unwrap_err();
+    assert!(
+        matches!(e, QmpError::Command { ref command, ref class, .. }
+            if command == "cont" && class == "CommandNotFound"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn query_status_decodes_the_run_state() {
+    for (status, running, want) in [
+        ("running", true, RunState::Running),
+        ("paused", false, RunState::Paused),
+        ("prelaunch", false, RunState::Prelaunch),
+        ("shutdown", false, RunState::Shutdown),
+        ("internal-error", false, RunState::InternalError),
+        ("guest-panicked", false, RunState::GuestPanicked),
+        (
+            "some-future-state",
+            false,
+            RunState::Other("some-future-state".into()),
+        ),
+    ] {
+        let answer = json!({"status": status, "singlestep": false, "running": running});
+        let (_d, mon, sent) = monitor(vec![("query-status", answer)]).await;
+        let st = mon.query_status().await.unwrap();
+        assert_eq!(st, want);
+        assert_eq!(st.as_str(), status);
+        assert_eq!(wire(&sent), vec![("query-status".into(), Value::Null)]);
+    }
+}
+
+#[tokio::test]
+async fn a_status_without_a_state_is_a_bad_reply() {
+    let (_d, mon, _) = monitor(vec![("query-status", json!({"running": true}))]).await;
+    let e = mon.query_status().await.unwrap_err();
+    assert_eq!(bad_reply_of(e), "query-status");
+}
+
+#[tokio::test]
+async fn query_cpus_fast_gives_threads_by_cpu_index() {
+    let cpu = |i: u32, tid: u32| {
+        json!({
+            "thread-id": tid, "props": {"core-id": 0, "thread-id": 0, "socket-id": i},
+            "qom-path": format!("/machine/unattached/device[{i}]"),
+            "cpu-index": i, "target": "x86_64",
+        })
+    };
+    let answer = json!([cpu(1, 4312), cpu(0, 4311), cpu(2, 4313)]);
+    let (_d, mon, sent) = monitor(vec![("query-cpus-fast", answer)]).await;
+    let cpus = mon.query_cpus_fast().await.unwrap();
+    assert_eq!(
+        cpus,
+        vec![
+            VcpuThread {
+                cpu_index: 0,
+                thread_id: 4311
+            },
+            VcpuThread {
+                cpu_index: 1,
+                thread_id: 4312
+            },
+            VcpuThread {
+                cpu_index: 2,
+                thread_id: 4313
+            },
+        ]
+    );
+    assert_eq!(wire(&sent), vec![("query-cpus-fast".into(), Value::Null)]);
+}
+
+#[tokio::test]
+async fn a_cpu_without_a_thread_is_a_bad_reply() {
+    let answer = json!([{"cpu-index": 0, "thread-id": "1234"}]);
+    let (_d, mon, _) = monitor(vec![("query-cpus-fast", answer)]).await;
+    let e = mon.query_cpus_fast().await.unwrap_err();
+    assert_eq!(bad_reply_of(e), "query-cpus-fast");
+}
+
+#[tokio::test]
+async fn memory_size_and_balloon() {
+    let (_d, mon, sent) = monitor(vec![
+        (
+            "query-memory-size-summary",
+            json!({"base-memory": 134217728}),
+        ),
+        ("query-balloon", json!({"actual": 100663296})),
+        ("balloon", json!({})),
+    ])
+    .await;
+    let m = mon.query_memory_size_summary().await.unwrap();
+    assert_eq!(
+        m,
+        MemorySizeSummary {
+            base_memory: 128 << 20,
+            plugged_memory: None
+        }
+    );
+    assert_eq!(mon.query_balloon().await.unwrap(), 96 << 20);
+    mon.balloon(64 << 20).await.unwrap();
+    assert_eq!(
+        wire(&sent),
+        vec![
+            ("query-memory-size-summary".into(), Value::Null),
+            ("query-balloon".into(), Value::Null),
+            ("balloon".into(), json!({"value": 67108864})),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn malformed_memory_answers_are_bad_replies() {
+    let (_d, mon, _) = monitor(vec![
+        ("query-memory-size-summary", json!({"base-memory": -1})),
+        ("query-balloon", json!([])),
+    ])
+    .await;
+    let e = mon.query_memory_size_summary().await.unwrap_err();
+    assert_eq!(bad_reply_of(e), "query-memory-size-summary");
+    let e = mon.query_balloon().await.unwrap_err();
+    assert_eq!(bad_reply_of(e), "query-balloon");
+}
+
+#[tokio::test]
+async fn io_throttle_arguments_on_the_wire() {
+    let (_d, mon, sent) = monitor(vec![("block_set_io_throttle", json!({}))]).await;
+    let qdev = "/machine/peripheral/vd0/virtio-backend";
+    let limits = IoThrottle {
+        read_iops: 50,
+        write_bps: 1_000_000,
+        ..IoThrottle::default()
+    };
+    mon.set_io_throttle(qdev, &limits).await.unwrap();
+    mon.set_io_throttle(qdev, &IoThrottle::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        wire(&sent),
+        vec![
+            (
+                "block_set_io_throttle".into(),
+                json!({"id": qdev, "iops": 0, "iops_rd": 50, "iops_wr": 0,
+                       "bps": 0, "bps_rd": 0, "bps_wr": 1000000})
+            ),
+            (
+                "block_set_io_throttle".into(),
+                json!({"id": qdev, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+                       "bps": 0, "bps_rd": 0, "bps_wr": 0})
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn query_block_decodes_backends_and_their_limits() {
+    let answer = json!([
+        {
+            "io-status": "ok", "device": "disk0", "locked": false, "removable": false,
+            "qdev": "/machine/peripheral/vd0/virtio-backend", "type": "unknown",
+            "inserted": {
+                "iops_rd": 50, "detect_zeroes": "off", "iops_wr": 0, "ro": false,
+                "node-name": "#block128", "backing_file_depth": 1, "drv": "qcow2",
+                "iops": 0, "bps_wr": 1000000, "write_threshold": 0, "encrypted": false,
+                "bps": 0, "bps_rd": 0, "file": "/var/lib/libgo/vms/x/disk.qcow2",
+                "cache": {"no-flush": false, "direct": true, "writeback": true},
+                "image": {"virtual-size": 10737418240u64, "filename": "/var/lib/libgo/vms/x/disk.qcow2", "format": "qcow2"},
+            },
+        },
+        {"device": "", "locked": false, "removable": true, "type": "unknown",
+         "qdev": "/machine/peripheral-anon/device[1]", "tray_open": false},
+    ]);
+    let (_d, mon, sent) = monitor(vec![("query-block", answer)]).await;
+    let blocks = mon.query_block().await.unwrap();
+    assert_eq!(blocks.len(), 2);
+    let disk = blocks
+        .iter()
+        .find(|b| b.is_named("/machine/peripheral/vd0/virtio-backend"))
+        .unwrap();
+    assert!(disk.is_named("disk0") && disk.is_named("#block128"));
+    let ins = disk.inserted.as_ref().unwrap();
+    assert_eq!(ins.file, "/var/lib/libgo/vms/x/disk.qcow2");
+    assert!(!ins.ro);
+    assert_eq!(
+        ins.throttle,
+        IoThrottle {
+            read_iops: 50,
+            write_bps: 1_000_000,
+            ..IoThrottle::default()
+        }
+    );
+    assert_eq!(blocks[1].device, None);
+    assert_eq!(blocks[1].inserted, None);
+    assert!(!blocks[1].is_named(""));
+    assert_eq!(wire(&sent), vec![("query-block".into(), Value::Null)]);
+}
+
+#[tokio::test]
+async fn a_medium_without_its_limits_is_a_bad_reply() {
+    let answer = json!([{"device": "disk0", "inserted": {"file": "/d", "ro": false}}]);
+    let (_d, mon, _) = monitor(vec![("query-block", answer)]).await;
+    let e = mon.query_block().await.unwrap_err();
+    assert_eq!(bad_reply_of(e), "query-block");
+}
+
+#[tokio::test]
+async fn block_resize_by_device_or_node() {
+    let (_d, mon, sent) = monitor(vec![("block_resize", json!({}))]).await;
+    mon.block_resize(BlockRef::Device("disk0"), 20 << 30)
+        .await
+        .unwrap();
+    mon.block_resize(BlockRef::NodeName("hp1"), 1 << 30)
+        .await
+        .unwrap();
+    assert_eq!(
+        wire(&sent),
+        vec![
+            (
+                "block_resize".into(),
+                json!({"device": "disk0", "size": 21474836480u64})
+            ),
+            (
+                "block_resize".into(),
+                json!({"node-name": "hp1", "size": 1073741824})
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn query_blockstats_decodes_the_counters() {
+    let stats = |rb: u64, wb: u64, ro: u64, wo: u64| {
+        json!({
+            "rd_bytes": rb, "wr_bytes": wb, "rd_operations": ro, "wr_operations": wo,
+            "flush_operations": 3, "wr_total_time_ns": 0, "rd_total_time_ns": 0,
+            "flush_total_time_ns": 0, "rd_merged": 0, "wr_merged": 0,
+            "wr_highest_offset": 0, "idle_time_ns": 1234, "failed_rd_operations": 0,
+            "failed_wr_operations": 0, "invalid_rd_operations": 0,
+            "invalid_wr_operations": 0, "account_invalid": true, "account_failed": true,
+            "timed_stats": [], "unmap_operations": 0, "unmap_bytes": 0,
+        })
+    };
+    let answer = json!([
+        {"device": "disk0", "node-name": "#block128",
+         "qdev": "/machine/peripheral/vd0/virtio-backend",
+         "stats": stats(9_437_184, 4096, 300, 1),
+         "parent": {"node-name": "#block024", "stats": stats(1, 1, 1, 1)}},
+        {"device": "", "node-name": "hp1",
+         "qdev": "/machine/peripheral/hp1/virtio-backend",
+         "stats": stats(0, 0, 0, 0)},
+    ]);
+    let (_d, mon, sent) = monitor(vec![("query-blockstats", answer)]).await;
+    let all = mon.query_blockstats().await.unwrap();
+    let disk = all.iter().find(|s| s.is_named("disk0")).unwrap();
+    assert_eq!(
+        *disk,
+        BlockStats {
+            device: Some("disk0".into()),
+            qdev: Some("/machine/peripheral/vd0/virtio-backend".into()),
+            node_name: Some("#block128".into()),
+            rd_bytes: 9_437_184,
+            wr_bytes: 4096,
+            rd_operations: 300,
+            wr_operations: 1,
+        }
+    );
+    let hot = all.iter().find(|s| s.is_named("hp1")).unwrap();
+    assert_eq!(hot.device, None);
+    assert_eq!(wire(&sent), vec![("query-blockstats".into(), Value::Null)]);
+}
+
+#[tokio::test]
+async fn blockstats_that_are_not_a_list_are_a_bad_reply() {
+    let (_d, mon, _) = monitor(vec![("query-blockstats", json!({"stats": {}}))]).await;
+    let e = mon.query_blockstats().await.unwrap_err();
+    assert_eq!(bad_reply_of(e), "query-blockstats");
+}
