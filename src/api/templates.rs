@@ -46,7 +46,10 @@ pub async fn list(
         .templates()?
         .into_iter()
         .filter(|t| q.get("name").is_none_or(|n| &t.name == n))
-        .filter(|t| q.get("tag").is_none_or(|g| t.tags.contains(g)))
+        .filter(|t| {
+            q.get("tag")
+                .is_none_or(|g| t.spec.tags.as_ref().is_some_and(|tags| tags.contains(g)))
+        })
         .collect();
     all.sort_by_key(key);
     if desc {

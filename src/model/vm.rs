@@ -127,6 +127,59 @@ pub enum CloneMode {
     Full,
 }
 
+/// What a VM is made of. Every field is optional: a create request takes
+/// what it leaves out from its template, and a template holds any subset.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct VmSpec {
+    /// Number of virtual CPUs (required in the create request or its template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Memory in MiB (required in the create request or its template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Root disk size in GiB (required in the create request or its template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<u64>,
+    /// Image name in a storage pool, or a path inside one (required in the
+    /// create request or its template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone: Option<CloneMode>,
+    /// cloud-init user data, served to the guest on a NoCloud `cidata` drive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pinning: Option<CpuPinning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_limits: Option<IoLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+}
+
+impl VmSpec {
+    /// This spec with its gaps filled from `base` (this spec's fields win).
+    pub fn or(self, base: &VmSpec) -> VmSpec {
+        VmSpec {
+            vcpus: self.vcpus.or(base.vcpus),
+            memory: self.memory.or(base.memory),
+            disk_size: self.disk_size.or(base.disk_size),
+            base_image: self.base_image.or_else(|| base.base_image.clone()),
+            clone: self.clone.or(base.clone),
+            user_data: self.user_data.or_else(|| base.user_data.clone()),
+            cpu_pinning: self.cpu_pinning.or_else(|| base.cpu_pinning.clone()),
+            io_limits: self.io_limits.or_else(|| base.io_limits.clone()),
+            boot: self.boot.or_else(|| base.boot.clone()),
+            network: self.network.or_else(|| base.network.clone()),
+            tags: self.tags.or_else(|| base.tags.clone()),
+        }
+    }
+}
+
 /// `POST /api/v1/vms` body.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -137,33 +190,8 @@ pub struct CreateVmRequest {
     /// A template whose values fill the fields this request leaves out.
     #[serde(default)]
     pub template: Option<String>,
-    /// Number of virtual CPUs (required here or in the template).
-    #[serde(default)]
-    pub vcpus: Option<u32>,
-    /// Memory in MiB (required here or in the template).
-    #[serde(default)]
-    pub memory: Option<u64>,
-    /// Root disk size in GiB (required here or in the template).
-    #[serde(default)]
-    pub disk_size: Option<u64>,
-    /// Image name in a storage pool, or a path inside one (required here or in the template).
-    #[serde(default)]
-    pub base_image: Option<String>,
-    #[serde(default)]
-    pub clone: Option<CloneMode>,
-    /// cloud-init user data, served to the guest on a NoCloud `cidata` drive.
-    #[serde(default)]
-    pub user_data: Option<String>,
-    #[serde(default)]
-    pub cpu_pinning: Option<CpuPinning>,
-    #[serde(default)]
-    pub io_limits: Option<IoLimits>,
-    #[serde(default)]
-    pub boot: Option<BootSpec>,
-    #[serde(default)]
-    pub network: Option<NetworkSpec>,
-    #[serde(default)]
-    pub tags: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub spec: VmSpec,
 }
 
 /// A VM as the API shows it.
@@ -478,4 +506,28 @@ pub struct DiskResources {
     pub size_gib: u64,
     /// Bytes the VM's own image file takes on the host (a linked clone shares the rest).
     pub allocated_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_fills_its_gaps_from_its_template_and_refuses_strangers() {
+        let req: CreateVmRequest =
+            serde_json::from_str(r#"{"name":"a","vcpus":2,"tags":["x"]}"#).unwrap();
+        let template = VmSpec {
+            vcpus: Some(1),
+            memory: Some(256),
+            tags: Some(vec!["t".into()]),
+            ..VmSpec::default()
+        };
+        let spec = req.spec.or(&template);
+        assert_eq!(
+            (spec.vcpus, spec.memory, spec.tags),
+            (Some(2), Some(256), Some(vec!["x".to_string()]))
+        );
+        assert!(serde_json::from_str::<CreateVmRequest>(r#"{"vcpu":2}"#).is_err());
+        assert!(serde_json::from_str::<CreateVmRequest>(r#"[2, 128]"#).is_err());
+    }
 }

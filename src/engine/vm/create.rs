@@ -258,9 +258,12 @@ impl VmEngine {
 
     /// A request merged over its template: the request's fields win.
     fn apply_template(&self, req: CreateVmRequest) -> Result<CreateSpec> {
-        let t = match &req.template {
-            Some(key) => Some(self.find_template(key)?),
-            None => None,
+        let (spec, template) = match &req.template {
+            Some(key) => {
+                let t = self.find_template(key)?;
+                (req.spec.or(&t.spec), Some(t.name))
+            }
+            None => (req.spec, None),
         };
         let missing = |f: &str| {
             EngineError::Invalid(format!(
@@ -269,45 +272,18 @@ impl VmEngine {
         };
         Ok(CreateSpec {
             name: req.name,
-            vcpus: req
-                .vcpus
-                .or_else(|| t.as_ref().and_then(|t| t.vcpus))
-                .ok_or_else(|| missing("vcpus"))?,
-            memory: req
-                .memory
-                .or_else(|| t.as_ref().and_then(|t| t.memory))
-                .ok_or_else(|| missing("memory"))?,
-            disk_size: req
-                .disk_size
-                .or_else(|| t.as_ref().and_then(|t| t.disk_size))
-                .ok_or_else(|| missing("disk_size"))?,
-            base_image: req
-                .base_image
-                .or_else(|| t.as_ref().and_then(|t| t.base_image.clone()))
-                .ok_or_else(|| missing("base_image"))?,
-            clone: req
-                .clone
-                .or_else(|| t.as_ref().and_then(|t| t.clone))
-                .unwrap_or_default(),
-            cpu_pinning: req
-                .cpu_pinning
-                .or_else(|| t.as_ref().and_then(|t| t.cpu_pinning.clone())),
-            io_limits: req
-                .io_limits
-                .or_else(|| t.as_ref().and_then(|t| t.io_limits.clone())),
-            boot: req.boot.or_else(|| t.as_ref().and_then(|t| t.boot.clone())),
-            network: req
-                .network
-                .or_else(|| t.as_ref().and_then(|t| t.network.clone()))
-                .unwrap_or_default(),
-            tags: req
-                .tags
-                .or_else(|| t.as_ref().map(|t| t.tags.clone()))
-                .unwrap_or_default(),
-            user_data: req
-                .user_data
-                .or_else(|| t.as_ref().and_then(|t| t.user_data.clone())),
-            template: t.map(|t| t.name),
+            vcpus: spec.vcpus.ok_or_else(|| missing("vcpus"))?,
+            memory: spec.memory.ok_or_else(|| missing("memory"))?,
+            disk_size: spec.disk_size.ok_or_else(|| missing("disk_size"))?,
+            base_image: spec.base_image.ok_or_else(|| missing("base_image"))?,
+            clone: spec.clone.unwrap_or_default(),
+            cpu_pinning: spec.cpu_pinning,
+            io_limits: spec.io_limits,
+            boot: spec.boot,
+            network: spec.network.unwrap_or_default(),
+            tags: spec.tags.unwrap_or_default(),
+            user_data: spec.user_data,
+            template,
         })
     }
 }

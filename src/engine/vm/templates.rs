@@ -31,15 +31,16 @@ impl VmEngine {
         vm::validate_name(&t.name)?;
         let cfg = &self.inner.core.cfg;
         let invalid = |m: String| Err(EngineError::Invalid(format!("Invalid parameter: {m}")));
-        vm::Bounds::of(cfg).check(t.vcpus, t.memory, t.disk_size)?;
-        if let Some(p) = &t.cpu_pinning {
+        vm::Bounds::of(cfg).check(t.spec.vcpus, t.spec.memory, t.spec.disk_size)?;
+        if let Some(p) = &t.spec.cpu_pinning {
             super::resources::check_pinning(p)?;
         }
-        if let Some(l) = &t.io_limits {
+        if let Some(l) = &t.spec.io_limits {
             vm::validate_io_limits(l)?;
         }
-        vm::validate_tags(&t.tags)?;
-        if t.user_data
+        vm::validate_tags(t.spec.tags.as_deref().unwrap_or_default())?;
+        if t.spec
+            .user_data
             .as_ref()
             .is_some_and(|u| u.len() > vm::MAX_USER_DATA)
         {
@@ -48,7 +49,7 @@ impl VmEngine {
                 vm::MAX_USER_DATA
             ));
         }
-        if let Some(base) = &t.base_image {
+        if let Some(base) = &t.spec.base_image {
             crate::host::pool::resolve(&cfg.pools(), base, "base image")
                 .map_err(super::registry::pool_err)?;
         }
@@ -61,20 +62,12 @@ impl VmEngine {
             .clone()
             .ok_or_else(|| EngineError::Invalid("Invalid parameter: name is required.".into()))?;
         let now = crate::clock::now();
+        let mut spec = req.spec;
+        spec.tags.get_or_insert_with(Vec::new);
         let t = Template {
             id: Uuid::new_v4(),
             name,
-            base_image: req.base_image,
-            vcpus: req.vcpus,
-            memory: req.memory,
-            disk_size: req.disk_size,
-            clone: req.clone,
-            cpu_pinning: req.cpu_pinning,
-            io_limits: req.io_limits,
-            boot: req.boot,
-            network: req.network,
-            tags: req.tags.unwrap_or_default(),
-            user_data: req.user_data,
+            spec,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -94,26 +87,9 @@ impl VmEngine {
 
     pub fn update_template(&self, key: &str, req: TemplateRequest) -> Result<Template> {
         let mut t = self.find_template(key)?;
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = req.$f { t.$f = Some(v); } )* };
-        }
-        set!(
-            base_image,
-            vcpus,
-            memory,
-            disk_size,
-            clone,
-            cpu_pinning,
-            io_limits,
-            boot,
-            network,
-            user_data
-        );
+        t.spec = req.spec.or(&t.spec);
         if let Some(name) = req.name {
             t.name = name;
-        }
-        if let Some(tags) = req.tags {
-            t.tags = tags;
         }
         t.updated_at = crate::clock::now();
         self.check_template(&t)?;
