@@ -6,14 +6,16 @@ use bollard::query_parameters as q;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::registry::ContainerEngine;
+use super::faults::{self, After, Fault};
+use super::registry::{CGuard, ContainerEngine};
 use crate::docker::{self, LABEL_AGENT, LABEL_ID, LABEL_TAGS};
-use crate::engine::core::{JobTarget, Requester, Submitted};
-use crate::engine::error::{EngineError, Result};
+use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
+use crate::engine::error::{chain, EngineError, Result};
 use crate::engine::vm::record as vm;
 use crate::model::{
     Container, ContainerStatus, CreateContainerRequest, IoLimits, UpdateContainerRequest,
 };
+use crate::rollback::Rollback;
 use crate::sync::lock;
 
 /// A container action.
@@ -65,6 +67,15 @@ pub struct ContainerActionDone {
     pub status: ContainerStatus,
     pub outcome: ContainerOutcome,
     pub job_id: Uuid,
+}
+
+/// What a create job is given: everything checked, nothing done yet.
+struct CreatePlan {
+    name: String,
+    /// libgo's id for the container (also its label).
+    id: Uuid,
+    config: bollard::models::ContainerCreateBody,
+    start: bool,
 }
 
 /// Which actions each status allows: `Ok(Some(outcome))` = nothing to do,
@@ -159,6 +170,9 @@ impl ContainerEngine {
     }
 
     /// Creates a container (and starts it with `start: true`) as a job.
+    /// Each step is on an undo stack: a create that fails or is cancelled
+    /// removes what it made before its job ends. Actions and updates are one
+    /// engine call each, so they need none.
     pub async fn create(
         &self,
         req: CreateContainerRequest,
@@ -259,41 +273,128 @@ impl ContainerEngine {
             requester,
         )?;
         let agent = self.clone();
-        let start = req.start;
+        let plan = CreatePlan {
+            name,
+            id,
+            config,
+            start: req.start,
+        };
         Ok(self.core().spawn_job(handle, None, async move {
-            let d = agent.docker()?;
-            let created = d
-                .create_container(
-                    Some(q::CreateContainerOptions {
-                        name: Some(name.clone()),
-                        ..Default::default()
-                    }),
-                    config,
-                )
-                .await
-                .map_err(|e| agent.dmap(&format!("creating container {name}"), e))?;
-            ctx.log(format!("created {}", created.id));
-            if start {
-                if let Err(e) = d
-                    .start_container(&created.id, None::<q::StartContainerOptions>)
-                    .await
-                {
-                    let _ = d
-                        .remove_container(
-                            &created.id,
-                            Some(q::RemoveContainerOptions {
-                                force: true,
-                                ..Default::default()
-                            }),
-                        )
-                        .await;
-                    return Err(agent.dmap(&format!("starting container {name}"), e));
+            let mut undo = Rollback::new();
+            let mut slot = None;
+            match agent.create_steps(plan, &ctx, &mut undo, &mut slot).await {
+                Ok(c) => {
+                    undo.disarm();
+                    drop(slot);
+                    agent.container_event("container.created", &c);
+                    Ok(c)
+                }
+                Err(e) => {
+                    ctx.log(format!("undoing the create: {}", chain(&e)));
+                    // The job ends (and a synchronous caller gets its answer)
+                    // only once the container is gone; the slot is held until
+                    // then, so no other operation acts on it meanwhile.
+                    undo.unwind().await;
+                    drop(slot);
+                    Err(e)
                 }
             }
-            let c = agent.view(&agent.inspect(&created.id).await?);
-            agent.container_event("container.created", &c);
-            Ok(c)
         }))
+    }
+
+    /// The steps of a create; each pushes its undo on `undo` as soon as it
+    /// has succeeded. The engine's create is the only step that needs an
+    /// undo of its own: a forced removal also stops what the start
+    /// started, and the stats stream of a started container ends with it.
+    async fn create_steps(
+        &self,
+        plan: CreatePlan,
+        ctx: &JobCtx,
+        undo: &mut Rollback,
+        slot: &mut Option<CGuard>,
+    ) -> Result<Container> {
+        let CreatePlan {
+            name,
+            id,
+            config,
+            start,
+        } = plan;
+        let name = name.as_str();
+        ctx.check()?;
+        let d = self.docker()?;
+        let created = d
+            .create_container(
+                Some(q::CreateContainerOptions {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                }),
+                config,
+            )
+            .await
+            .map_err(|e| self.dmap(&format!("creating container {name}"), e))?;
+        undo.push_async("container", self.clone().remove_made(created.id.clone()));
+        ctx.log(format!("created {}", created.id));
+        // One operation at a time: nothing else acts on the container
+        // while it is being started, or being removed again.
+        *slot = Some(self.claim_slot(&created.id, id, ctx.handle.id(), "container.create")?);
+        self.inject(name, After::Create, ctx)?;
+        ctx.check()?;
+        if start {
+            d.start_container(&created.id, None::<q::StartContainerOptions>)
+                .await
+                .map_err(|e| self.dmap(&format!("starting container {name}"), e))?;
+            ctx.log("started");
+            self.inject(name, After::Start, ctx)?;
+            ctx.check()?;
+        }
+        Ok(self.view(&self.inspect(&created.id).await?))
+    }
+
+    /// Undoes a create: removes the container (stopping it if it runs, with
+    /// its anonymous volumes) and forgets its stats.
+    async fn remove_made(self, engine_id: String) {
+        let removed = match self.docker() {
+            Ok(d) => d
+                .remove_container(
+                    &engine_id,
+                    Some(q::RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(|e| self.dmap(&format!("removing container {engine_id}"), e)),
+            Err(e) => Err(e.into()),
+        };
+        match removed {
+            Ok(()) | Err(EngineError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::error!(container = %engine_id, error = %chain(&e), "could not undo a create")
+            }
+        }
+        lock(&self.inner.state).stats.remove(&engine_id);
+    }
+
+    /// The testing aid of `faults`: fails or cancels the create of `name`
+    /// right after `step` when the daemon was told to.
+    fn inject(&self, name: &str, step: After, ctx: &JobCtx) -> Result<()> {
+        if self.inner.faults.at(name, step) == Some(Fault::Cancel) {
+            self.core().jobs.cancel(ctx.handle.id())?;
+        }
+        self.fail_after(name, step)
+    }
+
+    /// `inject` for an operation that is no job (nothing to cancel).
+    fn fail_after(&self, name: &str, step: After) -> Result<()> {
+        match self.inner.faults.at(name, step) {
+            Some(Fault::Fail) => Err(EngineError::failed(format!(
+                "{}: failure injected after the {} step on {name}",
+                faults::ENV,
+                step.as_str()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// start, stop (graceful, `timeout` s), restart, kill, pause, unpause.
@@ -382,6 +483,12 @@ impl ContainerEngine {
     }
 
     /// Removes a container (`force` stops a running one first).
+    ///
+    /// No undo stack here: the engine's removal (stop included, with
+    /// `force`) is one call that either happens or not, and it comes first.
+    /// What follows it (the adoption row, the stats samples) is clean-up
+    /// of the container that is gone, done whatever happens: undoing it
+    /// would only bring back records of nothing.
     pub async fn delete(
         &self,
         key: &str,
@@ -398,10 +505,11 @@ impl ContainerEngine {
                 c.name
             )));
         }
-        let (handle, _ctx) = self.container_job(job_id, "container.delete", &c, requester)?;
+        let (handle, ctx) = self.container_job(job_id, "container.delete", &c, requester)?;
         let agent = self.clone();
         Ok(self.core().spawn_job(handle, None, async move {
             let _guard = guard;
+            ctx.check()?;
             let d = agent.docker()?;
             d.remove_container(
                 &c.engine_id,
@@ -413,7 +521,10 @@ impl ContainerEngine {
             )
             .await
             .map_err(|e| agent.dmap(&format!("removing {}", c.name), e))?;
-            let _ = agent.inner.core.store.unadopt(&c.engine_id);
+            if let Err(e) = agent.inner.core.store.unadopt(&c.engine_id) {
+                // A stale row names an engine id that never comes back.
+                tracing::warn!(container = %c.engine_id, error = %e, "could not forget the adoption");
+            }
             lock(&agent.inner.state).stats.remove(&c.engine_id);
             agent.container_event("container.deleted", &c);
             Ok(c)
@@ -459,13 +570,26 @@ impl ContainerEngine {
         }))
     }
 
-    /// Marks a container libgo did not create as managed.
+    /// Marks a container libgo did not create as managed. Two steps: the
+    /// adoption row, then the container as the engine has it now; if that
+    /// fails (the container went away meanwhile), the row goes again.
     pub async fn adopt(&self, key: &str) -> Result<Container> {
         let c = self.find(key).await?;
+        let mut undo = Rollback::new();
         if !c.managed {
-            self.inner.core.store.adopt(&c.engine_id, c.id)?;
+            let store = self.inner.core.store.clone();
+            store.adopt(&c.engine_id, c.id)?;
+            let engine_id = c.engine_id.clone();
+            undo.push("adoption row", move || {
+                if let Err(e) = store.unadopt(&engine_id) {
+                    tracing::error!(container = %engine_id, error = %e, "could not undo an adoption");
+                }
+            });
         }
-        self.find(&c.engine_id).await
+        self.fail_after(&c.name, After::Adopt)?;
+        let now = self.find(&c.engine_id).await?;
+        undo.disarm();
+        Ok(now)
     }
 }
 

@@ -11,6 +11,7 @@ use bollard::query_parameters as q;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::faults::FailSteps;
 use crate::docker::{self, DockerBackend, DockerError, LABEL_AGENT, LABEL_ID, LABEL_TAGS};
 use crate::engine::core::{Core, JobTarget, Requester};
 use crate::engine::error::{EngineError, Result};
@@ -24,6 +25,9 @@ pub struct ContainerShared {
     pub(crate) core: Arc<Core>,
     pub(crate) docker: DockerBackend,
     pub(crate) state: Mutex<ContainerState>,
+    /// Failures to inject on purpose (a testing aid; empty unless
+    /// `LIBGO_TEST_FAIL_STEP` was set when the daemon started).
+    pub(crate) faults: FailSteps,
 }
 
 /// The Docker backend. Cheap to clone.
@@ -90,6 +94,7 @@ impl ContainerEngine {
                 core,
                 docker,
                 state: Mutex::new(ContainerState::default()),
+                faults: FailSteps::from_env(),
             }),
         }
     }
@@ -317,19 +322,30 @@ impl ContainerEngine {
                 c.name, c.engine_id
             )));
         }
+        self.claim_slot(&c.engine_id, c.id, job_id, kind)
+    }
+
+    /// The slot of `engine_id` (libgo id `id`), for job `job_id`.
+    pub(crate) fn claim_slot(
+        &self,
+        engine_id: &str,
+        id: Uuid,
+        job_id: Uuid,
+        kind: &str,
+    ) -> Result<CGuard> {
         let mut st = lock(&self.inner.state);
-        if let Some((job_id, job_type)) = st.busy.get(&c.engine_id).cloned() {
+        if let Some((job_id, job_type)) = st.busy.get(engine_id).cloned() {
             return Err(EngineError::Busy {
-                what: format!("Container {}", c.id),
+                what: format!("Container {id}"),
                 job_id,
                 job_type,
             });
         }
         st.busy
-            .insert(c.engine_id.clone(), (job_id, kind.to_owned()));
+            .insert(engine_id.to_owned(), (job_id, kind.to_owned()));
         Ok(CGuard {
             engine: self.clone(),
-            engine_id: c.engine_id.clone(),
+            engine_id: engine_id.to_owned(),
         })
     }
 
