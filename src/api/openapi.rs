@@ -37,6 +37,77 @@ use utoipa::OpenApi;
 )]
 pub struct ApiDoc;
 
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The document as served, built once.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for schema in schemas.values_mut() {
+            merge_all_of(schema);
+        }
+    }
+    doc
+}
+
+pub async fn serve() -> Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(document).clone())
+}
+
+/// A struct with a flattened part (`#[serde(flatten)]`) is generated as an
+/// `allOf` of inline objects; on the wire it is one object, so the document
+/// says so: the parts' properties and required fields in one object.
+fn merge_all_of(schema: &mut serde_json::Value) {
+    use serde_json::{Map, Value};
+    let Some(parts) = schema.get("allOf").and_then(Value::as_array) else {
+        return;
+    };
+    if !parts
+        .iter()
+        .all(|p| p.get("type") == Some(&Value::from("object")) && p.get("$ref").is_none())
+    {
+        return;
+    }
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    let mut closed = false;
+    for part in parts {
+        if let Some(props) = part.get("properties").and_then(Value::as_object) {
+            properties.extend(props.clone());
+        }
+        if let Some(req) = part.get("required").and_then(Value::as_array) {
+            required.extend(req.iter().cloned());
+        }
+        closed |= part.get("additionalProperties") == Some(&Value::Bool(false));
+    }
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    obj.remove("allOf");
+    obj.insert("type".into(), "object".into());
+    obj.insert("properties".into(), Value::Object(properties));
+    if !required.is_empty() {
+        obj.insert("required".into(), Value::Array(required));
+    }
+    if closed {
+        obj.insert("additionalProperties".into(), Value::Bool(false));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flattened_requests_are_one_object_in_the_document() {
+        let doc = super::document();
+        for name in ["CreateVmRequest", "Template", "TemplateRequest"] {
+            let s = &doc["components"]["schemas"][name];
+            assert!(s.get("allOf").is_none(), "{name}: {s}");
+            assert!(s["properties"].get("disk_size").is_some(), "{name}: {s}");
+            assert!(s["properties"].get("vcpus").is_some(), "{name}: {s}");
+        }
+        let create = &doc["components"]["schemas"]["CreateVmRequest"];
+        assert!(create["properties"].get("template").is_some());
+    }
 }

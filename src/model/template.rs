@@ -12,6 +12,7 @@ pub struct Template {
     pub id: Uuid,
     pub name: String,
     #[serde(flatten)]
+    #[schema(inline)]
     pub spec: VmSpec,
     pub created_at: String,
     pub updated_at: String,
@@ -24,6 +25,7 @@ pub struct TemplateRequest {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(flatten)]
+    #[schema(inline)]
     pub spec: VmSpec,
 }
 

@@ -191,6 +191,7 @@ pub struct CreateVmRequest {
     #[serde(default)]
     pub template: Option<String>,
     #[serde(flatten)]
+    #[schema(inline)]
     pub spec: VmSpec,
 }
 
