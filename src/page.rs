@@ -67,6 +67,40 @@ pub fn paginate<T, K: Ord>(
     }
 }
 
+/// One page of a `BTreeMap` kept in key order: seeks to the cursor instead
+/// of walking up to it. `total` is the count of the whole (filtered) list,
+/// which the caller knows or counts.
+pub fn paginate_map<'a, K: Ord + Clone, V>(
+    map: &'a std::collections::BTreeMap<K, V>,
+    keep: impl Fn(&V) -> bool,
+    total: usize,
+    req: &PageRequest<K>,
+) -> Page<&'a V, K> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let rows: Box<dyn Iterator<Item = (&K, &V)>> = match (&req.after, req.descending) {
+        (None, false) => Box::new(map.iter()),
+        (None, true) => Box::new(map.iter().rev()),
+        (Some(a), false) => Box::new(map.range((Excluded(a), Unbounded))),
+        (Some(a), true) => Box::new(map.range((Unbounded, Excluded(a))).rev()),
+    };
+    let mut items = Vec::with_capacity(req.limit.min(256));
+    let mut last = None;
+    let mut more = false;
+    for (k, v) in rows.filter(|(_, v)| keep(v)) {
+        if items.len() == req.limit {
+            more = true;
+            break;
+        }
+        items.push(v);
+        last = Some(k);
+    }
+    Page {
+        items,
+        next: if more { last.cloned() } else { None },
+        total,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +127,39 @@ mod tests {
         assert_eq!(d1.items, vec![4, 3]);
         let d2 = paginate(rev, |i| *i, &req(d1.next, true));
         assert_eq!(d2.items, vec![2, 1]);
+    }
+
+    #[test]
+    fn a_map_pages_like_a_list() {
+        let map: std::collections::BTreeMap<u32, u32> = (0..7).map(|i| (i, i * 10)).collect();
+        let odd = |v: &u32| (v / 10) % 2 == 1;
+        for descending in [false, true] {
+            let list: Vec<u32> = if descending {
+                map.keys().rev().copied().collect()
+            } else {
+                map.keys().copied().collect()
+            };
+            let mut after = None;
+            loop {
+                let req = PageRequest {
+                    limit: 2,
+                    after,
+                    descending,
+                };
+                let a = paginate(
+                    list.iter().copied().filter(|k| odd(&(k * 10))),
+                    |k| *k,
+                    &req,
+                );
+                let b = paginate_map(&map, odd, 3, &req);
+                let b_keys: Vec<u32> = b.items.iter().map(|v| *v / 10).collect();
+                assert_eq!((a.items, a.next), (b_keys, b.next));
+                if b.next.is_none() {
+                    break;
+                }
+                after = b.next;
+            }
+        }
     }
 
     #[test]

@@ -138,6 +138,16 @@ pub struct ListQuery {
     pub sort: SortField,
 }
 
+impl ListQuery {
+    /// No filter: every VM of this node is listed.
+    fn is_unfiltered(&self) -> bool {
+        self.status.is_none()
+            && self.name.is_none()
+            && self.tag.is_none()
+            && self.template.is_none()
+    }
+}
+
 /// What a VM list is sorted by (the direction is the page request's).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum SortField {
@@ -321,18 +331,13 @@ impl VmEngine {
         let map = read(&self.inner.vms);
         let page = match q.sort {
             SortField::CreatedAt => {
-                let it = map.by_created.iter();
-                let rows: Box<dyn Iterator<Item = _>> = if page.descending {
-                    Box::new(it.rev())
+                let keep = |e: &Arc<VmEntry>| matches(&lock(&e.rec));
+                let total = if q.is_unfiltered() {
+                    map.by_created.len()
                 } else {
-                    Box::new(it)
+                    map.by_created.values().filter(|e| keep(e)).count()
                 };
-                paginate(
-                    rows.filter(|(_, e)| matches(&lock(&e.rec))),
-                    |(k, _)| (*k).clone(),
-                    page,
-                )
-                .map(|(_, e)| e.clone())
+                crate::page::paginate_map(&map.by_created, keep, total, page).map(Arc::clone)
             }
             SortField::Name => {
                 let mut rows: Vec<((String, Uuid), &Arc<VmEntry>)> = map
