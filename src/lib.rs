@@ -9,7 +9,7 @@ pub mod clock;
 pub mod config;
 /// The container backend: the Docker Engine API on its socket.
 pub mod docker;
-/// What the agent does: VMs, their lifecycle and recovery, transport-agnostic.
+/// What the agent does, one engine per backend (QEMU, Docker), transport-agnostic.
 pub mod engine;
 /// The broadcast of lifecycle and job events.
 pub mod events;
