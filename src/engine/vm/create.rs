@@ -5,7 +5,7 @@
 use std::path::Path;
 use uuid::Uuid;
 
-use super::lifecycle::{self, VmEvent};
+use super::lifecycle::VmEvent;
 use super::record::{self as vm, CreateSpec, ResolvedBoot, VmRecord};
 use super::registry::{pool_err, VmEngine, VmEntry, GIB};
 use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
@@ -130,7 +130,7 @@ impl VmEngine {
     /// reserved atomically.
     pub(crate) async fn create_run(&self, plan: CreatePlan, ctx: &JobCtx) -> Result<Vm> {
         let CreatePlan {
-            mut rec,
+            rec,
             base_format,
             user_data,
         } = plan;
@@ -144,10 +144,14 @@ impl VmEngine {
             &rec.created_at,
             &rec,
         )?;
+        let entry = VmEntry::new(rec.clone());
+        self.insert(entry.clone());
         {
             let store = self.core().store.clone();
+            let engine = self.clone();
             let id = rec.id;
             rb.push("row", move || {
+                engine.forget(id);
                 let _ = store.delete_vm(id);
             });
         }
@@ -220,17 +224,11 @@ impl VmEngine {
             .map_err(|e| EngineError::internal("Failed to write the cloud-init seed", e))?;
         }
         ctx.check()?;
-        rec.status = lifecycle::next(rec.status, VmEvent::Created)
-            .map_err(|e| EngineError::internal("finishing the create", e))?;
-        rec.updated_at = crate::clock::now();
-        store.update_vm(rec.id, rec.status.as_str(), &rec)?;
+        // Listed (as `creating`) since its row exists; done now.
+        self.transition(&entry, VmEvent::Created, None)?;
         rb.disarm();
-        let entry = VmEntry::new(rec);
-        let vm = self.to_api(&entry);
-        self.insert(entry);
         ctx.log("created");
-        self.publish("vm.created", vm.id, vm.name.clone(), VmStatus::Stopped);
-        Ok(vm)
+        Ok(self.to_api(&entry))
     }
 
     /// `qemu-img info` of a base image, asked once per version of the file.
