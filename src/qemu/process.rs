@@ -112,6 +112,19 @@ pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
     kill(Pid::from_raw(pid), sig).map_err(io::Error::from)
 }
 
+/// SIGKILL to what was launched as `pid`: its whole process group when it
+/// still leads the one `spawn` made for it (a launcher's children go too,
+/// so they neither outlive it nor keep its cgroup busy), else `pid` alone.
+pub fn kill_launch(pid: u32) -> io::Result<()> {
+    let raw = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    let leads = nix::unistd::getpgid(Some(Pid::from_raw(raw))).is_ok_and(|g| g.as_raw() == raw);
+    if leads {
+        nix::sys::signal::killpg(Pid::from_raw(raw), Signal::SIGKILL).map_err(io::Error::from)
+    } else {
+        signal(pid, Signal::SIGKILL)
+    }
+}
+
 /// Polls until `pid` is gone or `timeout` passes; true if it is gone.
 pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -169,6 +182,49 @@ mod tests {
         child.wait().await.unwrap();
         assert!(wait_gone(pid, Duration::from_secs(2)).await);
         assert_eq!(log_tail(&log, 100), "started");
+    }
+
+    /// The live processes of process group `pgid`.
+    fn group(pgid: u32) -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    // pid (comm) state ppid pgrp ...
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse().ok())
+                        == Some(pgid)
+                })
+            })
+            .filter(|pid| is_alive(*pid))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn killing_a_launch_takes_its_children_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn(
+            Path::new("/bin/sh"),
+            &["-c".into(), "sleep 30 & sleep 30; :".into()],
+            &dir.path().join("log"),
+            None,
+        )
+        .unwrap();
+        let pid = child.id().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while group(pid).len() < 3 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", group(pid));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        kill_launch(pid).unwrap();
+        child.wait().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !group(pid).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{:?}", group(pid));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]
