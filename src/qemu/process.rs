@@ -95,6 +95,38 @@ pub fn is_qemu_of(pid: u32, id: Uuid) -> bool {
     carries_id && is_alive(pid)
 }
 
+/// The live processes whose arguments carry both `id` and `pidfile`: what
+/// was launched for that VM, found without its pidfile (QEMU before it has
+/// written it, or a launcher named as the QEMU binary that has yet to exec
+/// QEMU with those arguments).
+pub fn launched_for(id: Uuid, pidfile: &Path) -> Vec<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let id = id.to_string();
+    let pidfile = pidfile.as_os_str().as_bytes();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let mut carries_id = false;
+            let mut carries_pidfile = false;
+            for arg in cmdline.split(|b| *b == 0) {
+                carries_id |= arg == id.as_bytes();
+                carries_pidfile |= arg == pidfile;
+            }
+            carries_id && carries_pidfile
+        })
+        .filter(|pid| is_alive(*pid))
+        .collect()
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -182,6 +214,38 @@ mod tests {
         child.wait().await.unwrap();
         assert!(wait_gone(pid, Duration::from_secs(2)).await);
         assert_eq!(log_tail(&log, 100), "started");
+    }
+
+    #[tokio::test]
+    async fn a_launch_is_found_by_its_uuid_and_pidfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        let pidfile = dir.path().join("qemu.pid");
+        let other = dir.path().join("other.pid");
+        let log = dir.path().join("log");
+        let args = |p: &Path| -> Vec<String> {
+            vec![
+                "-c".into(),
+                // Two commands: the shell cannot exec the first (its
+                // arguments would go).
+                "sleep 30; :".into(),
+                "sh".into(),
+                "-uuid".into(),
+                id.to_string(),
+                "-pidfile".into(),
+                p.display().to_string(),
+            ]
+        };
+        let mut mine = spawn(Path::new("/bin/sh"), &args(&pidfile), &log, None).unwrap();
+        let mut theirs = spawn(Path::new("/bin/sh"), &args(&other), &log, None).unwrap();
+        let pid = mine.id().unwrap();
+        assert_eq!(launched_for(id, &pidfile), vec![pid]);
+        assert!(launched_for(Uuid::new_v4(), &pidfile).is_empty());
+        for c in [&mut mine, &mut theirs] {
+            c.start_kill().unwrap();
+            c.wait().await.unwrap();
+        }
+        assert!(launched_for(id, &pidfile).is_empty());
     }
 
     /// The live processes of process group `pgid`.

@@ -359,8 +359,8 @@ impl VmEngine {
         for f in [&files.pidfile, &files.qmp, &files.console] {
             let _ = std::fs::remove_file(f);
         }
-        if entry.status() == VmStatus::Starting {
-            // A start that failed: the start settles the status itself.
+        if matches!(entry.status(), VmStatus::Starting | VmStatus::Deleting) {
+            // A start that failed, or a delete: the job settles the status.
         } else if rt.expect_exit.load(Ordering::SeqCst) || rt.shutdown_seen.load(Ordering::SeqCst) {
             self.settle(&entry, VmEvent::Exited, None);
         } else {
@@ -474,7 +474,7 @@ impl VmEngine {
         }
     }
 
-    async fn kill(&self, rt: &Runtime) -> Result<()> {
+    pub(crate) async fn kill(&self, rt: &Runtime) -> Result<()> {
         rt.expect_exit.store(true, Ordering::SeqCst);
         let _ = rt.monitor.quit().await;
         if rt.wait_exit(Duration::from_secs(5)).await {
