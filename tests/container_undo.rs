@@ -5,7 +5,7 @@
 //! source that does not exist, a name already taken, a command missing from
 //! the image, a host port already bound); the daemon's testing knob
 //! `LIBGO_TEST_FAIL_STEP` for the points between steps that nothing real
-//! fails on demand (see src/engine/container/faults.rs).
+//! fails on demand (see src/engine/faults.rs).
 //! Needs dockerd on /var/run/docker.sock (scripts/test.sh starts one).
 
 mod common;

@@ -22,6 +22,9 @@ pub mod bulk;
 pub mod container;
 pub mod core;
 pub mod error;
+/// A testing aid: failures injected on purpose between the steps of a
+/// container create or a VM start.
+pub mod faults;
 pub mod sample;
 pub mod vm;
 

@@ -95,6 +95,38 @@ pub fn is_qemu_of(pid: u32, id: Uuid) -> bool {
     carries_id && is_alive(pid)
 }
 
+/// The live processes whose arguments carry both `id` and `pidfile`: what
+/// was launched for that VM, found without its pidfile (QEMU before it has
+/// written it, or a launcher named as the QEMU binary that has yet to exec
+/// QEMU with those arguments).
+pub fn launched_for(id: Uuid, pidfile: &Path) -> Vec<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let id = id.to_string();
+    let pidfile = pidfile.as_os_str().as_bytes();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let mut carries_id = false;
+            let mut carries_pidfile = false;
+            for arg in cmdline.split(|b| *b == 0) {
+                carries_id |= arg == id.as_bytes();
+                carries_pidfile |= arg == pidfile;
+            }
+            carries_id && carries_pidfile
+        })
+        .filter(|pid| is_alive(*pid))
+        .collect()
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -110,6 +142,19 @@ pub fn is_alive(pid: u32) -> bool {
 pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
     kill(Pid::from_raw(pid), sig).map_err(io::Error::from)
+}
+
+/// SIGKILL to what was launched as `pid`: its whole process group when it
+/// still leads the one `spawn` made for it (a launcher's children go too,
+/// so they neither outlive it nor keep its cgroup busy), else `pid` alone.
+pub fn kill_launch(pid: u32) -> io::Result<()> {
+    let raw = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    let leads = nix::unistd::getpgid(Some(Pid::from_raw(raw))).is_ok_and(|g| g.as_raw() == raw);
+    if leads {
+        nix::sys::signal::killpg(Pid::from_raw(raw), Signal::SIGKILL).map_err(io::Error::from)
+    } else {
+        signal(pid, Signal::SIGKILL)
+    }
 }
 
 /// Polls until `pid` is gone or `timeout` passes; true if it is gone.
@@ -169,6 +214,81 @@ mod tests {
         child.wait().await.unwrap();
         assert!(wait_gone(pid, Duration::from_secs(2)).await);
         assert_eq!(log_tail(&log, 100), "started");
+    }
+
+    #[tokio::test]
+    async fn a_launch_is_found_by_its_uuid_and_pidfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        let pidfile = dir.path().join("qemu.pid");
+        let other = dir.path().join("other.pid");
+        let log = dir.path().join("log");
+        let args = |p: &Path| -> Vec<String> {
+            vec![
+                "-c".into(),
+                // Two commands: the shell cannot exec the first (its
+                // arguments would go).
+                "sleep 30; :".into(),
+                "sh".into(),
+                "-uuid".into(),
+                id.to_string(),
+                "-pidfile".into(),
+                p.display().to_string(),
+            ]
+        };
+        let mut mine = spawn(Path::new("/bin/sh"), &args(&pidfile), &log, None).unwrap();
+        let mut theirs = spawn(Path::new("/bin/sh"), &args(&other), &log, None).unwrap();
+        let pid = mine.id().unwrap();
+        assert_eq!(launched_for(id, &pidfile), vec![pid]);
+        assert!(launched_for(Uuid::new_v4(), &pidfile).is_empty());
+        for c in [&mut mine, &mut theirs] {
+            c.start_kill().unwrap();
+            c.wait().await.unwrap();
+        }
+        assert!(launched_for(id, &pidfile).is_empty());
+    }
+
+    /// The live processes of process group `pgid`.
+    fn group(pgid: u32) -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    // pid (comm) state ppid pgrp ...
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse().ok())
+                        == Some(pgid)
+                })
+            })
+            .filter(|pid| is_alive(*pid))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn killing_a_launch_takes_its_children_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn(
+            Path::new("/bin/sh"),
+            &["-c".into(), "sleep 30 & sleep 30; :".into()],
+            &dir.path().join("log"),
+            None,
+        )
+        .unwrap();
+        let pid = child.id().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while group(pid).len() < 3 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", group(pid));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        kill_launch(pid).unwrap();
+        child.wait().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !group(pid).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{:?}", group(pid));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

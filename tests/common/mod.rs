@@ -52,6 +52,9 @@ pub struct Daemon {
     pub node: String,
     pub socket: PathBuf,
     pub extra_args: Vec<String>,
+    /// Environment variables of the daemon (each `spawn` uses the current
+    /// list, so a restart can drop one).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -72,6 +75,11 @@ impl Daemon {
     }
 
     pub async fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(extra, &[]).await
+    }
+
+    /// A daemon with extra flags and environment variables.
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let root = tempfile::Builder::new()
             .prefix("lg")
             .tempdir_in("/tmp")
@@ -96,6 +104,10 @@ impl Daemon {
             socket: root.path().join("libgo.sock"),
             root,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         d.spawn().await;
@@ -123,6 +135,7 @@ impl Daemon {
             .arg(std::env::var("LIBGO_TEST_ACCEL").unwrap_or_else(|_| "auto".into()))
             .args(&self.extra_args)
             .env("RUST_LOG", "info,libgo=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -357,6 +370,30 @@ pub fn pid_alive(pid: u32) -> bool {
                 .is_some_and(|c| c != 'Z')
         })
         .unwrap_or(false)
+}
+
+/// The live processes whose command line carries `id` (a VM's QEMU, or
+/// whatever was launched for it), from /proc.
+pub fn processes_carrying(id: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
+        })
+        .filter(|pid| pid_alive(*pid))
+        .collect()
+}
+
+/// The blkio cgroup a VM's QEMU runs in while the VM has I/O limits, or
+/// None where the host has no cgroup v1 blkio hierarchy to look in.
+pub fn vm_cgroup(id: &str) -> Option<PathBuf> {
+    let blkio = Path::new("/sys/fs/cgroup/blkio");
+    blkio.exists().then(|| blkio.join("libgo").join(id))
 }
 
 pub const BOOT: Duration = Duration::from_secs(90);

@@ -6,11 +6,11 @@ use bollard::query_parameters as q;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::faults::{self, After, Fault};
 use super::registry::{CGuard, ContainerEngine};
 use crate::docker::{self, LABEL_AGENT, LABEL_ID, LABEL_TAGS};
 use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
 use crate::engine::error::{chain, EngineError, Result};
+use crate::engine::faults::After;
 use crate::engine::vm::record as vm;
 use crate::model::{
     Container, ContainerStatus, CreateContainerRequest, IoLimits, UpdateContainerRequest,
@@ -376,25 +376,15 @@ impl ContainerEngine {
         lock(&self.inner.state).stats.remove(&engine_id);
     }
 
-    /// The testing aid of `faults`: fails or cancels the create of `name`
-    /// right after `step` when the daemon was told to.
+    /// The testing aid of `engine::faults`: fails or cancels the create of
+    /// `name` right after `step` when the daemon was told to.
     fn inject(&self, name: &str, step: After, ctx: &JobCtx) -> Result<()> {
-        if self.inner.faults.at(name, step) == Some(Fault::Cancel) {
-            self.core().jobs.cancel(ctx.handle.id())?;
-        }
-        self.fail_after(name, step)
+        self.inner.faults.inject(name, step, &self.core().jobs, ctx)
     }
 
     /// `inject` for an operation that is no job (nothing to cancel).
     fn fail_after(&self, name: &str, step: After) -> Result<()> {
-        match self.inner.faults.at(name, step) {
-            Some(Fault::Fail) => Err(EngineError::failed(format!(
-                "{}: failure injected after the {} step on {name}",
-                faults::ENV,
-                step.as_str()
-            ))),
-            _ => Ok(()),
-        }
+        self.inner.faults.fail_after(name, step)
     }
 
     /// start, stop (graceful, `timeout` s), restart, kill, pause, unpause.

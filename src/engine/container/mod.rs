@@ -3,8 +3,6 @@
 
 /// Commands in a running container: exec, interactive exec, logs.
 pub mod exec;
-/// A testing aid: failures injected on purpose between create steps.
-pub mod faults;
 /// Create, actions, delete, updates, adoption; the status rules.
 pub mod lifecycle;
 /// Images, networks and volumes.

@@ -11,10 +11,10 @@ use bollard::query_parameters as q;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::faults::FailSteps;
 use crate::docker::{self, DockerBackend, DockerError, LABEL_AGENT, LABEL_ID, LABEL_TAGS};
 use crate::engine::core::{Core, JobTarget, Requester};
 use crate::engine::error::{EngineError, Result};
+use crate::engine::faults::FailSteps;
 use crate::engine::sample::Samples;
 use crate::engine::vm::record as vm;
 use crate::model::{Container, ContainerStatus, IoLimits, MountSpec, PortMapping, Target};

@@ -157,15 +157,19 @@ impl VmEngine {
         }))
     }
 
-    /// Deletes a VM whose operation slot the caller holds.
+    /// Deletes a VM whose operation slot the caller holds. `deleting` is
+    /// persisted first, before QEMU is forced off: a daemon killed at any
+    /// point of a delete finishes it at its next start (`recover`), where a
+    /// `stopping` VM with its QEMU still alive would be re-adopted and the
+    /// delete forgotten.
     pub(crate) async fn delete_steps(&self, entry: &Arc<VmEntry>) -> Result<()> {
         if let Plan::Refuse(msg) = plan(Action::Delete, entry.status()) {
             return Err(EngineError::Conflict(msg));
         }
-        if entry.runtime().is_some() {
-            self.poweroff(entry).await?;
-        }
         self.transition(entry, VmEvent::Delete, None)?;
+        if let Some(rt) = entry.runtime() {
+            self.kill(&rt).await?;
+        }
         self.remove_files(entry.id)?;
         self.core().store.delete_vm(entry.id)?;
         self.forget(entry.id);

@@ -23,6 +23,9 @@ impl VmEngine {
             let files = self.run_files(rec.id);
             let pid =
                 process::read_pidfile(&files.pidfile).filter(|p| process::is_qemu_of(*p, rec.id));
+            if pid.is_none() && rec.status == VmStatus::Starting {
+                self.kill_unrecorded_launch(&rec, &files.pidfile).await;
+            }
             match lifecycle::recover(rec.status, pid.is_some(), false) {
                 Recovery::Remove => {
                     // A create never reported done, or a delete asked for.
@@ -30,6 +33,7 @@ impl VmEngine {
                         let _ = process::signal(pid, Signal::SIGKILL);
                         process::wait_gone(pid, Duration::from_secs(10)).await;
                     }
+                    self.remove_cgroup(rec.id).await;
                     self.remove_files(rec.id)?;
                     self.core().store.delete_vm(rec.id)?;
                     tracing::info!(vm = %rec.id, status = rec.status.as_str(), "finished an interrupted create/delete");
@@ -48,6 +52,9 @@ impl VmEngine {
                     for f in [&files.pidfile, &files.qmp, &files.console] {
                         let _ = std::fs::remove_file(f);
                     }
+                    // No QEMU: its cgroup (made by a start, or left by a
+                    // QEMU that exited meanwhile) has nothing to hold.
+                    self.remove_cgroup(rec.id).await;
                     if let Some(event) = event {
                         let reason = match event {
                             VmEvent::Crash => "QEMU exited while libgod was not running",
@@ -76,6 +83,29 @@ impl VmEngine {
             );
         }
         Ok(())
+    }
+
+    /// A start cut short before QEMU wrote its pidfile: nothing says which
+    /// process was launched, yet it may still be alive (QEMU about to write
+    /// the pidfile, or a launcher about to exec QEMU), and would then sit
+    /// paused before its first instruction, holding the disk, with no daemon
+    /// that knows of it. Whatever carries the VM's UUID and pidfile path in
+    /// its arguments is killed with its process group (a launcher's
+    /// children too, which would keep the cgroup busy), until a scan finds
+    /// none.
+    async fn kill_unrecorded_launch(&self, rec: &VmRecord, pidfile: &std::path::Path) {
+        for _ in 0..5 {
+            let found = process::launched_for(rec.id, pidfile);
+            if found.is_empty() {
+                return;
+            }
+            for pid in found {
+                let _ = process::kill_launch(pid);
+                process::wait_gone(pid, Duration::from_secs(10)).await;
+                tracing::info!(vm = %rec.id, pid, "killed a QEMU launch whose start was cut short before its pidfile");
+            }
+        }
+        tracing::error!(vm = %rec.id, "processes launched for the VM keep appearing");
     }
 
     async fn adopt(&self, entry: Arc<VmEntry>, pid: u32, qmp_path: PathBuf) {

@@ -13,6 +13,7 @@ use super::live::Runtime;
 use super::record::{self, VmRecord};
 use crate::engine::core::Core;
 use crate::engine::error::{EngineError, Result};
+use crate::engine::faults::FailSteps;
 use crate::engine::sample::Sample;
 use crate::host::cgroup::Cgroups;
 use crate::host::pool::PoolError;
@@ -106,6 +107,9 @@ pub struct VmShared {
     /// `qemu-img info` of base images, by path, valid while the file's
     /// size and modification time stay the same.
     pub(crate) base_info: Mutex<HashMap<PathBuf, (BaseStamp, ImageInfo)>>,
+    /// Failures to inject on purpose into starts (a testing aid; empty
+    /// unless `LIBGO_TEST_FAIL_STEP` was set when the daemon started).
+    pub(crate) faults: FailSteps,
 }
 
 /// What identifies one version of a base image file.
@@ -214,6 +218,7 @@ impl VmEngine {
                 cgroups,
                 vms: RwLock::new(Registry::default()),
                 base_info: Mutex::new(HashMap::new()),
+                faults: FailSteps::from_env(),
             }),
         };
         engine.recover().await?;

@@ -17,6 +17,7 @@ use super::registry::{VmEngine, VmEntry};
 use crate::config::IoLayer;
 use crate::engine::core::JobCtx;
 use crate::engine::error::{chain, EngineError, Result};
+use crate::engine::faults::After;
 use crate::engine::sample::Samples;
 use crate::model::IoLimits;
 use crate::model::{NetworkMode, VmStatus};
@@ -99,7 +100,10 @@ impl VmEngine {
         let previous = rec.status;
         self.transition(entry, VmEvent::Start, None)?;
         let mut undo = Rollback::new();
-        let result = self.start_steps(entry, &rec, ctx, &mut undo).await;
+        let mut attached = None;
+        let result = self
+            .start_steps(entry, &rec, ctx, &mut undo, &mut attached)
+            .await;
         match result {
             Ok(()) => {
                 undo.disarm();
@@ -107,9 +111,14 @@ impl VmEngine {
                 Ok(())
             }
             Err(e) => {
-                // Kills QEMU, removes its cgroup and run files.
-                drop(undo);
-                if let Some(rt) = entry.runtime() {
+                // Kills QEMU (and waits until it is gone), removes its
+                // cgroup and run files; the job ends only after that.
+                undo.unwind().await;
+                // The watcher's end, not `entry.runtime()`: the watcher
+                // clears that before it looks at the status, and a start
+                // that settled in between would then see its reason
+                // overwritten by an ordinary exit.
+                if let Some(rt) = attached {
                     rt.wait_exit(Duration::from_secs(10)).await;
                 }
                 let event = if previous == VmStatus::Crashed {
@@ -123,13 +132,15 @@ impl VmEngine {
         }
     }
 
-    /// The steps of a start; each pushes its undo on `undo`.
+    /// The steps of a start; each pushes its undo on `undo`. The runtime,
+    /// once attached, is left in `attached`.
     async fn start_steps(
         &self,
         entry: &Arc<VmEntry>,
         rec: &VmRecord,
         ctx: &JobCtx,
         undo: &mut Rollback,
+        attached: &mut Option<Arc<Runtime>>,
     ) -> Result<()> {
         ctx.check()?;
         let files = self.run_files(rec.id);
@@ -152,6 +163,7 @@ impl VmEngine {
         }
         let spawned = std::time::Instant::now();
         let cgroup_procs = self.prepare_cgroup(rec, undo)?;
+        self.inject(rec, After::Cgroup, ctx)?;
         let argv = argv::build(&self.launch_spec(rec, &files));
         let log = self.state_dir(rec.id).join("qemu.log");
         let qemu = &self.core().cfg.qemu_binary;
@@ -169,9 +181,9 @@ impl VmEngine {
         let pid = child
             .id()
             .ok_or_else(|| EngineError::failed("QEMU exited at once"))?;
-        undo.push("QEMU", move || {
-            let _ = process::signal(pid, Signal::SIGKILL);
-        });
+        undo.push_async("QEMU", kill_launched(pid, rec.id));
+        self.inject(rec, After::Spawn, ctx)?;
+        ctx.check()?;
 
         // Wait for the monitor, noticing an early exit (bad argv, no memory).
         let deadline = tokio::time::Instant::now()
@@ -205,6 +217,7 @@ impl VmEngine {
         };
         let qmp_up = spawned.elapsed();
         let rt = self.attach(entry, pid, monitor, events, Some(child), rec.memory);
+        *attached = Some(rt.clone());
         {
             let rt = rt.clone();
             undo.push("watcher", move || {
@@ -212,11 +225,13 @@ impl VmEngine {
             });
         }
         ctx.log(format!("QEMU pid {pid} answering QMP"));
+        self.inject(rec, After::Monitor, ctx)?;
         ctx.progress(50);
         ctx.check()?;
         let t = std::time::Instant::now();
         self.apply_pinning(&rt, rec.cpu_pinning.as_ref()).await?;
         let pinned = t.elapsed();
+        self.inject(rec, After::Pin, ctx)?;
         ctx.check()?;
         if rec.network.mode == NetworkMode::Tap {
             set_link_up(&vm::tap_name(rec.id)).await?;
@@ -231,6 +246,14 @@ impl VmEngine {
             "guest continued"
         );
         Ok(())
+    }
+
+    /// The testing aid of `engine::faults`: fails or cancels the start of
+    /// `rec` right after `step` when the daemon was told to.
+    fn inject(&self, rec: &VmRecord, step: After, ctx: &JobCtx) -> Result<()> {
+        self.inner
+            .faults
+            .inject(&rec.name, step, &self.core().jobs, ctx)
     }
 
     /// Installs a runtime for a live QEMU and spawns its watcher.
@@ -336,8 +359,8 @@ impl VmEngine {
         for f in [&files.pidfile, &files.qmp, &files.console] {
             let _ = std::fs::remove_file(f);
         }
-        if entry.status() == VmStatus::Starting {
-            // A start that failed: the start settles the status itself.
+        if matches!(entry.status(), VmStatus::Starting | VmStatus::Deleting) {
+            // A start that failed, or a delete: the job settles the status.
         } else if rt.expect_exit.load(Ordering::SeqCst) || rt.shutdown_seen.load(Ordering::SeqCst) {
             self.settle(&entry, VmEvent::Exited, None);
         } else {
@@ -451,7 +474,7 @@ impl VmEngine {
         }
     }
 
-    async fn kill(&self, rt: &Runtime) -> Result<()> {
+    pub(crate) async fn kill(&self, rt: &Runtime) -> Result<()> {
         rt.expect_exit.store(true, Ordering::SeqCst);
         let _ = rt.monitor.quit().await;
         if rt.wait_exit(Duration::from_secs(5)).await {
@@ -512,6 +535,20 @@ impl VmEngine {
                 after_secs: timeout.as_secs(),
             }
         })
+    }
+}
+
+/// The undo of a spawn: kills the process started for VM `id` and returns
+/// once it is gone, so that its cgroup can go and a failed start reports
+/// only after the clean-up. A pid that no longer carries the VM's UUID (the
+/// process already exited and was reaped) is left alone.
+async fn kill_launched(pid: u32, id: Uuid) {
+    if !process::is_qemu_of(pid, id) {
+        return;
+    }
+    let _ = process::kill_launch(pid);
+    if !process::wait_gone(pid, Duration::from_secs(10)).await {
+        tracing::error!(vm = %id, pid, "QEMU survived SIGKILL while undoing a start");
     }
 }
 
