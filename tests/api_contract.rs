@@ -984,3 +984,56 @@ fn qemu_img_wrapper(on_resize: &str) -> (tempfile::TempDir, std::path::PathBuf) 
     .unwrap();
     (dir, wrapper)
 }
+
+/// A list reuses each VM's rendering only while the VM is unchanged: every
+/// change (configuration, status, process) shows in the next list.
+#[tokio::test]
+async fn lists_show_every_change_at_once() {
+    let d = Daemon::start().await;
+    let mut body = vm_body();
+    body["name"] = json!("fresh");
+    let (code, vm) = d.req("POST", "/api/v1/vms", Some(body)).await;
+    assert_eq!(code, 201, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let listed = |list: &Value| {
+        list["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id.as_str())
+            .cloned()
+            .unwrap()
+    };
+    let (_, list) = d.req("GET", "/api/v1/vms?limit=200", None).await;
+    let (_, one) = d.req("GET", &format!("/api/v1/vms/{id}"), None).await;
+    assert_eq!(listed(&list), one);
+    let (code, r) = d
+        .req(
+            "PATCH",
+            &format!("/api/v1/vms/{id}"),
+            Some(json!({"tags": ["changed"], "memory": 192})),
+        )
+        .await;
+    assert_eq!(code, 200, "{r}");
+    let (_, list) = d.req("GET", "/api/v1/vms?limit=200", None).await;
+    let v = listed(&list);
+    assert_eq!(
+        (v["tags"][0].as_str(), v["memory"].as_u64()),
+        (Some("changed"), Some(192)),
+        "{v}"
+    );
+    let (_, one) = d.req("GET", &format!("/api/v1/vms/{id}"), None).await;
+    assert_eq!(v, one);
+    for (action, status) in [("start", "running"), ("poweroff", "stopped")] {
+        let (code, r) = d
+            .req("POST", &format!("/api/v1/vms/{id}/{action}"), None)
+            .await;
+        assert_eq!(code, 200, "{r}");
+        let (_, list) = d.req("GET", "/api/v1/vms?limit=200", None).await;
+        let v = listed(&list);
+        assert_eq!(v["status"], status, "{v}");
+        assert_eq!(v["pid"].is_u64(), status == "running", "{v}");
+        let (_, one) = d.req("GET", &format!("/api/v1/vms/{id}"), None).await;
+        assert_eq!(v, one);
+    }
+}

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
+pub mod render;
 pub mod respond;
 pub mod templates;
 pub mod vms;
@@ -69,20 +70,22 @@ impl Caller {
 /// group are admins, anyone else is refused.
 pub fn unix_caller(cred: &tokio::net::unix::UCred, group: Option<nix::unistd::Gid>) -> Caller {
     let uid = cred.uid();
-    let in_group = group.is_some_and(|g| {
-        cred.gid() == g.as_raw()
-            || cred
-                .pid()
-                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-                .is_some_and(|status| {
-                    status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Groups:"))
-                        .is_some_and(|gs| {
-                            gs.split_whitespace().any(|x| x == g.as_raw().to_string())
-                        })
-                })
-    });
+    // Root needs no group look-up (a read of /proc per connection).
+    let in_group = uid != 0
+        && group.is_some_and(|g| {
+            cred.gid() == g.as_raw()
+                || cred
+                    .pid()
+                    .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+                    .is_some_and(|status| {
+                        status
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Groups:"))
+                            .is_some_and(|gs| {
+                                gs.split_whitespace().any(|x| x == g.as_raw().to_string())
+                            })
+                    })
+        });
     Caller {
         label: format!("uid:{uid}"),
         role: if uid == 0 || in_group {
@@ -227,6 +230,9 @@ pub fn router(agent: Agent) -> Router {
         .layer(middleware::from_fn(authorize))
         .layer(middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::Extension(std::sync::Arc::new(
+            render::VmJson::default(),
+        )))
         .with_state(state)
 }
 

@@ -60,14 +60,16 @@ fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<(ListQuery, &str, 
     responses((status = 200, body = VmList), (status = 400, body = crate::model::ErrorBody)))]
 pub async fn list(
     State(agent): State<Agent>,
+    Extension(json): Extension<std::sync::Arc<super::render::VmJson>>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<VmList>> {
+) -> ApiResult<Json<super::render::RenderedVmList>> {
     let (query, sort, descending) = parse_list_query(&q)?;
     let req = super::page::request(&q, sort, descending)?;
-    let (vms, next_page_token, total_count) =
+    let (entries, next_page_token, total_count) =
         super::page::render(agent.vms.list(&query, &req), sort);
-    Ok(Json(VmList {
-        vms,
+    // The same shape as `VmList`, each VM's JSON reused while it is unchanged.
+    Ok(Json(super::render::RenderedVmList {
+        vms: json.render(&agent.vms, &entries),
         next_page_token,
         total_count,
     }))

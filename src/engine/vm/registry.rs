@@ -32,6 +32,9 @@ pub struct VmEntry {
     /// The operation holding this VM: (job id, job type).
     op: Mutex<Option<(Uuid, String)>>,
     pub(crate) rt: Mutex<Option<Arc<Runtime>>>,
+    /// Bumped on every change of what the VM's representation shows, so a
+    /// rendering of it can be reused until the next change.
+    rev: std::sync::atomic::AtomicU64,
 }
 
 impl VmEntry {
@@ -41,6 +44,7 @@ impl VmEntry {
             rec: Mutex::new(rec),
             op: Mutex::new(None),
             rt: Mutex::new(None),
+            rev: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -54,6 +58,16 @@ impl VmEntry {
 
     pub(crate) fn runtime(&self) -> Option<Arc<Runtime>> {
         lock(&self.rt).clone()
+    }
+
+    /// The revision of the VM's representation.
+    pub fn rev(&self) -> u64 {
+        self.rev.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the representation changed (after the change is made).
+    pub(crate) fn touch(&self) {
+        self.rev.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub(crate) fn busy_op(&self) -> Option<(Uuid, String)> {
@@ -311,12 +325,12 @@ impl VmEngine {
 
     /// Lists VMs with filters, one keyset page at a time (stable under
     /// inserts and deletes: the cursor is the last (sort key, id) returned).
-    /// Only the page's VMs are rendered; the rest are only counted.
+    /// Only the page's VMs are returned; the rest are only counted.
     pub fn list(
         &self,
         q: &ListQuery,
         page: &PageRequest<(String, Uuid)>,
-    ) -> Page<Vm, (String, Uuid)> {
+    ) -> Page<Arc<VmEntry>, (String, Uuid)> {
         let node = &self.core().node;
         if q.node.as_ref().is_some_and(|n| n != node) {
             return Page {
@@ -336,8 +350,9 @@ impl VmEngine {
         let map = read(&self.inner.vms);
         let page = match q.sort {
             SortField::CreatedAt => {
-                let keep = |e: &Arc<VmEntry>| matches(&lock(&e.rec));
-                let total = if q.is_unfiltered() {
+                let unfiltered = q.is_unfiltered();
+                let keep = |e: &Arc<VmEntry>| unfiltered || matches(&lock(&e.rec));
+                let total = if unfiltered {
                     map.by_created.len()
                 } else {
                     map.by_created.values().filter(|e| keep(e)).count()
@@ -361,7 +376,7 @@ impl VmEngine {
             }
         };
         drop(map);
-        page.map(|e| self.to_api(&e))
+        page
     }
 
     /// Takes the VM's operation slot for job `job_id` of type `kind`.
@@ -416,6 +431,7 @@ impl VmEngine {
             tracing::info!(vm = %rec.id, name = %rec.name, status = new.as_str(), "status");
             (old, new, rec.name.clone())
         };
+        entry.touch();
         if old != new {
             if let Some(kind) = lifecycle::event_name(old, new) {
                 self.publish(kind, entry.id, name, new);

@@ -527,6 +527,7 @@ impl VmEngine {
         rec.io_limits = new.io_limits.clone();
         rec.tags = new.tags.clone();
         rec.updated_at = crate::clock::now();
+        entry.touch();
         self.inner
             .core
             .store

@@ -278,6 +278,7 @@ impl VmEngine {
             shutdown_seen: AtomicBool::new(false),
         });
         *lock(&entry.rt) = Some(rt.clone());
+        entry.touch();
         tokio::spawn(
             self.clone()
                 .watch(entry.clone(), rt.clone(), events, child, exited_tx),
@@ -354,6 +355,7 @@ impl VmEngine {
             return;
         };
         *lock(&entry.rt) = None;
+        entry.touch();
         self.remove_cgroup(entry.id).await;
         let files = self.run_files(entry.id);
         for f in [&files.pidfile, &files.qmp, &files.console] {
