@@ -355,3 +355,39 @@ async fn a_delete_cut_short_by_a_restart_is_finished() {
         "{job}"
     );
 }
+
+/// A QEMU whose monitor does not answer when the daemon starts leaves the
+/// VM in `error`, never attached; a poweroff still kills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deaf_qemu_found_at_start_is_killed_by_a_poweroff() {
+    let _slot = guest_slot().await;
+    let mut d = Daemon::start_with(&["--qmp-timeout", "1"]).await;
+    let id = d.create_fixture_vm("deaf", "").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, v) = d
+        .req("POST", &format!("/api/v1/vms/{id}/start"), None)
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let pid = vm(&d, &id).await["pid"].as_u64().unwrap() as u32;
+    signal(pid, Signal::SIGSTOP);
+    d.kill(Signal::SIGKILL);
+    d.spawn().await;
+    let v = vm(&d, &id).await;
+    assert_eq!(v["status"], "error", "{v}");
+    assert!(
+        v["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not answer"),
+        "{v}"
+    );
+    let (code, v) = d
+        .req("POST", &format!("/api/v1/vms/{id}/poweroff"), None)
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "stopped", "{v}");
+    common::wait_gone(pid).await;
+    assert!(!common::pid_alive(pid), "QEMU {pid} survived the poweroff");
+}

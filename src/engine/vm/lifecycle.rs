@@ -187,7 +187,7 @@ pub fn next(from: VmStatus, event: VmEvent) -> Result<VmStatus, InvalidTransitio
         (E::StartFailed, S::Starting) => S::Stopped,
         (E::StartFailedAgain, S::Starting) => S::Crashed,
         (E::Pause, S::Running | S::Paused) => S::Paused,
-        (E::Stop, S::Running | S::Paused | S::Rebooting | S::Stopping) => S::Stopping,
+        (E::Stop, S::Running | S::Paused | S::Rebooting | S::Stopping | S::Error) => S::Stopping,
         (E::StopAbandoned, S::Stopping) => S::Running,
         (
             E::Exited,
@@ -196,7 +196,7 @@ pub fn next(from: VmStatus, event: VmEvent) -> Result<VmStatus, InvalidTransitio
         (E::Acknowledge, S::Crashed | S::Error | S::Stopped) => S::Stopped,
         (E::Reboot, S::Running) => S::Rebooting,
         (E::Crash, S::Starting | S::Running | S::Paused | S::Stopping | S::Rebooting) => S::Crashed,
-        (E::Crash, S::Crashed) => S::Crashed,
+        (E::Crash, S::Crashed | S::Error) => S::Crashed,
         (E::Fail, s) if s != S::Creating && s != S::Deleting => S::Error,
         (E::Delete, s) if s != S::Creating => S::Deleting,
         (E::AdoptRunning, s) if s != S::Creating && s != S::Deleting => S::Running,
@@ -319,15 +319,20 @@ mod tests {
                 E::StartFailed => (s == S::Starting).then_some(S::Stopped),
                 E::StartFailedAgain => (s == S::Starting).then_some(S::Crashed),
                 E::Pause => matches!(s, S::Running | S::Paused).then_some(S::Paused),
-                E::Stop => matches!(s, S::Running | S::Paused | S::Rebooting | S::Stopping)
-                    .then_some(S::Stopping),
+                E::Stop => matches!(
+                    s,
+                    S::Running | S::Paused | S::Rebooting | S::Stopping | S::Error
+                )
+                .then_some(S::Stopping),
                 E::StopAbandoned => (s == S::Stopping).then_some(S::Running),
                 E::Exited => (s.has_process() || s == S::Stopped).then_some(S::Stopped),
                 E::Acknowledge => {
                     matches!(s, S::Crashed | S::Error | S::Stopped).then_some(S::Stopped)
                 }
                 E::Reboot => (s == S::Running).then_some(S::Rebooting),
-                E::Crash => (s.has_process() || s == S::Crashed).then_some(S::Crashed),
+                E::Crash => {
+                    (s.has_process() || matches!(s, S::Crashed | S::Error)).then_some(S::Crashed)
+                }
                 E::Fail => settled.then_some(S::Error),
                 E::Delete => (s != S::Creating).then_some(S::Deleting),
                 E::AdoptRunning => settled.then_some(S::Running),

@@ -167,8 +167,9 @@ impl VmEngine {
             return Err(EngineError::Conflict(msg));
         }
         self.transition(entry, VmEvent::Delete, None)?;
-        if let Some(rt) = entry.runtime() {
-            self.kill(&rt).await?;
+        match entry.runtime() {
+            Some(rt) => self.kill(&rt).await?,
+            None => self.kill_unattached(entry.id).await?,
         }
         self.remove_files(entry.id)?;
         self.core().store.delete_vm(entry.id)?;

@@ -333,26 +333,35 @@ impl VmEngine {
             }
         }
         // The monitor closed: QEMU is exiting.
-        let how = match child {
-            Some(mut c) => match tokio::time::timeout(Duration::from_secs(10), c.wait()).await {
-                Ok(Ok(status)) => Some(status.to_string()),
-                _ => None,
-            },
-            None => process::wait_gone(rt.pid, Duration::from_secs(10))
-                .await
-                .then(|| "exited".to_owned()),
-        };
-        let Some(how) = how else {
-            self.settle(
-                &entry,
-                VmEvent::Fail,
-                Some(format!(
-                    "QMP connection lost but QEMU (pid {}) is still alive",
-                    rt.pid
-                )),
-            );
-            let _ = exited.send(true);
-            return;
+        let mut child = child;
+        let mut lost = false;
+        let how = loop {
+            let gone = match child.as_mut() {
+                Some(c) => match tokio::time::timeout(Duration::from_secs(10), c.wait()).await {
+                    Ok(Ok(status)) => Some(status.to_string()),
+                    _ => None,
+                },
+                None => process::wait_gone(rt.pid, Duration::from_secs(10))
+                    .await
+                    .then(|| "exited".to_owned()),
+            };
+            if let Some(how) = gone {
+                break how;
+            }
+            if !lost {
+                // The monitor is gone but QEMU is not: the VM is in error
+                // until QEMU goes (a poweroff or delete SIGKILLs it), and
+                // its exit is handled below like any other.
+                lost = true;
+                self.settle(
+                    &entry,
+                    VmEvent::Fail,
+                    Some(format!(
+                        "QMP connection lost but QEMU (pid {}) is still alive",
+                        rt.pid
+                    )),
+                );
+            }
         };
         *lock(&entry.rt) = None;
         entry.touch();
@@ -390,7 +399,9 @@ impl VmEngine {
         ctx: &JobCtx,
     ) -> Result<Outcome> {
         let Some(rt) = entry.runtime() else {
-            // Crashed or failed: nothing runs; acknowledge.
+            // Crashed or failed: nothing is attached; a QEMU whose monitor
+            // never answered goes too, then the VM is acknowledged stopped.
+            self.kill_unattached(entry.id).await?;
             self.transition(entry, VmEvent::Acknowledge, None)?;
             return Ok(Outcome::Acknowledged);
         };
@@ -470,10 +481,34 @@ impl VmEngine {
                 self.kill(&rt).await
             }
             None => {
+                self.kill_unattached(entry.id).await?;
                 self.transition(entry, VmEvent::Acknowledge, None)?;
                 Ok(())
             }
         }
+    }
+
+    /// Kills a QEMU of this VM that runs without being attached (its
+    /// monitor did not answer when the daemon started), and its files.
+    pub(crate) async fn kill_unattached(&self, id: Uuid) -> Result<()> {
+        let files = self.run_files(id);
+        let Some(pid) =
+            process::read_pidfile(&files.pidfile).filter(|p| process::is_qemu_of(*p, id))
+        else {
+            return Ok(());
+        };
+        let _ = process::kill_launch(pid);
+        if !process::wait_gone(pid, Duration::from_secs(15)).await {
+            return Err(EngineError::failed(format!(
+                "QEMU (pid {pid}) survived SIGKILL"
+            )));
+        }
+        for f in [&files.pidfile, &files.qmp, &files.console] {
+            let _ = std::fs::remove_file(f);
+        }
+        self.remove_cgroup(id).await;
+        tracing::info!(vm = %id, pid, "killed a QEMU that was not attached");
+        Ok(())
     }
 
     pub(crate) async fn kill(&self, rt: &Runtime) -> Result<()> {
