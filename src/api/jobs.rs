@@ -6,7 +6,6 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::{Extension, Json};
-use base64::Engine as _;
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
@@ -16,26 +15,21 @@ use super::Caller;
 use crate::engine::Agent;
 use crate::model::{Accepted, BulkCancelJobs, Job, JobList, JobState, Task, TaskList};
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 fn job_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| ApiError::invalid("Invalid UUID format: expected a job id."))
 }
 
 /// Page size from `limit` (default 50, 1 to 200).
-pub fn limit(q: &HashMap<String, String>) -> ApiResult<usize> {
-    match q.get("limit") {
-        None => Ok(50),
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=200).contains(l))
-            .ok_or_else(|| ApiError::invalid(format!("Invalid limit {l:?}: use 1 to 200."))),
+/// A `state` filter: a job state (anything else is refused).
+fn state_filter(q: &HashMap<String, String>) -> ApiResult<Option<&str>> {
+    match q.get("state").map(String::as_str) {
+        Some(s)
+            if serde_json::from_value::<JobState>(serde_json::Value::String(s.into())).is_err() =>
+        {
+            Err(ApiError::invalid(format!("Invalid state filter {s:?}.")))
+        }
+        other => Ok(other),
     }
-}
-
-fn page_token(q: &HashMap<String, String>) -> Option<&String> {
-    q.get("page_token").or_else(|| q.get("pageToken"))
 }
 
 /// Jobs, newest first; filters `state` and `type`.
@@ -47,31 +41,25 @@ pub async fn list(
     State(agent): State<Agent>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<JobList>> {
-    let limit = limit(&q)?;
-    let state = q.get("state").map(String::as_str);
-    if let Some(s) = state {
-        if serde_json::from_value::<JobState>(serde_json::Value::String(s.into())).is_err() {
-            return Err(ApiError::invalid(format!("Invalid state filter {s:?}.")));
-        }
-    }
-    let before = match page_token(&q) {
-        None => None,
-        Some(t) => Some(
-            B64.decode(t)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
-        ),
-    };
+    let state = state_filter(&q)?;
+    // Newest first, paged in the store by row id.
+    let req = super::page::request::<i64>(&q, "-created_at", true)?;
     let (mut rows, total) = agent
         .store()
-        .page_jobs::<Job>(state, q.get("type").map(String::as_str), before, limit + 1)
+        .page_jobs::<Job>(
+            state,
+            q.get("type").map(String::as_str),
+            req.after,
+            req.limit + 1,
+        )
         .map_err(crate::engine::EngineError::from)?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
+    let more = rows.len() > req.limit;
+    rows.truncate(req.limit);
     let next_page_token = more
-        .then(|| rows.last().map(|(rowid, _)| B64.encode(rowid.to_string())))
+        .then(|| {
+            rows.last()
+                .map(|(rowid, _)| super::page::token("-created_at", rowid))
+        })
         .flatten();
     // Running jobs are current in memory; the store may lag by a moment.
     let jobs = rows
@@ -120,35 +108,15 @@ pub async fn tasks(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<TaskList>> {
-    let limit = limit(&q)?;
+    let state = state_filter(&q)?;
+    let req = super::page::request::<u32>(&q, "id", false)?;
     let job = agent.job(job_id(&id)?)?;
-    let after: Option<u32> = match page_token(&q) {
-        None => None,
-        Some(t) => Some(
-            B64.decode(t)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| ApiError::invalid("Invalid page_token."))?,
-        ),
-    };
-    let state = q.get("state");
-    let all: Vec<Task> = job
+    let all = job
         .tasks
         .into_iter()
-        .filter(|t| state.is_none_or(|s| crate::jobs::state_str(t.state) == s))
-        .collect();
-    let total = all.len();
-    let page: Vec<Task> = all
-        .into_iter()
-        .filter(|t| after.is_none_or(|a| t.id > a))
-        .take(limit + 1)
-        .collect();
-    let more = page.len() > limit;
-    let tasks: Vec<Task> = page.into_iter().take(limit).collect();
-    let next_page_token = more
-        .then(|| tasks.last().map(|t| B64.encode(t.id.to_string())))
-        .flatten();
+        .filter(|t| state.is_none_or(|s| crate::jobs::state_str(t.state) == s));
+    let (tasks, next_page_token, total) =
+        super::page::render(crate::page::paginate(all, |t| t.id, &req), "id");
     Ok(Json(TaskList {
         tasks,
         next_page_token,
