@@ -17,6 +17,18 @@
 //!    did;
 //! 4. the API awaits the task (synchronous call) or answers at once with
 //!    the job (asynchronous call).
+//!
+//! The surface, per backend (inputs and results are types, never text):
+//! - [`VmEngine`]: `create(CreateVmRequest)` → `Vm`; `action(Action)` →
+//!   [`vm::ActionDone`] with a [`vm::Outcome`]; `update(PatchVmRequest)` →
+//!   [`vm::Updated`]; `delete` → [`vm::Deleted`]; `find`, `list(ListQuery,
+//!   PageRequest)`, `vm_config`, `performance`, `resources`, templates.
+//! - [`ContainerEngine`]: `create`, `action(CAction)` →
+//!   [`container::ContainerActionDone`], `update`, `delete`, `adopt`,
+//!   `exec`, `logs`, `stats`, images, networks, volumes.
+//! - [`bulk::Bulk`]: many creates, deletes or cancels as one job.
+//!
+//! Every job carries a [`JobTarget`] and the [`Requester`] who asked.
 
 pub mod bulk;
 pub mod container;
