@@ -4,31 +4,31 @@
 //! request ids or how an answer is phrased.
 //!
 //! Request flow for an operation on one instance:
-//! 1. the API resolves `{id}` on the backend's engine ([`VmEngine::find`],
-//!    [`ContainerEngine::find`]), by UUID or name;
+//! 1. the API resolves `{id}` on the backend's engine (`VmEngine::find`,
+//!    `ContainerEngine::find`), by UUID or name;
 //! 2. everything that can be refused at once is refused: input, then the
 //!    instance's operation slot (a second operation gets `Busy`, naming the
 //!    running job), then the backend's lifecycle rules for the status;
 //! 3. a job is recorded and the work runs in its own task
-//!    ([`core::Submitted`]), so a client that hangs up never leaves an
+//!    (`core::Submitted`), so a client that hangs up never leaves an
 //!    instance half-done; every status change goes through the backend's
 //!    transition table and is persisted before the work goes on; a
-//!    [`crate::rollback::Rollback`] undoes what a failed or cancelled step
+//!    `crate::rollback::Rollback` undoes what a failed or cancelled step
 //!    did;
 //! 4. the API awaits the task (synchronous call) or answers at once with
 //!    the job (asynchronous call).
 //!
 //! The surface, per backend (inputs and results are types, never text):
-//! - [`VmEngine`]: `create(CreateVmRequest)` → `Vm`; `action(Action)` →
-//!   [`vm::ActionDone`] with a [`vm::Outcome`]; `update(PatchVmRequest)` →
-//!   [`vm::Updated`]; `delete` → [`vm::Deleted`]; `find`, `list(ListQuery,
+//! - `VmEngine`: `create(CreateVmRequest)` → `Vm`; `action(Action)` →
+//!   `vm::ActionDone` with a `vm::Outcome`; `update(PatchVmRequest)` →
+//!   `vm::Updated`; `delete` → `vm::Deleted`; `find`, `list(ListQuery,
 //!   PageRequest)`, `vm_config`, `performance`, `resources`, templates.
-//! - [`ContainerEngine`]: `create`, `action(CAction)` →
-//!   [`container::ContainerActionDone`], `update`, `delete`, `adopt`,
+//! - `ContainerEngine`: `create`, `action(CAction)` →
+//!   `container::ContainerActionDone`, `update`, `delete`, `adopt`,
 //!   `exec`, `logs`, `stats`, images, networks, volumes.
-//! - [`bulk::Bulk`]: many creates, deletes or cancels as one job.
+//! - `bulk::Bulk`: many creates, deletes or cancels as one job.
 //!
-//! Every job carries a [`JobTarget`] and the [`Requester`] who asked.
+//! Every job carries a `JobTarget` and the `Requester` who asked.
 
 pub mod bulk;
 pub mod container;
