@@ -1037,3 +1037,49 @@ async fn lists_show_every_change_at_once() {
         assert_eq!(v, one);
     }
 }
+
+/// Request bodies are JSON objects: arrays and other values are refused
+/// before anything changes; a huge method name is not echoed back whole.
+#[tokio::test]
+async fn bodies_must_be_objects_and_echoes_are_bounded() {
+    let d = Daemon::start().await;
+    let mut body = vm_body();
+    body["name"] = json!("shape");
+    let (code, vm) = d.req("POST", "/api/v1/vms", Some(body)).await;
+    assert_eq!(code, 201, "{vm}");
+    let cases: [(&str, &str, &str); 6] = [
+        ("PATCH", "/api/v1/vms/shape", "[4, 256]"),
+        ("PUT", "/api/v1/vms/shape/cpu", "[4]"),
+        ("POST", "/api/v1/templates", r#"["t", "base.qcow2"]"#),
+        ("POST", "/api/v1/vms/shape/start", "null"),
+        ("POST", "/api/v1/vms", "\"shape\""),
+        ("POST", "/api/v1/vms", "[[1, 128, 1, \"base.qcow2\"]]"),
+    ];
+    for (method, path, text) in cases {
+        let (code, _, bytes) = d
+            .raw(
+                method,
+                path,
+                Some(text.to_owned()),
+                &[("content-type", "application/json")],
+            )
+            .await
+            .unwrap();
+        let err: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(code, 400, "{method} {path} {text}: {err}");
+        assert_eq!(err["error"]["status"], "INVALID_INPUT", "{err}");
+    }
+    let (_, v) = d.req("GET", "/api/v1/vms/shape", None).await;
+    assert_eq!(
+        (v["vcpus"].as_u64(), v["memory"].as_u64()),
+        (Some(1), Some(128)),
+        "{v}"
+    );
+    let (_, t) = d.req("GET", "/api/v1/templates", None).await;
+    assert_eq!(t["total_count"], 0, "{t}");
+
+    let method = "X".repeat(64 * 1024);
+    let (code, _, bytes) = d.raw(&method, "/api/v1/vms", None, &[]).await.unwrap();
+    assert!(code == 405 || code == 400, "{code}");
+    assert!(bytes.len() < 2048, "{} bytes echoed", bytes.len());
+}

@@ -251,8 +251,8 @@ pub async fn health(State(agent): State<Agent>) -> Json<Health> {
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
         "No such endpoint: {} {}",
-        req.method(),
-        req.uri().path()
+        clip(req.method().as_str(), 32),
+        clip(req.uri().path(), 256)
     ))
 }
 
@@ -261,10 +261,22 @@ async fn method_not_allowed(req: Request) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
             "Method {} is not allowed on {}",
-            req.method(),
-            req.uri().path()
+            clip(req.method().as_str(), 32),
+            clip(req.uri().path(), 256)
         ),
     )
+}
+
+/// At most `max` bytes of a client's text echoed back (cut at a character).
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// Gives every request an id (the client's `X-Request-Id` if it sent a sane

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, OptionalBody};
+use super::extract::{JsonBody, JsonObjectOrArray, OptionalBody};
 use super::respond::{accepted, answer_with, track, wants_async};
 use super::Caller;
 use crate::engine::vm::{Action, ActionDone, Deleted, ListQuery, Outcome, SortField, Updated};
@@ -89,7 +89,7 @@ pub async fn create(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<serde_json::Value>,
+    JsonObjectOrArray(body): JsonObjectOrArray,
 ) -> ApiResult<Response> {
     if body.is_array() {
         let items: Vec<CreateVmRequest> = serde_json::from_value(body)
