@@ -939,3 +939,82 @@ async fn the_engine_going_away_is_503_for_containers_only() {
         200
     );
 }
+
+/// Ids that would leave their path in the engine's API (`..`, encoded
+/// slashes, `?`) are refused before anything reaches the engine: a foreign
+/// container stays untouched, and none of it is a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_cannot_escape_their_engine_path() {
+    leftovers(&["escape-victim"]);
+    let _engine = engine_lock(false);
+    let d = Daemon::start().await;
+    let image = "libgo-test/busybox:escape";
+    import_busybox(&d, image).await;
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "escape-victim",
+            image,
+            "sleep",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let attempts: [(&str, &str, Option<Value>); 9] = [
+        (
+            "DELETE",
+            "/api/v1/volumes/..%2fcontainers%2fescape-victim?force=true",
+            None,
+        ),
+        ("GET", "/api/v1/volumes/..%2f..%2fcontainers%2fjson", None),
+        (
+            "DELETE",
+            "/api/v1/networks/..%2fcontainers%2fescape-victim",
+            None,
+        ),
+        (
+            "GET",
+            "/api/v1/networks/..%2fcontainers%2fescape-victim%2fjson",
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/images/..%2fcontainers%2fescape-victim%2fkill%3F/tag",
+            Some(json!({"image": "x:y"})),
+        ),
+        (
+            "DELETE",
+            "/api/v1/images/..%2fcontainers%2fescape-victim?force=true",
+            None,
+        ),
+        (
+            "GET",
+            "/api/v1/images/a%2f..%2f..%2fcontainers%2fjson",
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/images/pull",
+            Some(json!({"image": "../containers/escape-victim/kill?"})),
+        ),
+        ("POST", "/api/v1/containers/..%2fescape-victim/stop", None),
+    ];
+    for (method, path, body) in attempts {
+        let (code, v) = d.req(method, path, body).await;
+        assert!(code == 400 || code == 404, "{method} {path}: {code} {v}");
+        assert!(v["error"]["message"].is_string(), "{method} {path}: {v}");
+    }
+    let state = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", "escape-victim"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "true");
+    leftovers(&["escape-victim"]);
+}

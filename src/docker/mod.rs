@@ -138,6 +138,50 @@ pub fn is_engine_id(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// A container, volume or network name as the engine accepts it:
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 255 bytes. Everything that reaches
+/// an engine path is checked first: `..`, `/`, `%`, `?` never get there.
+pub fn check_name(what: &str, s: &str) -> Result<(), DockerError> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DockerError::Invalid(format!(
+            "Invalid {what} {:?}: letters, digits, '_', '.' and '-', starting with a letter or digit.",
+            clip(s)
+        )))
+    }
+}
+
+/// An image reference (`[registry[:port]/]path[:tag][@digest]`, or an image
+/// id): components of letters, digits, `.`, `_`, `-`, separated by `/`, with
+/// a `:tag` or `@algo:digest`; no empty, `.` or `..` component; at most 512.
+pub fn check_image_ref(s: &str) -> Result<(), DockerError> {
+    let chars_ok = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'));
+    let parts_ok = s
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != ".." && c.as_bytes()[0].is_ascii_alphanumeric());
+    if !s.is_empty() && s.len() <= 512 && chars_ok && parts_ok {
+        Ok(())
+    } else {
+        Err(DockerError::Invalid(format!(
+            "Invalid image reference {:?}.",
+            clip(s)
+        )))
+    }
+}
+
+/// A client's text shown back in an error, at most 64 characters.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
 /// Environment as the engine wants it (`K=V`).
 pub fn env_list(env: &HashMap<String, String>) -> Vec<String> {
     let mut v: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -175,5 +219,54 @@ mod tests {
     fn a_missing_socket_is_unavailable() {
         let b = DockerBackend::new("/nonexistent/docker.sock".into());
         assert!(matches!(b.client(), Err(DockerError::Unavailable { .. })));
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn names_and_image_refs_that_could_leave_their_path_are_refused() {
+        for ok in ["web", "web_1.a-b", "0abc"] {
+            assert!(check_name("volume", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../containers/abc",
+            "a/b",
+            "a%2fb",
+            "a?b",
+            "-a",
+            ".a",
+            "a b",
+            "a\0",
+        ] {
+            assert!(check_name("volume", bad).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "busybox",
+            "libgo-test/busybox:1",
+            "localhost:5000/a/b:tag",
+            "a@sha256:0123abcd",
+            "sha256:0123abcd",
+        ] {
+            assert!(check_image_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../containers/abc/kill?",
+            "a/../b",
+            "/a",
+            "a//b",
+            "a/./b",
+            "a?b",
+            "a%2fb",
+            "a b",
+            "a#b",
+        ] {
+            assert!(check_image_ref(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::registry::ContainerEngine;
+use crate::docker;
 use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
 use crate::engine::error::{EngineError, Result};
 use crate::model::{Image, Network, Volume};
@@ -76,6 +77,7 @@ impl ContainerEngine {
 
     /// The engine's full inspect document of an image.
     pub async fn inspect_image(&self, name: &str) -> Result<Value> {
+        docker::check_image_ref(name)?;
         let img = self
             .d()?
             .inspect_image(name)
@@ -155,6 +157,7 @@ impl ContainerEngine {
 
     /// Pulls an image from its registry (a job; no registry = a clear error).
     pub fn pull_image(&self, image: &str, requester: &Requester) -> Result<Submitted<Image>> {
+        docker::check_image_ref(image)?;
         let (repo, tag) = split_ref(image);
         let (h, ctx) = self.image_job("image.pull", image, requester)?;
         let agent = self.clone();
@@ -206,6 +209,7 @@ impl ContainerEngine {
         tarball: hyper::body::Bytes,
         requester: &Requester,
     ) -> Result<Submitted<Image>> {
+        docker::check_image_ref(image)?;
         let (repo, tag) = split_ref(image);
         if tarball.is_empty() {
             return Err(EngineError::Invalid(
@@ -269,6 +273,7 @@ impl ContainerEngine {
         context: hyper::body::Bytes,
         requester: &Requester,
     ) -> Result<Submitted<Image>> {
+        docker::check_image_ref(tag)?;
         if context.is_empty() {
             return Err(EngineError::Invalid(
                 "Invalid request: the build context is empty.".into(),
@@ -300,6 +305,8 @@ impl ContainerEngine {
     }
 
     pub async fn tag_image(&self, source: &str, target: &str) -> Result<Image> {
+        docker::check_image_ref(source)?;
+        docker::check_image_ref(target)?;
         let (repo, tag) = split_ref(target);
         self.d()?
             .tag_image(
@@ -316,6 +323,7 @@ impl ContainerEngine {
 
     /// Pushes an image to its registry (a job; unreachable = a clear error).
     pub fn push_image(&self, image: &str, requester: &Requester) -> Result<Submitted<Image>> {
+        docker::check_image_ref(image)?;
         let (repo, tag) = split_ref(image);
         let (h, ctx) = self.image_job("image.push", image, requester)?;
         let agent = self.clone();
@@ -343,6 +351,7 @@ impl ContainerEngine {
     }
 
     pub async fn remove_image(&self, name: &str, force: bool) -> Result<()> {
+        docker::check_image_ref(name)?;
         self.d()?
             .remove_image(
                 name,
@@ -386,6 +395,7 @@ impl ContainerEngine {
     }
 
     pub async fn inspect_network(&self, name: &str) -> Result<Network> {
+        docker::check_name("network", name)?;
         let n = self
             .d()?
             .inspect_network(name, None::<q::InspectNetworkOptions>)
@@ -411,6 +421,7 @@ impl ContainerEngine {
     }
 
     pub async fn remove_network(&self, name: &str) -> Result<()> {
+        docker::check_name("network", name)?;
         self.d()?
             .remove_network(name)
             .await
@@ -424,6 +435,7 @@ impl ContainerEngine {
         container: &str,
         attach: bool,
     ) -> Result<Network> {
+        docker::check_name("network", network)?;
         let c = self.find(container).await?;
         let d = self.d()?;
         if attach {
@@ -471,6 +483,7 @@ impl ContainerEngine {
     }
 
     pub async fn inspect_volume(&self, name: &str) -> Result<Volume> {
+        docker::check_name("volume", name)?;
         let v = self
             .d()?
             .inspect_volume(name)
@@ -497,6 +510,7 @@ impl ContainerEngine {
     }
 
     pub async fn remove_volume(&self, name: &str, force: bool) -> Result<()> {
+        docker::check_name("volume", name)?;
         self.d()?
             .remove_volume(name, Some(q::RemoveVolumeOptions { force }))
             .await
