@@ -30,45 +30,8 @@ impl ContainerEngine {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let samples = lock(&self.inner.state).stats.get(&c.engine_id).cloned();
-            if let Some(Samples {
-                latest: Some(now),
-                previous,
-            }) = samples
-            {
-                let (dt, prev) = match previous {
-                    Some(p) => (now.at.duration_since(p.at).as_secs_f64().max(1e-3), p),
-                    None => (0.0, now.clone()),
-                };
-                let rate = |a: u64, b: u64| {
-                    if dt > 0.0 {
-                        a.saturating_sub(b) as f64 / dt
-                    } else {
-                        0.0
-                    }
-                };
-                let cpu = if dt > 0.0 {
-                    now.cpu_ticks.saturating_sub(prev.cpu_ticks) as f64 / 1e9 / dt * 100.0
-                } else {
-                    0.0
-                };
-                let net = |i: usize| now.net.map(|n| n[i]);
-                return Ok(Performance {
-                    id: c.id,
-                    cpu_usage: (cpu * 10.0).round() / 10.0,
-                    memory_usage: now.rss_bytes >> 20,
-                    disk_read_bytes: now.rd_bytes,
-                    disk_write_bytes: now.wr_bytes,
-                    disk_read_iops: rate(now.rd_ops, prev.rd_ops),
-                    disk_write_iops: rate(now.wr_ops, prev.wr_ops),
-                    disk_read_bytes_per_sec: rate(now.rd_bytes, prev.rd_bytes),
-                    disk_write_bytes_per_sec: rate(now.wr_bytes, prev.wr_bytes),
-                    network_in_bytes: net(0),
-                    network_out_bytes: net(1),
-                    network_in_packets: net(2),
-                    network_out_packets: net(3),
-                    sampled_at: now.at_str.clone(),
-                    interval_secs: dt,
-                });
+            if let Some(p) = samples.and_then(|s| s.performance(c.id, 1e9)) {
+                return Ok(p);
             }
             if Instant::now() > deadline {
                 return Err(EngineError::Unavailable(

@@ -586,45 +586,8 @@ impl VmEngine {
                 entry.status().as_str()
             )));
         };
-        let samples = lock(&rt.samples).clone();
-        let Some(now) = samples.latest else {
-            return Err(EngineError::Conflict(
-                "VM is starting: no sample yet.".into(),
-            ));
-        };
-        let (dt, prev) = match &samples.previous {
-            Some(p) => (
-                now.at.duration_since(p.at).as_secs_f64().max(1e-3),
-                p.clone(),
-            ),
-            None => (0.0, now.clone()),
-        };
-        let rate = |a: u64, b: u64| {
-            if dt > 0.0 {
-                a.saturating_sub(b) as f64 / dt
-            } else {
-                0.0
-            }
-        };
-        let tck = clock_ticks() as f64;
-        let net = |i: usize| now.net.map(|n| n[i]);
-        Ok(Performance {
-            id: entry.id,
-            cpu_usage: (rate(now.cpu_ticks, prev.cpu_ticks) / tck * 100.0 * 10.0).round() / 10.0,
-            memory_usage: now.rss_bytes / MIB,
-            disk_read_bytes: now.rd_bytes,
-            disk_write_bytes: now.wr_bytes,
-            disk_read_iops: rate(now.rd_ops, prev.rd_ops),
-            disk_write_iops: rate(now.wr_ops, prev.wr_ops),
-            disk_read_bytes_per_sec: rate(now.rd_bytes, prev.rd_bytes),
-            disk_write_bytes_per_sec: rate(now.wr_bytes, prev.wr_bytes),
-            network_in_bytes: net(0),
-            network_out_bytes: net(1),
-            network_in_packets: net(2),
-            network_out_packets: net(3),
-            sampled_at: now.at_str.clone(),
-            interval_secs: dt,
-        })
+        let perf = lock(&rt.samples).performance(entry.id, clock_ticks() as f64);
+        perf.ok_or_else(|| EngineError::Conflict("VM is starting: no sample yet.".into()))
     }
 
     /// `GET /vms/{id}/resources`.
