@@ -68,8 +68,13 @@ pub async fn list(
         .filter(|c| q.get("name").is_none_or(|n| &c.name == n))
         .filter(|c| q.get("tag").is_none_or(|t| c.tags.contains(t)))
         .collect();
-    let (containers, next_page_token, total_count) =
-        paginate(items, |c| (c.created_at.clone(), c.id), false, &q)?;
+    let (containers, next_page_token, total_count) = paginate(
+        items,
+        |c| (c.created_at.clone(), c.id),
+        "created_at",
+        false,
+        &q,
+    )?;
     Ok(Json(ContainerList {
         containers,
         next_page_token,
@@ -605,8 +610,13 @@ pub async fn instances(
         .filter(|i| q.get("name").is_none_or(|n| &i.name == n))
         .filter(|i| q.get("tag").is_none_or(|t| i.tags.contains(t)))
         .collect();
-    let (instances, next_page_token, total_count) =
-        paginate(items, |i| (i.created_at.clone(), i.id), false, &q)?;
+    let (instances, next_page_token, total_count) = paginate(
+        items,
+        |i| (i.created_at.clone(), i.id),
+        "created_at",
+        false,
+        &q,
+    )?;
     let mut body = serde_json::to_value(InstanceList {
         instances,
         next_page_token,

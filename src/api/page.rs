@@ -78,15 +78,16 @@ pub fn render<T, K: Serialize>(page: Page<T, K>, sort: &str) -> (Vec<T>, Option<
     (page.items, next, page.total)
 }
 
-/// One page of `items` (already sorted by `key`, from the largest down when
-/// `desc`) for the query `q`: the items, the next token, the total.
+/// One page of `items` (already sorted by `key` as `sort` names it, from
+/// the largest down when `desc`) for the query `q`: the items, the next
+/// token, the total.
 pub fn paginate<T, K: Ord + Serialize + DeserializeOwned>(
     items: Vec<T>,
     key: impl Fn(&T) -> K,
+    sort: &str,
     desc: bool,
     q: &HashMap<String, String>,
 ) -> ApiResult<(Vec<T>, Option<String>, usize)> {
-    let sort = if desc { "-created_at" } else { "created_at" };
     let req = request(q, sort, desc)?;
     Ok(render(crate::page::paginate(items, key, &req), sort))
 }
@@ -109,12 +110,14 @@ mod tests {
             .map(|i| (format!("k{i}"), Uuid::from_u128(i)))
             .collect();
         let key = |i: &(String, Uuid)| i.clone();
-        let (p1, next, total) = paginate(items.clone(), key, false, &q(&[("limit", "2")])).unwrap();
+        let (p1, next, total) =
+            paginate(items.clone(), key, "k", false, &q(&[("limit", "2")])).unwrap();
         assert_eq!((p1.len(), total), (2, 5));
         let tok = next.unwrap();
         let (p2, _, _) = paginate(
             items.clone(),
             key,
+            "k",
             false,
             &q(&[("limit", "2"), ("page_token", &tok)]),
         )
@@ -123,18 +126,28 @@ mod tests {
         // A token of the ascending order is refused by the descending one.
         let mut rev = items.clone();
         rev.reverse();
-        assert!(paginate(rev.clone(), key, true, &q(&[("page_token", &tok)])).is_err());
-        let (d1, next, _) = paginate(rev.clone(), key, true, &q(&[("limit", "3")])).unwrap();
+        assert!(paginate(rev.clone(), key, "-k", true, &q(&[("page_token", &tok)])).is_err());
+        let (d1, next, _) = paginate(rev.clone(), key, "-k", true, &q(&[("limit", "3")])).unwrap();
         assert_eq!(d1[0].0, "k4");
         let (d2, last, _) = paginate(
             rev,
             key,
+            "-k",
             true,
             &q(&[("limit", "3"), ("pageToken", &next.unwrap())]),
         )
         .unwrap();
         assert_eq!((d2.len(), last), (2, None));
-        assert!(paginate(items, key, false, &q(&[("page_token", "%%")])).is_err());
+        // Same direction, another key: refused too.
+        assert!(paginate(
+            items.clone(),
+            key,
+            "other",
+            false,
+            &q(&[("page_token", &tok)])
+        )
+        .is_err());
+        assert!(paginate(items, key, "k", false, &q(&[("page_token", "%%")])).is_err());
         assert!(limit(&q(&[("limit", "0")])).is_err());
     }
 }

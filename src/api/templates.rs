@@ -55,7 +55,7 @@ pub async fn list(
     if desc {
         all.reverse();
     }
-    let (templates, next_page_token, total) = super::page::paginate(all, key, desc, &q)?;
+    let (templates, next_page_token, total) = super::page::paginate(all, key, sort, desc, &q)?;
     Ok(Json(TemplateList {
         templates,
         next_page_token,
