@@ -82,6 +82,25 @@ pub struct Config {
     pub job_retention_hours: u64,
     /// The Docker Engine API socket.
     pub docker_socket: PathBuf,
+    /// A second, read-only socket (GETs only, for any local user who can
+    /// open it); empty: none.
+    pub readonly_socket: PathBuf,
+    /// The TCP listener, `ADDR:PORT`; empty: none.
+    pub listen: String,
+    /// PEM certificate chain and key of the TCP listener; when both are
+    /// empty a self-signed pair is made in `<state_dir>/tls` on first start.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Serve plain HTTP on the TCP listener (allowed on loopback only).
+    pub plaintext: bool,
+    /// Lifetime of a login session (its JWT), in seconds.
+    pub session_ttl_secs: u64,
+    /// Connection limits and timeouts of every listener.
+    pub connections: ConnectionLimits,
+    /// Requests per minute per caller (0: unlimited).
+    pub rate_limits: RateLimits,
+    /// Audit entries are kept this many days.
+    pub audit_retention_days: u64,
     /// This agent's name (the `node` of its resources, the owner label of
     /// its containers); the host name when empty.
     pub node_name: String,
@@ -114,7 +133,66 @@ impl Default for Config {
             bulk_parallelism: 0,
             job_retention_hours: 168,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
+            readonly_socket: PathBuf::from("/run/libgo-ro.sock"),
+            listen: String::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            plaintext: false,
+            session_ttl_secs: 8 * 3600,
+            connections: ConnectionLimits::default(),
+            rate_limits: RateLimits::default(),
+            audit_retention_days: 90,
             node_name: String::new(),
+        }
+    }
+}
+
+/// What one connection may take, and how many a listener holds.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// Seconds from a request's first byte to the end of its headers.
+    pub header_timeout_secs: u64,
+    /// Seconds the body may go without a byte arriving.
+    pub body_timeout_secs: u64,
+    /// Seconds a kept-alive connection may wait for its next request (and a
+    /// response may wait for the client to read).
+    pub idle_timeout_secs: u64,
+    /// Open connections per listener; the admin socket always lets root and
+    /// the socket's group in beyond it.
+    pub max_per_listener: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_per_listener: 1024,
+        }
+    }
+}
+
+/// Requests per minute per caller, reads (GET, HEAD) and writes apart.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub tcp_read: u32,
+    pub tcp_write: u32,
+    pub socket_read: u32,
+    pub socket_write: u32,
+    pub readonly_read: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            tcp_read: 600,
+            tcp_write: 60,
+            socket_read: 0,
+            socket_write: 0,
+            readonly_read: 600,
         }
     }
 }
@@ -181,6 +259,36 @@ impl Config {
                 "sample_interval_ms must be at least 100".into(),
             ));
         }
+        if !self.listen.is_empty() {
+            let addr: std::net::SocketAddr = self.listen.parse().map_err(|_| {
+                ConfigError::Invalid(format!("listen {:?}: expected ADDR:PORT", self.listen))
+            })?;
+            if self.plaintext && !addr.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "plaintext is allowed on a loopback address only, not {addr}"
+                )));
+            }
+        }
+        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together".into(),
+            ));
+        }
+        let c = &self.connections;
+        if c.header_timeout_secs == 0
+            || c.body_timeout_secs == 0
+            || c.idle_timeout_secs == 0
+            || c.max_per_listener == 0
+        {
+            return Err(ConfigError::Invalid(
+                "connection timeouts and max_per_listener must be at least 1".into(),
+            ));
+        }
+        if self.session_ttl_secs < 60 {
+            return Err(ConfigError::Invalid(
+                "session_ttl_secs must be at least 60".into(),
+            ));
+        }
         if self.qmp_timeout_secs == 0 || self.qemu_start_timeout_secs == 0 {
             return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));
         }
@@ -226,6 +334,24 @@ mod tests {
         assert_eq!(c.max_memory_mib, d.max_memory_mib);
         assert_eq!(c.stop_timeout_secs, d.stop_timeout_secs);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback() {
+        let mut c = Config {
+            listen: "127.0.0.1:8443".into(),
+            plaintext: true,
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        c.listen = "[::1]:8443".into();
+        c.validate().unwrap();
+        c.listen = "0.0.0.0:8443".into();
+        assert!(c.validate().is_err());
+        c.plaintext = false;
+        c.validate().unwrap();
+        c.listen = "nonsense".into();
+        assert!(c.validate().is_err());
     }
 
     #[test]

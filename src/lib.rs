@@ -3,6 +3,8 @@
 
 /// The HTTP edge: routing, access checks, error rendering, OpenAPI.
 pub mod api;
+/// Users, login sessions, API tokens, roles and rate limits.
+pub mod auth;
 /// Wall-clock times as the API shows them.
 pub mod clock;
 /// All paths, binaries, limits and timeouts, with embedded defaults.

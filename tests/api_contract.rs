@@ -875,12 +875,22 @@ async fn request_ids_audit_log_and_openapi() {
     let _ = d.req("POST", "/api/v1/vms/audited/reboot", None).await;
     // The audit log is in the database: read it with the library.
     let store = libgo::store::Store::open(&d.state_dir().join("libgo.db")).unwrap();
-    let tail = store.audit_tail(10).unwrap();
+    let (tail, _) = store
+        .audit_page(&libgo::store::AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let tail: Vec<_> = tail.into_iter().map(|r| r.entry).collect();
     assert_eq!(tail[0].path, "/api/v1/vms/audited/reboot");
     assert_eq!(tail[0].status, 409);
+    assert_eq!(tail[0].outcome, "failed");
+    assert_eq!(tail[0].target, "vms/audited");
     assert_eq!(tail[1].method, "POST");
     assert_eq!(tail[1].status, 201);
-    assert_eq!(tail[1].caller, "uid:0");
+    assert_eq!(tail[1].actor, "uid:0");
+    assert_eq!(tail[1].transport, "unix");
+    assert_eq!(tail[1].role, "admin");
 
     let (code, doc) = d.req("GET", "/openapi.json", None).await;
     assert_eq!(code, 200);

@@ -145,6 +145,19 @@ pub async fn update(
     .await
 }
 
+/// Change a container's resources live (the same as `PATCH .../{id}`).
+#[utoipa::path(put, path = "/api/v1/containers/{id}/resources", tag = "containers", params(("id" = String, Path)), request_body = UpdateContainerRequest,
+    responses((status = 200, body = Container), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
+pub async fn put_resources(
+    state: State<Agent>,
+    caller: Extension<Caller>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: JsonBody<UpdateContainerRequest>,
+) -> ApiResult<Response> {
+    update(state, caller, headers, id, body).await
+}
+
 /// start, stop (graceful, `timeout`), restart, kill, pause, unpause.
 #[utoipa::path(post, path = "/api/v1/containers/{id}/{action}", tag = "containers",
     params(("id" = String, Path), ("action" = String, Path, description = "start | stop | restart | kill | pause | unpause")),

@@ -1,6 +1,8 @@
 //! The HTTP edge: parses requests into `model` types, checks who is asking,
 //! calls the engine and renders the answer. Nothing below it knows HTTP.
 
+pub mod access;
+pub mod audit;
 pub mod containers;
 pub mod error;
 pub mod events;
@@ -8,32 +10,27 @@ pub mod extract;
 pub mod idempotency;
 pub mod job_sink;
 pub mod jobs;
+pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod render;
 pub mod respond;
 pub mod templates;
+pub mod tls;
+pub mod users;
 pub mod vms;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::response::Response;
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::UnixListener;
-use tower::ServiceExt;
 
 use crate::engine::Agent;
 use crate::model::Health;
-use crate::store::AuditEntry;
 use error::{ApiError, REQUEST_ID};
 
 /// Bodies larger than this are refused with 413.
@@ -41,66 +38,14 @@ pub const MAX_BODY: usize = 1 << 20;
 /// Image tarballs (import, load, build contexts) may be this large.
 pub const MAX_UPLOAD: usize = 4 << 30;
 
-/// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    Operator,
-    Viewer,
-    /// Connected, but not allowed to use the API.
-    None,
-}
-
-/// Who is calling, as established by the listener (peer credentials on the
-/// Unix socket; a token on TCP, later).
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub label: String,
-    pub role: Role,
-}
-
-impl Caller {
-    /// The caller as the engine records it on jobs.
-    pub fn requester(&self) -> crate::engine::Requester {
-        crate::engine::Requester::new(self.label.clone())
-    }
-}
-
-/// Decides the role of a Unix-socket peer: root and members of the socket's
-/// group are admins, anyone else is refused.
-pub fn unix_caller(cred: &tokio::net::unix::UCred, group: Option<nix::unistd::Gid>) -> Caller {
-    let uid = cred.uid();
-    // Root needs no group look-up (a read of /proc per connection).
-    let in_group = uid != 0
-        && group.is_some_and(|g| {
-            cred.gid() == g.as_raw()
-                || cred
-                    .pid()
-                    .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-                    .is_some_and(|status| {
-                        status
-                            .lines()
-                            .find_map(|l| l.strip_prefix("Groups:"))
-                            .is_some_and(|gs| {
-                                gs.split_whitespace().any(|x| x == g.as_raw().to_string())
-                            })
-                    })
-        });
-    Caller {
-        label: format!("uid:{uid}"),
-        role: if uid == 0 || in_group {
-            Role::Admin
-        } else {
-            Role::None
-        },
-    }
-}
+pub use access::Caller;
 
 /// What every handler may reach.
 #[derive(Clone)]
 pub struct AppState {
     pub agent: Agent,
     pub http: Arc<metrics::HttpMetrics>,
+    pub access: Arc<access::AccessState>,
 }
 
 impl axum::extract::FromRef<AppState> for Agent {
@@ -109,116 +54,115 @@ impl axum::extract::FromRef<AppState> for Agent {
     }
 }
 
-pub fn router(agent: Agent) -> Router {
+impl axum::extract::FromRef<AppState> for Arc<access::AccessState> {
+    fn from_ref(s: &AppState) -> Arc<access::AccessState> {
+        s.access.clone()
+    }
+}
+
+/// Adds routes to `$router` and records each (method, path) in `$seen`, so
+/// the route table can be walked (every route must have an access rule).
+macro_rules! routes {
+    ($router:ident, $seen:ident, $prefix:literal; $( $path:literal => $( $m:ident($h:expr) ),+ ; )*) => {
+        $(
+            $( $seen.push((stringify!($m).to_ascii_uppercase(), format!("{}{}", $prefix, $path))); )+
+            $router = $router.route($path, routes!(@chain $( $m($h) ),+));
+        )*
+    };
+    (@chain $m:ident($h:expr) $(, $rest:ident($rh:expr) )*) => {
+        axum::routing::$m($h) $( .$rest($rh) )*
+    };
+}
+
+/// The API's routes and the (method, path) of each.
+fn routes() -> (Router<AppState>, Vec<(String, String)>) {
+    let mut seen = Vec::new();
+    let mut api = Router::<AppState>::new();
+    routes! { api, seen, "/api/v1";
+        "/login" => post(users::login);
+        "/logout" => post(users::logout);
+        "/whoami" => get(users::whoami);
+        "/users" => get(users::list_users), post(users::create_user);
+        "/users/{username}" => get(users::get_user), patch(users::patch_user), delete(users::delete_user);
+        "/tokens" => get(users::list_tokens), post(users::create_token);
+        "/tokens/{id}" => get(users::get_token), delete(users::revoke_token);
+        "/audit" => get(audit::list);
+        "/vms" => get(vms::list), post(vms::create), delete(vms::bulk_delete);
+        "/vms/{id}" => get(vms::get), delete(vms::delete), patch(vms::patch);
+        "/vms/{id}/config" => get(vms::config);
+        "/vms/{id}/status" => get(vms::status);
+        "/vms/{id}/cpu" => put(vms::put_cpu);
+        "/vms/{id}/memory" => put(vms::put_memory);
+        "/vms/{id}/disk" => put(vms::put_disk);
+        "/vms/{id}/performance" => get(vms::performance);
+        "/vms/{id}/resources" => get(vms::resources);
+        "/vms/{id}/{action}" => post(vms::action);
+        "/jobs" => get(jobs::list), delete(jobs::bulk_cancel);
+        "/jobs/{id}" => get(jobs::get), delete(jobs::cancel);
+        "/jobs/{id}/tasks" => get(jobs::tasks);
+        "/jobs/{id}/tasks/{task_id}" => get(jobs::task);
+        "/templates" => get(templates::list), post(templates::create), delete(templates::bulk_delete);
+        "/templates/{id}" => get(templates::get), patch(templates::patch), delete(templates::delete);
+        "/events" => get(events::stream);
+        "/containers" => get(containers::list), post(containers::create);
+        "/containers/{id}" => get(containers::get), delete(containers::delete), patch(containers::update);
+        "/containers/{id}/resources" => put(containers::put_resources);
+        "/containers/{id}/exec" => post(containers::exec), get(containers::exec_ws);
+        "/containers/{id}/adopt" => post(containers::adopt);
+        "/containers/{id}/logs" => get(containers::logs);
+        "/containers/{id}/stats" => get(containers::stats);
+        "/containers/{id}/{action}" => post(containers::action);
+        "/images" => get(containers::images);
+        "/images/pull" => post(containers::pull);
+        "/images/{id}" => get(containers::image), delete(containers::remove_image);
+        "/images/{id}/tag" => post(containers::tag);
+        "/images/{id}/push" => post(containers::push);
+        "/networks" => get(containers::networks), post(containers::create_network);
+        "/networks/{id}" => get(containers::network), delete(containers::remove_network);
+        "/networks/{id}/{op}" => post(containers::network_op);
+        "/volumes" => get(containers::volumes), post(containers::create_volume);
+        "/volumes/{id}" => get(containers::volume), delete(containers::remove_volume);
+        "/instances" => get(containers::instances), post(containers::create_instance);
+        "/instances/{id}/{action}" => post(containers::instance_action);
+    }
+    // Image tarballs (import, load, build contexts) may be large.
+    let mut uploads = Router::<AppState>::new();
+    routes! { uploads, seen, "/api/v1";
+        "/images/import" => post(containers::import);
+        "/images/load" => post(containers::load);
+        "/images/build" => post(containers::build);
+    }
+    let mut top = Router::<AppState>::new();
+    routes! { top, seen, "";
+        "/health" => get(health);
+        "/openapi.json" => get(openapi::serve);
+        "/metrics" => get(metrics::serve);
+    }
+    let api = api.merge(uploads.layer(DefaultBodyLimit::max(MAX_UPLOAD)));
+    (top.nest("/api/v1", api), seen)
+}
+
+/// Every (method, path template) the API serves.
+pub fn route_table() -> Vec<(String, String)> {
+    routes().1
+}
+
+pub fn router(agent: Agent, auth: Arc<crate::auth::Auth>) -> Router {
     let http = Arc::new(metrics::HttpMetrics::default());
+    let access = Arc::new(access::AccessState {
+        auth,
+        limiter: Default::default(),
+        limits: agent.config().rate_limits.clone(),
+    });
     let state = AppState {
         agent: agent.clone(),
         http: http.clone(),
+        access: access.clone(),
     };
-    let api = Router::<AppState>::new()
-        .route(
-            "/vms",
-            get(vms::list).post(vms::create).delete(vms::bulk_delete),
-        )
-        .route(
-            "/vms/{id}",
-            get(vms::get).delete(vms::delete).patch(vms::patch),
-        )
-        .route("/vms/{id}/config", get(vms::config))
-        .route("/vms/{id}/status", get(vms::status))
-        .route("/vms/{id}/cpu", put(vms::put_cpu))
-        .route("/vms/{id}/memory", put(vms::put_memory))
-        .route("/vms/{id}/disk", put(vms::put_disk))
-        .route("/vms/{id}/performance", get(vms::performance))
-        .route("/vms/{id}/resources", get(vms::resources))
-        .route("/vms/{id}/{action}", post(vms::action))
-        .route("/jobs", get(jobs::list).delete(jobs::bulk_cancel))
-        .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
-        .route("/jobs/{id}/tasks", get(jobs::tasks))
-        .route("/jobs/{id}/tasks/{task_id}", get(jobs::task))
-        .route(
-            "/templates",
-            get(templates::list)
-                .post(templates::create)
-                .delete(templates::bulk_delete),
-        )
-        .route(
-            "/templates/{id}",
-            get(templates::get)
-                .patch(templates::patch)
-                .delete(templates::delete),
-        )
-        .route("/events", get(events::stream))
-        .route(
-            "/containers",
-            get(containers::list).post(containers::create),
-        )
-        .route(
-            "/containers/{id}",
-            get(containers::get)
-                .delete(containers::delete)
-                .patch(containers::update),
-        )
-        .route("/containers/{id}/resources", put(containers::update))
-        .route(
-            "/containers/{id}/exec",
-            post(containers::exec).get(containers::exec_ws),
-        )
-        .route("/containers/{id}/adopt", post(containers::adopt))
-        .route("/containers/{id}/logs", get(containers::logs))
-        .route("/containers/{id}/stats", get(containers::stats))
-        .route("/containers/{id}/{action}", post(containers::action))
-        .route("/images", get(containers::images))
-        .route("/images/pull", post(containers::pull))
-        .route(
-            "/images/import",
-            post(containers::import).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
-        )
-        .route(
-            "/images/load",
-            post(containers::load).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
-        )
-        .route(
-            "/images/build",
-            post(containers::build).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
-        )
-        .route(
-            "/images/{id}",
-            get(containers::image).delete(containers::remove_image),
-        )
-        .route("/images/{id}/tag", post(containers::tag))
-        .route("/images/{id}/push", post(containers::push))
-        .route(
-            "/networks",
-            get(containers::networks).post(containers::create_network),
-        )
-        .route(
-            "/networks/{id}",
-            get(containers::network).delete(containers::remove_network),
-        )
-        .route("/networks/{id}/{op}", post(containers::network_op))
-        .route(
-            "/volumes",
-            get(containers::volumes).post(containers::create_volume),
-        )
-        .route(
-            "/volumes/{id}",
-            get(containers::volume).delete(containers::remove_volume),
-        )
-        .route(
-            "/instances",
-            get(containers::instances).post(containers::create_instance),
-        )
-        .route(
-            "/instances/{id}/{action}",
-            post(containers::instance_action),
-        );
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/health", get(health))
-        .route("/openapi.json", get(openapi::serve))
-        .route("/metrics", get(metrics::serve))
+    routes()
+        .0
         // After routing, so the route template is known (MatchedPath).
+        .route_layer(middleware::from_fn(access::authorize))
         .route_layer(middleware::from_fn_with_state(http, metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -226,8 +170,12 @@ pub fn router(agent: Agent) -> Router {
             agent.clone(),
             idempotency::middleware,
         ))
-        .layer(middleware::from_fn_with_state(agent, audit))
-        .layer(middleware::from_fn(authorize))
+        .layer(middleware::from_fn_with_state(
+            access.clone(),
+            access::rate_limit,
+        ))
+        .layer(middleware::from_fn_with_state(access, access::authenticate))
+        .layer(middleware::from_fn_with_state(agent, audit::middleware))
         .layer(middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::Extension(std::sync::Arc::new(
@@ -296,122 +244,38 @@ async fn request_id(req: Request, next: Next) -> Response {
     resp
 }
 
-fn is_mutating(m: &Method) -> bool {
-    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Refuses callers without a role; viewers may only read.
-async fn authorize(req: Request, next: Next) -> Response {
-    if req.uri().path() == "/health" {
-        return next.run(req).await;
+    /// Walks the route table: a route without an access rule (or a rule for
+    /// a route that is gone) fails here.
+    #[test]
+    fn every_route_has_exactly_one_access_rule() {
+        let table = route_table();
+        for (method, path) in &table {
+            assert!(
+                access::rule(method, path).is_some(),
+                "{method} {path} has no access rule in api/access.rs"
+            );
+        }
+        for (method, path, _) in access::RULES {
+            assert!(
+                table.iter().any(|(m, p)| m == method && p == path),
+                "the rule for {method} {path} names no route"
+            );
+        }
     }
-    let role = req
-        .extensions()
-        .get::<Caller>()
-        .map(|c| c.role)
-        .unwrap_or(Role::None);
-    let allowed = match role {
-        Role::Admin | Role::Operator => true,
-        Role::Viewer => !is_mutating(req.method()),
-        Role::None => false,
-    };
-    if !allowed {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden: only root and members of the libgo group may use this socket.",
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
 
-/// Writes every mutating call to the audit log: who, what, target, result.
-async fn audit(State(agent): State<Agent>, req: Request, next: Next) -> Response {
-    if !is_mutating(req.method()) {
-        return next.run(req).await;
-    }
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let caller = req
-        .extensions()
-        .get::<Caller>()
-        .map(|c| c.label.clone())
-        .unwrap_or_else(|| "unknown".into());
-    let resp = next.run(req).await;
-    let entry = AuditEntry {
-        at: crate::clock::now(),
-        request_id: error::current_request_id(),
-        caller,
-        method,
-        path,
-        status: resp.status().as_u16(),
-    };
-    tracing::info!(target: "audit", caller = %entry.caller, method = %entry.method, path = %entry.path, status = entry.status, request_id = %entry.request_id);
-    if let Err(e) = agent.store().audit(&entry) {
-        tracing::error!(error = %e, "cannot write the audit log");
-    }
-    resp
-}
-
-/// Serves `app` on a Unix socket until `shutdown` resolves, then lets the
-/// requests in flight finish (up to 10 s). Each connection's caller comes from
-/// its peer credentials (SO_PEERCRED).
-pub async fn serve_unix(
-    listener: UnixListener,
-    app: Router,
-    group: Option<nix::unistd::Gid>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let app = Arc::new(app);
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let caller = match stream.peer_cred() {
-            Ok(cred) => unix_caller(&cred, group),
-            Err(_) => Caller {
-                label: "unknown".into(),
-                role: Role::None,
-            },
-        };
-        let app = app.clone();
-        let svc =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(caller.clone());
-                let app = (*app).clone();
-                async move {
-                    Ok::<_, Infallible>(
-                        app.oneshot(req.map(axum::body::Body::new))
-                            .await
-                            .into_response(),
-                    )
-                }
-            });
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // HTTP/1.1 with upgrades (the event stream is a WebSocket).
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still running after 10 s; leaving them");
+    /// Every route is in the OpenAPI document, with the same methods.
+    #[test]
+    fn every_route_is_documented() {
+        let doc = openapi::document();
+        let missing: Vec<String> = route_table()
+            .into_iter()
+            .filter(|(m, p)| !doc["paths"][p][m.to_ascii_lowercase()].is_object())
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect();
+        assert!(missing.is_empty(), "not in the OpenAPI document: {missing:?}");
     }
 }

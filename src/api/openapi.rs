@@ -19,7 +19,7 @@ use utoipa::OpenApi;
         super::templates::patch, super::templates::delete, super::templates::bulk_delete,
         super::events::stream,
         super::containers::list, super::containers::create, super::containers::get, super::containers::delete,
-        super::containers::update, super::containers::action, super::containers::exec, super::containers::exec_ws, super::containers::adopt,
+        super::containers::update, super::containers::put_resources, super::containers::action, super::containers::exec, super::containers::exec_ws, super::containers::adopt,
         super::containers::logs, super::containers::stats, super::containers::images, super::containers::image,
         super::containers::pull, super::containers::import, super::containers::load, super::containers::build,
         super::containers::tag, super::containers::push, super::containers::remove_image,
@@ -27,12 +27,18 @@ use utoipa::OpenApi;
         super::containers::remove_network, super::containers::network_op, super::containers::volumes,
         super::containers::create_volume, super::containers::volume, super::containers::remove_volume,
         super::containers::instances, super::containers::create_instance, super::containers::instance_action,
+        serve, super::users::login, super::users::logout, super::users::whoami,
+        super::users::list_users, super::users::create_user, super::users::get_user,
+        super::users::patch_user, super::users::delete_user,
+        super::users::list_tokens, super::users::create_token, super::users::get_token,
+        super::users::revoke_token, super::audit::list,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
          (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),
          (name = "containers", description = "Containers through the Docker engine"), (name = "images", description = "Container images"),
          (name = "networks", description = "Container networks"), (name = "volumes", description = "Container volumes"),
          (name = "instances", description = "VMs and containers together"),
+         (name = "access", description = "Login, users, API tokens and the audit trail"),
          (name = "system", description = "Health, metrics, this document"))
 )]
 pub struct ApiDoc;
@@ -51,6 +57,8 @@ pub fn document() -> serde_json::Value {
     doc
 }
 
+/// This document (OpenAPI 3.1).
+#[utoipa::path(get, path = "/openapi.json", tag = "system", responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
 pub async fn serve() -> Json<serde_json::Value> {
     static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
     Json(DOC.get_or_init(document).clone())

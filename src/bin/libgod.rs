@@ -68,6 +68,21 @@ struct Args {
     /// This agent's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// The read-only socket (default /run/libgo-ro.sock; "" for none).
+    #[arg(long)]
+    readonly_socket: Option<PathBuf>,
+    /// Also listen on TCP at ADDR:PORT (TLS unless --plaintext).
+    #[arg(long)]
+    listen: Option<String>,
+    /// PEM certificate chain of the TCP listener (default: self-signed).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the TCP listener.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Plain HTTP on the TCP listener: allowed on a loopback address only.
+    #[arg(long)]
+    plaintext: bool,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -129,6 +144,21 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     if let Some(v) = &args.node_name {
         cfg.node_name = v.clone();
     }
+    if let Some(v) = &args.readonly_socket {
+        cfg.readonly_socket = v.clone();
+    }
+    if let Some(v) = &args.listen {
+        cfg.listen = v.clone();
+    }
+    if let Some(v) = &args.tls_cert {
+        cfg.tls_cert = v.clone();
+    }
+    if let Some(v) = &args.tls_key {
+        cfg.tls_key = v.clone();
+    }
+    if args.plaintext {
+        cfg.plaintext = true;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -153,26 +183,29 @@ fn init_logging() {
         .init();
 }
 
-/// Binds the API socket: refuses if another daemon answers on it, replaces
-/// a stale file, then sets mode and group.
+/// Binds a Unix socket: refuses if another daemon answers on it, replaces
+/// a stale file, then sets its mode.
+fn bind_unix(path: &std::path::Path, mode: u32) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another libgod is serving {}", path.display());
+        }
+        std::fs::remove_file(path).context("removing a stale socket")?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Binds the admin socket with its mode and group.
 fn bind_socket(
     cfg: &Config,
 ) -> anyhow::Result<(tokio::net::UnixListener, Option<nix::unistd::Gid>)> {
-    if let Some(parent) = cfg.socket.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    if cfg.socket.exists() {
-        if std::os::unix::net::UnixStream::connect(&cfg.socket).is_ok() {
-            anyhow::bail!("another libgod is serving {}", cfg.socket.display());
-        }
-        std::fs::remove_file(&cfg.socket).context("removing a stale socket")?;
-    }
-    let listener = tokio::net::UnixListener::bind(&cfg.socket)
-        .with_context(|| format!("binding {}", cfg.socket.display()))?;
-    std::fs::set_permissions(
-        &cfg.socket,
-        std::fs::Permissions::from_mode(cfg.socket_mode_bits()?),
-    )?;
+    let listener = bind_unix(&cfg.socket, cfg.socket_mode_bits()?)?;
     let group = nix::unistd::Group::from_name(&cfg.socket_group)
         .ok()
         .flatten();
@@ -195,12 +228,52 @@ async fn main() -> anyhow::Result<()> {
     let cfg = load_config(&args)?;
     let started = std::time::Instant::now();
     let agent = libgo::engine::Agent::open(cfg.clone()).await?;
+    let nofile = libgo::api::listen::raise_nofile();
+    let auth = std::sync::Arc::new(
+        libgo::auth::Auth::open(
+            agent.shared_store(),
+            &cfg.state_dir.join("session.key"),
+            cfg.session_ttl_secs,
+        )
+        .context("opening users and tokens")?,
+    );
     let (listener, group) = bind_socket(&cfg)?;
+    let mut listeners = vec![libgo::api::listen::Listener::Admin { listener, group }];
+    if !cfg.readonly_socket.as_os_str().is_empty() {
+        // Any local user who can open it may read: mode 0666.
+        listeners.push(libgo::api::listen::Listener::ReadOnly(bind_unix(
+            &cfg.readonly_socket,
+            0o666,
+        )?));
+    }
+    if !cfg.listen.is_empty() {
+        let tcp = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.listen))?;
+        let tls = if cfg.plaintext {
+            tracing::warn!(listen = %cfg.listen, "TCP listener without TLS (loopback only)");
+            None
+        } else {
+            let tls = libgo::api::tls::load(&cfg, agent.node())?;
+            tracing::info!(
+                listen = %cfg.listen,
+                fingerprint = %tls.fingerprint,
+                certificate = %tls.cert_path.display(),
+                generated = tls.generated,
+                "TLS listener certificate (SHA-256)"
+            );
+            Some(tls.acceptor)
+        };
+        listeners.push(libgo::api::listen::Listener::Tcp { listener: tcp, tls });
+    }
     tracing::info!(
         socket = %cfg.socket.display(),
+        readonly_socket = %cfg.readonly_socket.display(),
+        listen = %cfg.listen,
         state = %cfg.state_dir.display(),
         accel = agent.vms.accel().as_str(),
         vms = agent.vms.count(),
+        nofile,
         ready_ms = started.elapsed().as_millis() as u64,
         "libgod serving"
     );
@@ -213,7 +286,11 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!("stopping; guests keep running");
     };
-    libgo::api::serve_unix(listener, libgo::api::router(agent), group, shutdown).await;
+    let app = libgo::api::router(agent, auth);
+    libgo::api::listen::serve(listeners, app, &cfg.connections, shutdown).await;
+    if !cfg.readonly_socket.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(&cfg.readonly_socket);
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
 }

@@ -143,6 +143,10 @@ impl Agent {
     pub fn store(&self) -> &Store {
         &self.core.store
     }
+    /// The store, for what lives beside the engine (users and tokens).
+    pub fn shared_store(&self) -> Arc<Store> {
+        self.core.store.clone()
+    }
     pub fn node(&self) -> &str {
         &self.core.node
     }
@@ -203,8 +207,15 @@ impl Agent {
     }
 }
 
-/// Forgets finished jobs past their retention and idempotency keys past 24 h.
+/// Forgets finished jobs and audit entries past their retention and
+/// idempotency keys past 24 h.
 fn prune(core: &Core) {
+    let audit_cutoff = crate::clock::ago(core.cfg.audit_retention_days.saturating_mul(86_400));
+    match core.store.prune_audit(&audit_cutoff) {
+        Ok(n) if n > 0 => tracing::info!(entries = n, "pruned the audit trail"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning the audit trail"),
+    }
     let cutoff = crate::clock::ago(core.cfg.job_retention_hours * 3600);
     match core.store.prune_jobs(&cutoff) {
         Ok(n) if n > 0 => tracing::info!(jobs = n, "pruned finished jobs"),

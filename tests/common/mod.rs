@@ -68,6 +68,9 @@ impl Daemon {
     pub fn image_dir(&self) -> PathBuf {
         self.root.path().join("images")
     }
+    pub fn readonly_socket(&self) -> PathBuf {
+        self.root.path().join("libgo-ro.sock")
+    }
 
     /// Starts a daemon whose default pool holds the fixture guest.
     pub async fn start() -> Daemon {
@@ -131,6 +134,8 @@ impl Daemon {
             .arg(self.image_dir())
             .arg("--node-name")
             .arg(&self.node)
+            .arg("--readonly-socket")
+            .arg(self.readonly_socket())
             .arg("--accel")
             .arg(std::env::var("LIBGO_TEST_ACCEL").unwrap_or_else(|_| "auto".into()))
             .args(&self.extra_args)

@@ -11,6 +11,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
+mod audit;
+mod auth;
+
+pub use audit::{AuditEntry, AuditQuery, AuditRecord};
+pub use auth::{TokenRow, UserRow};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
@@ -85,6 +91,33 @@ const MIGRATIONS: &[&str] = &[
         engine_id TEXT PRIMARY KEY,
         id TEXT NOT NULL
      );",
+    // 4: users, API tokens, revoked sessions; a fuller audit trail.
+    "CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        generation INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+     );
+     CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        role TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at INTEGER
+     );
+     CREATE TABLE revoked_sessions (
+        jti TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+     );
+     ALTER TABLE audit ADD COLUMN role TEXT NOT NULL DEFAULT '';
+     ALTER TABLE audit ADD COLUMN transport TEXT NOT NULL DEFAULT 'unix';
+     ALTER TABLE audit ADD COLUMN target TEXT NOT NULL DEFAULT '';
+     ALTER TABLE audit ADD COLUMN outcome TEXT NOT NULL DEFAULT '';
+     ALTER TABLE audit ADD COLUMN duration_ms INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX audit_at ON audit(at);",
 ];
 
 pub struct Store {
@@ -115,17 +148,6 @@ pub enum IdemState {
     InProgress { job_id: Option<Uuid> },
     /// The key was used with another request.
     Mismatch,
-}
-
-/// One row of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    pub at: String,
-    pub request_id: String,
-    pub caller: String,
-    pub method: String,
-    pub path: String,
-    pub status: u16,
 }
 
 impl Store {
@@ -502,34 +524,6 @@ impl Store {
         rows.collect::<std::result::Result<_, _>>()
             .map_err(Into::into)
     }
-
-    pub fn audit(&self, e: &AuditEntry) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO audit (at, request_id, caller, method, path, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![e.at, e.request_id, e.caller, e.method, e.path, e.status],
-        )?;
-        Ok(())
-    }
-
-    /// The newest audit entries, newest first.
-    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT at, request_id, caller, method, path, status FROM audit ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map(params![limit as i64], |r| {
-            Ok(AuditEntry {
-                at: r.get(0)?,
-                request_id: r.get(1)?,
-                caller: r.get(2)?,
-                method: r.get(3)?,
-                path: r.get(4)?,
-                status: r.get(5)?,
-            })
-        })?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(Into::into)
-    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -585,7 +579,7 @@ mod tests {
     }
 
     #[test]
-    fn jobs_and_audit() {
+    fn jobs_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let id = Uuid::new_v4();
@@ -608,16 +602,6 @@ mod tests {
         );
         assert_eq!(store.get_job::<Doc>(id).unwrap(), Some(Doc { v: 2 }));
         assert!(store.jobs_in_state::<Doc>(&["running"]).unwrap().is_empty());
-        let e = AuditEntry {
-            at: "t".into(),
-            request_id: "r".into(),
-            caller: "uid:0".into(),
-            method: "POST".into(),
-            path: "/api/v1/vms".into(),
-            status: 201,
-        };
-        store.audit(&e).unwrap();
-        assert_eq!(store.audit_tail(5).unwrap(), vec![e]);
     }
 
     #[test]
