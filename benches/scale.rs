@@ -134,6 +134,8 @@ fn spawn_libgod(d: &Daemon) -> Child {
         .arg(d.image_dir())
         .arg("--node-name")
         .arg(&d.node)
+        .arg("--readonly-socket")
+        .arg(d.root.path().join("libgo-ro.sock"))
         .arg("--accel")
         .arg(std::env::var("LIBGO_TEST_ACCEL").unwrap_or_else(|_| "auto".into()))
         .args(&d.extra_args)

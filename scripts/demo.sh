@@ -17,8 +17,8 @@ for f in vmlinuz initrd.img base.qcow2; do
     cp -u "fixtures/out/$f" "$demo/images/$f"
 done
 
-"$root/target/release/libgod" --socket "$sock" --state-dir "$demo/state" \
-    --run-dir "$demo/run" --image-dir "$demo/images" >"$demo/libgod.log" 2>&1 &
+"$root/target/release/libgod" --socket "$sock" --readonly-socket "$demo/libgo-ro.sock" \
+    --state-dir "$demo/state" --run-dir "$demo/run" --image-dir "$demo/images" >"$demo/libgod.log" 2>&1 &
 daemon=$!
 api() { curl -sS --unix-socket "$sock" -H 'content-type: application/json' "$@"; }
 for _ in $(seq 100); do api http://libgo/health >/dev/null 2>&1 && break; sleep 0.1; done

@@ -68,7 +68,14 @@ pub async fn middleware(State(agent): State<Agent>, req: Request, next: Next) ->
             .map_or("", |r| r.as_str())
             .to_owned(),
         transport: caller.map_or("", |c| c.transport.as_str()).to_owned(),
-        target: target(&path),
+        // A create names what it made (its Location), not the collection.
+        target: target(
+            resp.headers()
+                .get(axum::http::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .filter(|_| resp.status() == StatusCode::CREATED)
+                .unwrap_or(&path),
+        ),
         // An id or name may be long: the path is kept whole, within reason.
         path: path.chars().take(1024).collect(),
         method: method.chars().take(32).collect(),

@@ -276,6 +276,9 @@ mod tests {
             .filter(|(m, p)| !doc["paths"][p][m.to_ascii_lowercase()].is_object())
             .map(|(m, p)| format!("{m} {p}"))
             .collect();
-        assert!(missing.is_empty(), "not in the OpenAPI document: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "not in the OpenAPI document: {missing:?}"
+        );
     }
 }

@@ -106,8 +106,10 @@ pub async fn create(
     track(&sub.job);
     let job_id = sub.job.id;
     let vm = sub.outcome().await?;
+    let location = format!("/api/v1/vms/{}", vm.id);
     Ok((
         StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
         Json(CreatedVm {
             vm,
             message: "VM successfully created and storage cloned.".into(),

@@ -442,6 +442,20 @@ pub async fn raw_request(
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| e.to_string())?;
+    request_on(stream, method, path, body, headers).await
+}
+
+/// One HTTP/1.1 request over an open connection (Unix, TCP or TLS).
+pub async fn request_on<IO>(
+    stream: IO,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -500,4 +514,96 @@ pub fn busybox_rootfs_tar(applets: &[&str]) -> Vec<u8> {
         .unwrap();
     assert!(ok.success());
     std::fs::read(tar).unwrap()
+}
+
+/// A client of the TCP listener: TLS trusting one certificate (pinned), or
+/// plain HTTP; with a bearer credential or none.
+#[derive(Clone)]
+pub struct Remote {
+    pub addr: std::net::SocketAddr,
+    pub tls: Option<tokio_rustls::TlsConnector>,
+    pub token: Option<String>,
+}
+
+impl Remote {
+    /// Trusts exactly the PEM certificate at `cert` (the daemon's own).
+    pub fn tls(addr: std::net::SocketAddr, cert: &Path) -> Remote {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Remote {
+            addr,
+            tls: Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))),
+            token: None,
+        }
+    }
+
+    pub fn plain(addr: std::net::SocketAddr) -> Remote {
+        Remote {
+            addr,
+            tls: None,
+            token: None,
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Remote {
+        Remote {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &auth {
+            all.push(("authorization", a));
+        }
+        match &self.tls {
+            None => request_on(tcp, method, path, body, &all).await,
+            Some(c) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = c.connect(name, tcp).await.map_err(|e| e.to_string())?;
+                request_on(tls, method, path, body, &all).await
+            }
+        }
+    }
+
+    pub async fn req(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (code, _, bytes) = self
+            .raw(method, path, body.map(|b| b.to_string()), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!("{method} {path}: {e}: {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        (code, v)
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
