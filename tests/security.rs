@@ -287,7 +287,8 @@ async fn plaintext_only_on_loopback_and_the_read_only_socket() {
     let (code, _, _) = ro.raw("GET", "/api/v1/users", None, &[]).await.unwrap();
     assert_eq!(code, 403);
     assert_eq!(d.req("GET", "/api/v1/vms/ro", None).await.0, 404);
-    // The descriptor limit was raised to the hard limit at start.
+    // The descriptor limit was raised at start (to 65536 where the kernel
+    // lets root raise its hard limit, to the hard limit otherwise).
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
     let line = limits
         .lines()
@@ -295,6 +296,9 @@ async fn plaintext_only_on_loopback_and_the_read_only_socket() {
         .unwrap();
     let v: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(v[3], v[4], "{line}");
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    assert!(v[3].parse::<u64>().unwrap() >= hard.min(65_536), "{line}");
 }
 
 #[tokio::test]

@@ -579,21 +579,33 @@ impl Body for Finished {
     }
 }
 
-/// Raises the soft descriptor limit to the hard one, so the caps on
-/// connections, not the kernel, decide who gets in. Returns the limit.
+/// Descriptors the daemon asks for at start (root may raise its hard limit
+/// up to the kernel's `nr_open`).
+const WANTED_NOFILE: u64 = 65_536;
+
+/// Raises the descriptor limit, so the caps on connections, not the
+/// kernel, decide who gets in: to `WANTED_NOFILE` where allowed, otherwise
+/// to the hard limit. Returns the limit in force.
 pub fn raise_nofile() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot raise the descriptor limit");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
-        Err(_) => 0,
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let want = WANTED_NOFILE.min(nr_open).max(soft);
+    if want > hard && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        return want;
     }
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => return hard,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+        }
+    }
+    soft
 }
 
 #[cfg(test)]
