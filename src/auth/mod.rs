@@ -211,6 +211,15 @@ impl Auth {
     /// Checks a user's password (slow by design: run it off the async
     /// threads) and issues a session.
     pub fn login(&self, username: &str, password: &str) -> Result<Issued> {
+        if username.is_empty()
+            || username.len() > 32
+            || password.is_empty()
+            || password.len() > 1024
+        {
+            return Err(AuthError::Invalid(
+                "A user name has 1 to 32 bytes and a password 1 to 1024.".into(),
+            ));
+        }
         let user = read(&self.users).get(username).cloned();
         let Some(user) = user else {
             // The same work as for a real user, so timing does not tell
@@ -493,6 +502,10 @@ mod tests {
         assert!(matches!(
             a.login("nobody", "correct horse"),
             Err(AuthError::BadCredentials)
+        ));
+        assert!(matches!(
+            a.login("alice", &"x".repeat(1025)),
+            Err(AuthError::Invalid(_))
         ));
         let s = a.login("alice", "correct horse").unwrap();
         let p = a.authenticate(&s.token).unwrap();
