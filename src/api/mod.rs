@@ -161,15 +161,17 @@ pub fn router(agent: Agent, auth: Arc<crate::auth::Auth>) -> Router {
     };
     routes()
         .0
+        // Only on a route and method that exist: an unknown path or method
+        // is 404 or 405 whatever its Idempotency-Key.
+        .route_layer(middleware::from_fn_with_state(
+            agent.clone(),
+            idempotency::middleware,
+        ))
         // After routing, so the route template is known (MatchedPath).
         .route_layer(middleware::from_fn(access::authorize))
         .route_layer(middleware::from_fn_with_state(http, metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            agent.clone(),
-            idempotency::middleware,
-        ))
         .layer(middleware::from_fn_with_state(
             access.clone(),
             access::rate_limit,
