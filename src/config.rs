@@ -36,6 +36,10 @@ pub struct PoolConfig {
     pub path: PathBuf,
 }
 
+/// Above the ranges systemd hands to users, dynamic users and containers
+/// (which end at 0x6FFFFFFF), below the signed-integer boundary.
+pub const DEFAULT_QEMU_GID_BASE: u32 = 0x7000_0000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -85,6 +89,13 @@ pub struct Config {
     /// This agent's name (the `node` of its resources, the owner label of
     /// its containers); the host name when empty.
     pub node_name: String,
+    /// The unprivileged user every guest's QEMU runs as (made at the first
+    /// start when missing), each VM with a group of its own; empty: QEMU
+    /// runs as root (for debugging only).
+    pub qemu_user: String,
+    /// The first of the 65536 group ids given to VMs, one each (no
+    /// `/etc/group` entry; they must not be used by anything else).
+    pub qemu_gid_base: u32,
 }
 
 impl Default for Config {
@@ -115,6 +126,8 @@ impl Default for Config {
             job_retention_hours: 168,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             node_name: String::new(),
+            qemu_user: "libgo-qemu".into(),
+            qemu_gid_base: DEFAULT_QEMU_GID_BASE,
         }
     }
 }
@@ -181,6 +194,16 @@ impl Config {
                 "sample_interval_ms must be at least 100".into(),
             ));
         }
+        if self.qemu_gid_base == 0
+            || self
+                .qemu_gid_base
+                .checked_add(0xFFFF)
+                .is_none_or(|end| end == u32::MAX)
+        {
+            return Err(ConfigError::Invalid(
+                "qemu_gid_base must leave room for 65536 group ids below 4294967295".into(),
+            ));
+        }
         if self.qmp_timeout_secs == 0 || self.qemu_start_timeout_secs == 0 {
             return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));
         }
@@ -225,6 +248,8 @@ mod tests {
         assert_eq!(c.state_dir, d.state_dir);
         assert_eq!(c.max_memory_mib, d.max_memory_mib);
         assert_eq!(c.stop_timeout_secs, d.stop_timeout_secs);
+        assert_eq!(c.qemu_user, d.qemu_user);
+        assert_eq!(c.qemu_gid_base, d.qemu_gid_base);
         c.validate().unwrap();
     }
 

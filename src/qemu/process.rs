@@ -6,6 +6,7 @@
 //! how a restarted daemon re-adopts it.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -15,14 +16,21 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use uuid::Uuid;
 
+use crate::host::confine::Identity;
+
 /// Spawns `binary argv...` in a new session; stdout and stderr append to
 /// `log`. With `cgroup_procs` (a cgroup's `cgroup.procs`), the child joins
-/// that cgroup before it executes, so it never runs outside it.
+/// that cgroup before it executes, so it never runs outside it. Each of
+/// `keep_fds` (open in the caller) stays open in the child under its
+/// number. With `identity`, the child then drops to those credentials
+/// (supplementary groups, group, user), so the binary never runs as root.
 pub fn spawn(
     binary: &Path,
     argv: &[String],
     log: &Path,
     cgroup_procs: Option<&Path>,
+    keep_fds: &[RawFd],
+    identity: Option<&Identity>,
 ) -> io::Result<tokio::process::Child> {
     use std::os::unix::ffi::OsStrExt;
     let procs = cgroup_procs
@@ -34,19 +42,32 @@ pub fn spawn(
         .append(true)
         .open(log)?;
     let log_err = log_file.try_clone()?;
+    let keep: Vec<RawFd> = keep_fds.to_vec();
+    let creds: Option<(nix::libc::uid_t, nix::libc::gid_t, Vec<nix::libc::gid_t>)> =
+        identity.map(|i| (i.uid, i.gid, i.groups.clone()));
     let mut cmd = std::process::Command::new(binary);
     cmd.args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_file))
         .stderr(Stdio::from(log_err));
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, open, write, close) on memory
-    // prepared before the fork; it allocates nothing and takes no lock.
+    // async-signal-safe system calls (setsid, open, write, close, fcntl,
+    // setgroups, setresgid, setresuid) on memory prepared before the fork
+    // (`procs`, `keep`, `creds` are moved in whole); it allocates nothing
+    // and takes no lock. The cgroup is joined while still root; the
+    // credentials are dropped last, groups before the user (after setresuid
+    // the process could no longer change its groups).
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
             if let Some(procs) = &procs {
                 join_cgroup(procs)?;
+            }
+            for fd in &keep {
+                inherit_fd(*fd)?;
+            }
+            if let Some((uid, gid, groups)) = &creds {
+                drop_privileges(*uid, *gid, groups)?;
             }
             Ok(())
         });
@@ -54,6 +75,45 @@ pub fn spawn(
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(false);
     cmd.spawn()
+}
+
+/// Clears close-on-exec on `fd`, so the executed binary inherits it.
+///
+/// # Safety
+/// Only raw system calls: callable between fork and exec.
+unsafe fn inherit_fd(fd: RawFd) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: fcntl on a descriptor number; an invalid one fails with EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the supplementary groups, then real, effective and saved group and
+/// user ids, of the calling process.
+///
+/// # Safety
+/// Only raw system calls: callable between fork and exec.
+unsafe fn drop_privileges(
+    uid: nix::libc::uid_t,
+    gid: nix::libc::gid_t,
+    groups: &[nix::libc::gid_t],
+) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: `groups` points at `groups.len()` initialised gids.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain system calls on integers.
+    if unsafe { libc::setresgid(gid, gid, gid) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setresuid(uid, uid, uid) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is
@@ -198,6 +258,8 @@ mod tests {
             ],
             &log,
             None,
+            &[],
+            None,
         )
         .unwrap();
         let pid = child.id().unwrap();
@@ -236,8 +298,8 @@ mod tests {
                 p.display().to_string(),
             ]
         };
-        let mut mine = spawn(Path::new("/bin/sh"), &args(&pidfile), &log, None).unwrap();
-        let mut theirs = spawn(Path::new("/bin/sh"), &args(&other), &log, None).unwrap();
+        let mut mine = spawn(Path::new("/bin/sh"), &args(&pidfile), &log, None, &[], None).unwrap();
+        let mut theirs = spawn(Path::new("/bin/sh"), &args(&other), &log, None, &[], None).unwrap();
         let pid = mine.id().unwrap();
         // The shell's own fork for `sleep` carries the same arguments for a
         // moment before it executes, so it may be found too.
@@ -278,6 +340,8 @@ mod tests {
             &["-c".into(), "sleep 30 & sleep 30; :".into()],
             &dir.path().join("log"),
             None,
+            &[],
+            None,
         )
         .unwrap();
         let pid = child.id().unwrap();
@@ -293,6 +357,52 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{:?}", group(pid));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A `/proc/<pid>/status` line's values.
+    fn status_line(pid: u32, key: &str) -> Vec<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_confined_launch_runs_with_its_credentials_and_keeps_its_fds() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root (it changes credentials)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (keep, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&keep);
+        let who = Identity {
+            uid: 65534,
+            gid: 0x7000_0005,
+            groups: vec![0x7000_0006],
+        };
+        let mut child = spawn(
+            Path::new("/bin/sh"),
+            &["-c".into(), "exec sleep 30".into()],
+            &dir.path().join("log"),
+            None,
+            &[fd],
+            Some(&who),
+        )
+        .unwrap();
+        let pid = child.id().unwrap();
+        assert_eq!(status_line(pid, "Uid:"), vec![65534; 4]);
+        assert_eq!(status_line(pid, "Gid:"), vec![0x7000_0005; 4]);
+        assert_eq!(status_line(pid, "Groups:"), vec![0x7000_0006]);
+        assert!(
+            Path::new(&format!("/proc/{pid}/fd/{fd}")).exists(),
+            "the kept descriptor is inherited"
+        );
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
     }
 
     #[test]

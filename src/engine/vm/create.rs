@@ -44,6 +44,14 @@ impl VmEngine {
                     .transpose()?,
             }),
         };
+        // QEMU opens these itself, as its own user.
+        self.check_readable(&base_path, "base_image")?;
+        if let Some(b) = &boot_paths {
+            self.check_readable(&b.kernel, "boot.kernel")?;
+            if let Some(initrd) = &b.initrd {
+                self.check_readable(initrd, "boot.initrd")?;
+            }
+        }
         let info = self.base_info(&base_path).await.map_err(|e| {
             EngineError::Invalid(format!(
                 "base image {} is not a disk image: {e}",
@@ -93,6 +101,7 @@ impl VmEngine {
                 tags: spec.tags,
                 template: spec.template,
                 cloud_init: spec.user_data.is_some(),
+                qemu_gid: None,
                 created_at: now.clone(),
                 updated_at: now,
             },
@@ -161,6 +170,7 @@ impl VmEngine {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        let gid = self.assign_gid(&entry)?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| EngineError::internal("creating the VM directory", e))?;
         {
@@ -169,6 +179,9 @@ impl VmEngine {
                 let _ = std::fs::remove_dir_all(&dir);
             });
         }
+        // Closed to others before anything is written in it.
+        crate::host::confine::own(&dir, gid, crate::host::confine::VmFile::StateDir)
+            .map_err(|e| EngineError::internal("giving the VM directory to its group", e))?;
         ctx.check()?;
         let img = &self.inner.img;
         match rec.clone {
@@ -223,6 +236,8 @@ impl VmEngine {
             .await
             .map_err(|e| EngineError::internal("Failed to write the cloud-init seed", e))?;
         }
+        let rec = entry.record();
+        self.own_files(&rec, gid)?;
         ctx.check()?;
         // Listed (as `creating`) since its row exists; done now.
         self.transition(&entry, VmEvent::Created, None)?;
