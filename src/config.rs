@@ -96,6 +96,35 @@ pub struct Config {
     /// The first of the 65536 group ids given to VMs, one each (no
     /// `/etc/group` entry; they must not be used by anything else).
     pub qemu_gid_base: u32,
+    /// Admission control: what the host may hold (`[capacity]`).
+    pub capacity: CapacityConfig,
+}
+
+/// The limits creates and starts are checked against.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Memory of running guests may reach this multiple of the host's
+    /// memory less `reserved_memory_mib`. 1.0: guest memory is not swapped
+    /// out safely and a balloon is a request, not a guarantee, so by
+    /// default no guest can be made to fail for memory another one took.
+    pub memory_overcommit: f64,
+    /// vCPUs of running VMs may reach this multiple of the host's online
+    /// cores (vCPUs that idle cost little; 4 keeps a busy host responsive).
+    pub vcpu_overcommit: f64,
+    /// Memory kept for the host itself: libgod, Docker, QEMU's own
+    /// overhead per guest, the page cache (MiB).
+    pub reserved_memory_mib: u64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        CapacityConfig {
+            memory_overcommit: 1.0,
+            vcpu_overcommit: 4.0,
+            reserved_memory_mib: 1024,
+        }
+    }
 }
 
 impl Default for Config {
@@ -128,6 +157,7 @@ impl Default for Config {
             node_name: String::new(),
             qemu_user: "libgo-qemu".into(),
             qemu_gid_base: DEFAULT_QEMU_GID_BASE,
+            capacity: CapacityConfig::default(),
         }
     }
 }
@@ -204,6 +234,16 @@ impl Config {
                 "qemu_gid_base must leave room for 65536 group ids below 4294967295".into(),
             ));
         }
+        for (key, v) in [
+            ("memory_overcommit", self.capacity.memory_overcommit),
+            ("vcpu_overcommit", self.capacity.vcpu_overcommit),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1000.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "capacity.{key} must be above 0 and at most 1000"
+                )));
+            }
+        }
         if self.qmp_timeout_secs == 0 || self.qemu_start_timeout_secs == 0 {
             return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));
         }
@@ -250,7 +290,23 @@ mod tests {
         assert_eq!(c.stop_timeout_secs, d.stop_timeout_secs);
         assert_eq!(c.qemu_user, d.qemu_user);
         assert_eq!(c.qemu_gid_base, d.qemu_gid_base);
+        assert_eq!(c.capacity, d.capacity);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn capacity_limits_are_a_section_and_checked() {
+        let c: Config =
+            toml::from_str("[capacity]\nmemory_overcommit = 1.5\nreserved_memory_mib = 0\n")
+                .unwrap();
+        assert_eq!(c.capacity.memory_overcommit, 1.5);
+        assert_eq!(c.capacity.vcpu_overcommit, 4.0);
+        assert_eq!(c.capacity.reserved_memory_mib, 0);
+        c.validate().unwrap();
+        assert!(toml::from_str::<Config>("[capacity]\nmemory = 1\n").is_err());
+        let mut bad = Config::default();
+        bad.capacity.vcpu_overcommit = 0.0;
+        assert!(bad.validate().is_err());
     }
 
     #[test]

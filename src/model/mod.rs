@@ -3,6 +3,7 @@
 //! Request types reject unknown fields so a typo never silently does nothing.
 //! Shared by the API layer, the engine's inputs and the test clients.
 
+mod capacity;
 mod common;
 mod container;
 mod job;
@@ -10,6 +11,7 @@ mod target;
 mod template;
 mod vm;
 
+pub use capacity::*;
 pub use common::*;
 pub use container::*;
 pub use job::*;
