@@ -132,6 +132,7 @@ pub fn router(agent: Agent) -> Router {
         .route("/vms/{id}/performance", get(vms::performance))
         .route("/vms/{id}/resources", get(vms::resources))
         .route("/vms/{id}/{action}", post(vms::action))
+        .route("/nodes/{node}/resources", get(metrics::node_resources))
         .route("/jobs", get(jobs::list).delete(jobs::bulk_cancel))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/jobs/{id}/tasks", get(jobs::tasks))

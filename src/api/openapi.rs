@@ -27,6 +27,7 @@ use utoipa::OpenApi;
         super::containers::remove_network, super::containers::network_op, super::containers::volumes,
         super::containers::create_volume, super::containers::volume, super::containers::remove_volume,
         super::containers::instances, super::containers::create_instance, super::containers::instance_action,
+        super::metrics::node_resources,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
          (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),

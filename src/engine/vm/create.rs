@@ -19,6 +19,8 @@ pub struct CreatePlan {
     pub rec: VmRecord,
     pub base_format: String,
     pub user_data: Option<String>,
+    /// Room for the disk, promised until the create has finished.
+    pub(crate) disk_room: crate::engine::capacity::Permit,
 }
 
 impl VmEngine {
@@ -74,6 +76,15 @@ impl VmEngine {
             }
         }
         let id = Uuid::new_v4();
+        // The disk may grow to its whole virtual size (a full copy also
+        // holds the base's data at once): that much must be free, beside
+        // what creates under way were promised.
+        let disk_room = self.core().admission.reserve_disk(
+            id,
+            &format!("a disk of {} GiB", spec.disk_size),
+            &self.core().cfg.state_dir.join("vms"),
+            spec.disk_size.saturating_mul(GIB),
+        )?;
         let name = spec.name.clone().unwrap_or_else(|| {
             vm::generate_name(spec.template.as_deref().unwrap_or(&spec.base_image))
         });
@@ -107,6 +118,7 @@ impl VmEngine {
             },
             base_format: info.format,
             user_data: spec.user_data,
+            disk_room,
         })
     }
 
@@ -142,6 +154,7 @@ impl VmEngine {
             rec,
             base_format,
             user_data,
+            disk_room: _disk_room,
         } = plan;
         let store = &self.core().store;
         let mut rb = Rollback::new();

@@ -272,12 +272,55 @@ impl VmEngine {
                 qemu_user,
             }),
         };
+        {
+            let vms = Arc::downgrade(&engine.inner);
+            core.admission.set_vm_source(Box::new(move || {
+                vms.upgrade()
+                    .map(|inner| VmEngine { inner }.commitments())
+                    .unwrap_or_default()
+            }));
+        }
         engine.recover().await?;
         Ok(engine)
     }
 
     pub(crate) fn core(&self) -> &Core {
         &self.inner.core
+    }
+
+    /// What each VM with a QEMU process (or starting one) holds: the
+    /// larger of what it was started with and what it is configured for
+    /// (a change waiting for the next start was admitted against that).
+    pub(crate) fn commitments(&self) -> crate::engine::capacity::Commitments {
+        let entries: Vec<Arc<VmEntry>> = read(&self.inner.vms).by_id.values().cloned().collect();
+        entries
+            .iter()
+            .filter_map(|e| {
+                let rt = e.runtime();
+                let (boot, threads) = rt
+                    .as_ref()
+                    .map(|rt| (rt.boot_memory, lock(&rt.vcpu_tids).len() as u64))
+                    .unwrap_or_default();
+                let r = lock(&e.rec);
+                let holds = matches!(
+                    r.status,
+                    VmStatus::Starting
+                        | VmStatus::Running
+                        | VmStatus::Paused
+                        | VmStatus::Stopping
+                        | VmStatus::Rebooting
+                );
+                (rt.is_some() || holds).then(|| {
+                    (
+                        e.id,
+                        crate::engine::capacity::Demand {
+                            memory_mib: r.memory.max(boot),
+                            vcpus: (r.vcpus as u64).max(threads),
+                        },
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The credentials of the QEMU of the VM whose group is `gid` (None:

@@ -15,6 +15,7 @@ use super::live::{qmp_err, Runtime};
 use super::record::{self as vm, VmRecord};
 use super::registry::{VmEngine, VmEntry};
 use crate::config::IoLayer;
+use crate::engine::capacity::Demand;
 use crate::engine::core::JobCtx;
 use crate::engine::error::{chain, EngineError, Result};
 use crate::engine::faults::After;
@@ -98,7 +99,21 @@ impl VmEngine {
     pub(crate) async fn start(&self, entry: &Arc<VmEntry>, ctx: &JobCtx) -> Result<()> {
         let rec = entry.record();
         let previous = rec.status;
-        self.transition(entry, VmEvent::Start, None)?;
+        {
+            // Checked and counted (`starting`) under one lock: two starts
+            // never both pass on the same room. Refused: nothing was done.
+            let admission = &self.core().admission;
+            let _serial = admission.serialize().await;
+            let demand = Demand {
+                memory_mib: rec.memory,
+                vcpus: rec.vcpus.into(),
+            };
+            admission
+                .check(rec.id, demand)
+                .await
+                .map_err(|s| s.refuse(&format!("starting VM {}", rec.name)))?;
+            self.transition(entry, VmEvent::Start, None)?;
+        }
         let mut undo = Rollback::new();
         let mut attached = None;
         let result = self
