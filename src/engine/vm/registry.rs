@@ -259,6 +259,18 @@ impl VmEngine {
             None
         };
         let qemu_user = confine_qemu(cfg)?;
+        if let (Accelerator::Kvm, Some(user)) = (accel, &qemu_user) {
+            // QEMU opens /dev/kvm itself, as its user: through the kvm group.
+            let who = user.identity(cfg.qemu_gid_base);
+            let kvm = host_root.join("dev/kvm");
+            confine::check_reach(&kvm, &who, confine::READ | confine::WRITE).map_err(|e| {
+                anyhow::anyhow!(
+                    "KVM is in use and QEMU runs as {}, which cannot open {}: {e}; give it to group kvm with mode 0660, or set accel = \"tcg\"",
+                    user.name,
+                    kvm.display()
+                )
+            })?;
+        }
         let engine = VmEngine {
             inner: Arc::new(VmShared {
                 img: QemuImg::new(cfg.qemu_img_binary.clone()),
