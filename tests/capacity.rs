@@ -144,6 +144,11 @@ async fn a_vm_larger_than_the_host_is_refused_at_start_and_a_disk_larger_than_th
         (code, e["error"]["status"].as_str()),
         (404, Some("NOT_FOUND"))
     );
+    let (code, doc) = d.req("GET", "/openapi.json", None).await;
+    assert_eq!(code, 200);
+    let op = &doc["paths"]["/api/v1/nodes/{node}/resources"]["get"];
+    assert!(op["responses"]["200"].is_object(), "{op}");
+    assert!(doc["components"]["schemas"]["NodeResources"].is_object());
 
     // A disk the storage cannot hold at its full size is refused at create,
     // before anything is made.

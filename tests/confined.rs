@@ -1,7 +1,7 @@
 //! Guests' QEMU confined: each runs as the unprivileged `libgo-qemu` with
 //! a group of its own VM and QEMU's seccomp sandbox, owns only its VM's
-//! files, cannot open another VM's disk, and still boots, is re-adopted
-//! after a daemon restart and stops.
+//! files, cannot open another VM's disk (nor reach another QEMU through
+//! /proc), and still boots, is re-adopted after a daemon restart and stops.
 
 mod common;
 
@@ -96,6 +96,30 @@ async fn each_guest_runs_unprivileged_in_its_own_group_and_cannot_open_another_s
         gids.push(gid[0]);
     }
     assert_ne!(gids[0], gids[1], "each VM has a group of its own");
+
+    // The kernel's ptrace check compares groups too: with A's credentials,
+    // B's QEMU is out of reach through /proc (its memory, its open disk),
+    // while with B's own it is not.
+    let as_qemu_of = |gid: u32, file: String| {
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={}", user.uid.as_raw()))
+            .arg(format!("--regid={gid}"))
+            .args(["--clear-groups", "cat", &file])
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let environ = format!("/proc/{pid_b}/environ");
+    let out = as_qemu_of(gids[0], environ.clone());
+    assert!(
+        !out.status.success(),
+        "A's credentials read B's QEMU's environment"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(as_qemu_of(gids[1], environ).status.success());
 
     // With the daemon gone, its QMP connection is free: ask A's QEMU to
     // open files itself.
