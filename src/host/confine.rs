@@ -8,8 +8,10 @@
 //! A VM's files belong to `root:<its group>` and give nothing to others,
 //! so one VM's QEMU cannot open another VM's disk. The kernel's ptrace
 //! check compares groups too, so neither can it reach another QEMU's
-//! memory or open files through `/proc`. Shared base images, kernels and
-//! initrds stay world-readable: QEMU opens them read-only.
+//! memory or open files through `/proc`; signals, which the kernel checks
+//! by uid alone, are kept to the process itself by [`SignalFilter`].
+//! Shared base images, kernels and initrds stay world-readable: QEMU opens
+//! them read-only.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io;
@@ -366,6 +368,117 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, ConfineError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A seccomp filter that lets a confined QEMU signal only itself.
+///
+/// Every QEMU shares the uid `libgo-qemu`, and the kernel lets a process
+/// signal any other of the same uid (`kill(2)` compares user ids only):
+/// without this, one compromised QEMU could kill the others. `kill`,
+/// `tgkill`, `rt_sigqueueinfo` and `rt_tgsigqueueinfo` are allowed only
+/// towards the process's own pid (and `kill(0, …)`, its own process group:
+/// it leads one of its own); `tkill`, `pidfd_open` and `pidfd_send_signal`
+/// (which could name another process by thread id or pidfd) are refused
+/// with EPERM; a system call of another architecture ends the process.
+/// QEMU's own `-sandbox` filter is added on top of this one.
+#[derive(Debug, Clone)]
+pub struct SignalFilter {
+    prog: Vec<nix::libc::sock_filter>,
+    /// Where the program compares a target with the process's pid.
+    pid_slot: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+impl SignalFilter {
+    /// The filter for this architecture (x86_64 and aarch64: both little
+    /// endian, where the low half of an argument is at its offset).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    pub fn new() -> Option<SignalFilter> {
+        use nix::libc::{self, sock_filter};
+        const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+        const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+                                 // Offsets in `struct seccomp_data`.
+        const NR: u32 = 0;
+        const ARCH: u32 = 4;
+        const ARG0: u32 = 16;
+        const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
+        let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let ld = |k| sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let ret = |k| sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        // Jumps are written with absolute targets and made relative below.
+        let jeq = |k: i64, jt: u8, jf: u8| sock_filter {
+            code: JEQ_K,
+            jt,
+            jf,
+            k: k as u32,
+        };
+        const TARGET: u8 = 12;
+        const DENY: u8 = 15;
+        const ALLOW_OWN: u8 = 16;
+        let abs = [
+            /* 0 */ ld(ARCH),
+            /* 1 */ jeq(AUDIT_ARCH as i64, 3, 2),
+            /* 2 */ ret(libc::SECCOMP_RET_KILL_PROCESS),
+            /* 3 */ ld(NR),
+            /* 4 */ jeq(libc::SYS_kill, TARGET, 5),
+            /* 5 */ jeq(libc::SYS_tgkill, TARGET, 6),
+            /* 6 */ jeq(libc::SYS_rt_sigqueueinfo, TARGET, 7),
+            /* 7 */ jeq(libc::SYS_rt_tgsigqueueinfo, TARGET, 8),
+            /* 8 */ jeq(libc::SYS_tkill, DENY, 9),
+            /* 9 */ jeq(libc::SYS_pidfd_open, DENY, 10),
+            /* 10 */ jeq(libc::SYS_pidfd_send_signal, DENY, 11),
+            /* 11 */ ret(ALLOW),
+            /* 12 */ ld(ARG0),
+            /* 13 */ jeq(0, ALLOW_OWN, 14), // the pid, set in the child
+            /* 14 */ jeq(0, ALLOW_OWN, DENY),
+            /* 15 */ ret(deny),
+            /* 16 */ ret(ALLOW),
+        ];
+        let prog = abs
+            .iter()
+            .enumerate()
+            .map(|(i, insn)| {
+                let mut insn = *insn;
+                if insn.code == JEQ_K {
+                    insn.jt -= i as u8 + 1;
+                    insn.jf -= i as u8 + 1;
+                }
+                insn
+            })
+            .collect();
+        Some(SignalFilter { prog, pid_slot: 13 })
+    }
+
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    pub fn new() -> Option<SignalFilter> {
+        None
+    }
+
+    /// Writes the process's own pid into the program: done in the forked
+    /// child (no allocation), whose pid the parent cannot know before.
+    pub fn set_pid(&mut self, pid: u32) {
+        self.prog[self.pid_slot].k = pid;
+    }
+
+    /// The program, for `seccomp(SECCOMP_SET_MODE_FILTER)`.
+    pub fn program(&self) -> &[nix::libc::sock_filter] {
+        &self.prog
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +576,24 @@ mod tests {
             },
             WRITE
         ));
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn the_signal_filter_jumps_stay_inside_the_program() {
+        let mut f = SignalFilter::new().unwrap();
+        f.set_pid(4242);
+        let prog = f.program();
+        assert_eq!(prog[13].k, 4242);
+        for (i, insn) in prog.iter().enumerate() {
+            if insn.code == 0x15 {
+                for off in [insn.jt, insn.jf] {
+                    assert!(i + 1 + (off as usize) < prog.len(), "jump out at {i}");
+                }
+            }
+        }
+        // Every path ends in a return.
+        assert_eq!(prog.last().unwrap().code, 0x06);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use uuid::Uuid;
 
-use crate::host::confine::Identity;
+use crate::host::confine::{Identity, SignalFilter};
 
 /// Spawns `binary argv...` in a new session; stdout and stderr append to
 /// `log`. With `cgroup_procs` (a cgroup's `cgroup.procs`), the child joins
@@ -45,6 +45,7 @@ pub fn spawn(
     let keep: Vec<RawFd> = keep_fds.to_vec();
     let creds: Option<(nix::libc::uid_t, nix::libc::gid_t, Vec<nix::libc::gid_t>)> =
         identity.map(|i| (i.uid, i.gid, i.groups.clone()));
+    let mut filter = identity.and_then(|_| SignalFilter::new());
     let mut cmd = std::process::Command::new(binary);
     cmd.args(argv)
         .stdin(Stdio::null())
@@ -52,9 +53,10 @@ pub fn spawn(
         .stderr(Stdio::from(log_err));
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (setsid, open, write, close, fcntl,
-    // setgroups, setresgid, setresuid) on memory prepared before the fork
-    // (`procs`, `keep`, `creds` are moved in whole); it allocates nothing
-    // and takes no lock. The cgroup is joined while still root; the
+    // setgroups, setresgid, setresuid, getpid, prctl, seccomp) on memory
+    // prepared before the fork (`procs`, `keep`, `creds`, `filter` are
+    // moved in whole; the filter's pid is written in place); it allocates
+    // nothing and takes no lock. The cgroup is joined while still root; the
     // credentials are dropped last, groups before the user (after setresuid
     // the process could no longer change its groups).
     unsafe {
@@ -68,6 +70,10 @@ pub fn spawn(
             }
             if let Some((uid, gid, groups)) = &creds {
                 drop_privileges(*uid, *gid, groups)?;
+            }
+            if let Some(filter) = &mut filter {
+                filter.set_pid(std::process::id());
+                install_filter(filter.program())?;
             }
             Ok(())
         });
@@ -85,6 +91,37 @@ unsafe fn inherit_fd(fd: RawFd) -> io::Result<()> {
     use nix::libc;
     // SAFETY: fcntl on a descriptor number; an invalid one fails with EBADF.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs a seccomp filter on the calling process (no new privileges
+/// first, as an unprivileged process must).
+///
+/// # Safety
+/// Only raw system calls: callable between fork and exec.
+unsafe fn install_filter(prog: &[nix::libc::sock_filter]) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel
+    // copies the program and only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -403,6 +440,53 @@ mod tests {
         );
         child.start_kill().unwrap();
         child.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_confined_launch_may_signal_itself_only() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root (it changes credentials)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let as_vm = |gid| Identity {
+            uid: 65534,
+            gid,
+            groups: vec![],
+        };
+        // Same uid as the shell below, another VM's group.
+        let mut other = spawn(
+            Path::new("/bin/sh"),
+            &["-c".into(), "exec sleep 30".into()],
+            &log,
+            None,
+            &[],
+            Some(&as_vm(0x7000_0007)),
+        )
+        .unwrap();
+        let target = other.id().unwrap();
+        let script = format!(
+            "kill -0 {target} 2>/dev/null; echo other=$?; kill -0 $$; echo self=$?; \
+             grep -E '^(Seccomp|NoNewPrivs):' /proc/$$/status | tr -s ' \\t' ' '"
+        );
+        let mut probe = spawn(
+            Path::new("/bin/sh"),
+            &["-c".into(), script],
+            &log,
+            None,
+            &[],
+            Some(&as_vm(0x7000_0008)),
+        )
+        .unwrap();
+        probe.wait().await.unwrap();
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert!(out.contains("other=1"), "{out}");
+        assert!(out.contains("self=0"), "{out}");
+        assert!(out.contains("Seccomp: 2"), "{out}");
+        assert!(out.contains("NoNewPrivs: 1"), "{out}");
+        assert!(is_alive(target), "the other process was not signalled");
+        other.start_kill().unwrap();
+        other.wait().await.unwrap();
     }
 
     #[test]
