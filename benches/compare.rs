@@ -95,7 +95,7 @@ fn launch_spec(
         disk: state.join("root.qcow2"),
         disk_cache,
         mac,
-        tap: None,
+        tap_fd: None,
         boot: Some(KernelBoot {
             kernel: dirs.images.join("vmlinuz"),
             initrd: Some(dirs.images.join("initrd.img")),
@@ -135,6 +135,8 @@ async fn floor_create_start(
         Path::new("qemu-system-x86_64"),
         &argv::build(spec),
         &log,
+        None,
+        &[],
         None,
     )
     .unwrap();

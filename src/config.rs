@@ -36,6 +36,10 @@ pub struct PoolConfig {
     pub path: PathBuf,
 }
 
+/// Above the ranges systemd hands to users, dynamic users and containers
+/// (which end at 0x6FFFFFFF), below the signed-integer boundary.
+pub const DEFAULT_QEMU_GID_BASE: u32 = 0x7000_0000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -104,6 +108,42 @@ pub struct Config {
     /// This agent's name (the `node` of its resources, the owner label of
     /// its containers); the host name when empty.
     pub node_name: String,
+    /// The unprivileged user every guest's QEMU runs as (made at the first
+    /// start when missing), each VM with a group of its own; empty: QEMU
+    /// runs as root (for debugging only).
+    pub qemu_user: String,
+    /// The first of the 65536 group ids given to VMs, one each (no
+    /// `/etc/group` entry; they must not be used by anything else).
+    pub qemu_gid_base: u32,
+    /// Admission control: what the host may hold (`[capacity]`).
+    pub capacity: CapacityConfig,
+}
+
+/// The limits creates and starts are checked against.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Memory of running guests may reach this multiple of the host's
+    /// memory less `reserved_memory_mib`. 1.0: guest memory is not swapped
+    /// out safely and a balloon is a request, not a guarantee, so by
+    /// default no guest can be made to fail for memory another one took.
+    pub memory_overcommit: f64,
+    /// vCPUs of running VMs may reach this multiple of the host's online
+    /// cores (vCPUs that idle cost little; 4 keeps a busy host responsive).
+    pub vcpu_overcommit: f64,
+    /// Memory kept for the host itself: libgod, Docker, QEMU's own
+    /// overhead per guest, the page cache (MiB).
+    pub reserved_memory_mib: u64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        CapacityConfig {
+            memory_overcommit: 1.0,
+            vcpu_overcommit: 4.0,
+            reserved_memory_mib: 1024,
+        }
+    }
 }
 
 impl Default for Config {
@@ -143,6 +183,9 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             audit_retention_days: 90,
             node_name: String::new(),
+            qemu_user: "libgo-qemu".into(),
+            qemu_gid_base: DEFAULT_QEMU_GID_BASE,
+            capacity: CapacityConfig::default(),
         }
     }
 }
@@ -289,6 +332,26 @@ impl Config {
                 "session_ttl_secs must be at least 60".into(),
             ));
         }
+        if self.qemu_gid_base == 0
+            || self
+                .qemu_gid_base
+                .checked_add(0xFFFF)
+                .is_none_or(|end| end == u32::MAX)
+        {
+            return Err(ConfigError::Invalid(
+                "qemu_gid_base must leave room for 65536 group ids below 4294967295".into(),
+            ));
+        }
+        for (key, v) in [
+            ("memory_overcommit", self.capacity.memory_overcommit),
+            ("vcpu_overcommit", self.capacity.vcpu_overcommit),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1000.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "capacity.{key} must be above 0 and at most 1000"
+                )));
+            }
+        }
         if self.qmp_timeout_secs == 0 || self.qemu_start_timeout_secs == 0 {
             return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));
         }
@@ -333,6 +396,9 @@ mod tests {
         assert_eq!(c.state_dir, d.state_dir);
         assert_eq!(c.max_memory_mib, d.max_memory_mib);
         assert_eq!(c.stop_timeout_secs, d.stop_timeout_secs);
+        assert_eq!(c.qemu_user, d.qemu_user);
+        assert_eq!(c.qemu_gid_base, d.qemu_gid_base);
+        assert_eq!(c.capacity, d.capacity);
         c.validate().unwrap();
     }
 
@@ -352,6 +418,21 @@ mod tests {
         c.validate().unwrap();
         c.listen = "nonsense".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn capacity_limits_are_a_section_and_checked() {
+        let c: Config =
+            toml::from_str("[capacity]\nmemory_overcommit = 1.5\nreserved_memory_mib = 0\n")
+                .unwrap();
+        assert_eq!(c.capacity.memory_overcommit, 1.5);
+        assert_eq!(c.capacity.vcpu_overcommit, 4.0);
+        assert_eq!(c.capacity.reserved_memory_mib, 0);
+        c.validate().unwrap();
+        assert!(toml::from_str::<Config>("[capacity]\nmemory = 1\n").is_err());
+        let mut bad = Config::default();
+        bad.capacity.vcpu_overcommit = 0.0;
+        assert!(bad.validate().is_err());
     }
 
     #[test]

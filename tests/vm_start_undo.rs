@@ -5,7 +5,8 @@
 //! clean-up was done. The points between steps that nothing real fails on
 //! demand go wrong through the daemon's testing knob `LIBGO_TEST_FAIL_STEP`
 //! (see src/engine/faults.rs); a real failure is a VM with more memory than
-//! the host has, which QEMU refuses itself. Afterwards each VM starts and
+//! the host has, which QEMU refuses itself (on a daemon whose admission
+//! limit is lifted out of the way). Afterwards each VM starts and
 //! runs as usual. No guest needs to boot: QEMU is up in ~100 ms.
 
 mod common;
@@ -251,9 +252,17 @@ async fn a_start_qemu_refuses_leaves_nothing() {
         return;
     }
     let _slot = guest_slot().await;
-    let d = Daemon::start().await;
-    // Twice what the host holds: not refused at create (yet), refused by
-    // QEMU when it sets up the guest's memory, after it opened its sockets.
+    // Twice what the host holds: admission control would refuse its start
+    // (tests/capacity.rs), so this daemon's limit is lifted far past it;
+    // QEMU then refuses it when it sets up the guest's memory, after it
+    // opened its sockets.
+    let cfg = tempfile::Builder::new()
+        .prefix("lgsu")
+        .suffix(".toml")
+        .tempfile_in("/tmp")
+        .unwrap();
+    std::fs::write(cfg.path(), "[capacity]\nmemory_overcommit = 1000\n").unwrap();
+    let d = Daemon::start_with(&["--config", cfg.path().to_str().unwrap()]).await;
     let memory = host_memory_mib() * 2;
     for (name, limited) in [("su-huge", false), ("su-huge-io", true)] {
         let mut extra = limits(limited);

@@ -177,6 +177,7 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/api/v1/vms/{id}/performance", Min(Viewer)),
     ("GET", "/api/v1/vms/{id}/resources", Min(Viewer)),
     ("POST", "/api/v1/vms/{id}/{action}", Min(Operator)),
+    ("GET", "/api/v1/nodes/{node}/resources", Min(Viewer)),
     ("GET", "/api/v1/jobs", Min(Viewer)),
     ("DELETE", "/api/v1/jobs", Min(Operator)),
     ("GET", "/api/v1/jobs/{id}", Min(Viewer)),

@@ -82,6 +82,19 @@ impl From<EngineError> for ApiError {
         if e.kind() == ErrorKind::Capacity {
             err.reason = "INSUFFICIENT_CAPACITY";
         }
+        if let EngineError::Capacity {
+            shortfall: Some(s), ..
+        } = &e
+        {
+            err.details.push(serde_json::json!({
+                "reason": "INSUFFICIENT_CAPACITY",
+                "resource": s.resource.as_str(),
+                "unit": s.resource.unit(),
+                "limit": s.limit,
+                "requested": s.requested,
+                "available": s.available,
+            }));
+        }
         if let EngineError::Busy {
             job_id, job_type, ..
         } = &e

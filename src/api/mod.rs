@@ -97,6 +97,7 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/vms/{id}/performance" => get(vms::performance);
         "/vms/{id}/resources" => get(vms::resources);
         "/vms/{id}/{action}" => post(vms::action);
+        "/nodes/{node}/resources" => get(metrics::node_resources);
         "/jobs" => get(jobs::list), delete(jobs::bulk_cancel);
         "/jobs/{id}" => get(jobs::get), delete(jobs::cancel);
         "/jobs/{id}/tasks" => get(jobs::tasks);

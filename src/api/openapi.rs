@@ -40,6 +40,7 @@ use crate::engine::Agent;
         super::users::patch_user, super::users::delete_user,
         super::users::list_tokens, super::users::create_token, super::users::get_token,
         super::users::revoke_token, super::audit::list,
+        super::metrics::node_resources,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
          (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),

@@ -57,6 +57,8 @@ pub struct Core {
     pub events: EventBus,
     /// This agent's node name.
     pub node: String,
+    /// Admission control, shared by both backends.
+    pub admission: super::capacity::Admission,
 }
 
 /// A job that was started: its record at the start, and the task doing the

@@ -33,9 +33,13 @@ pub enum EngineError {
         job_id: Uuid,
         job_type: String,
     },
-    /// The host cannot hold it.
-    #[error("{0}")]
-    Capacity(String),
+    /// The host cannot hold it: `shortfall` says which resource and by
+    /// how much (admission control, `engine::capacity`).
+    #[error("{message}")]
+    Capacity {
+        message: String,
+        shortfall: Option<crate::engine::capacity::Shortfall>,
+    },
     /// A backend (QEMU, KVM) is missing.
     #[error("{0}")]
     Unavailable(String),
@@ -62,7 +66,7 @@ impl EngineError {
             EngineError::Conflict(_) | EngineError::Busy { .. } | EngineError::Cancelled(_) => {
                 ErrorKind::Conflict
             }
-            EngineError::Capacity(_) => ErrorKind::Capacity,
+            EngineError::Capacity { .. } => ErrorKind::Capacity,
             EngineError::Unavailable(_) => ErrorKind::Unavailable,
             EngineError::Forbidden(_) => ErrorKind::Forbidden,
             EngineError::Internal { .. } => ErrorKind::Internal,

@@ -31,6 +31,8 @@
 //! Every job carries a `JobTarget` and the `Requester` who asked.
 
 pub mod bulk;
+/// Admission control: creates and starts checked against the host's limits.
+pub mod capacity;
 pub mod container;
 pub mod core;
 pub mod error;
@@ -98,6 +100,7 @@ impl Agent {
             cfg.node_name.clone()
         };
         let core = Arc::new(Core {
+            admission: capacity::Admission::new(cfg.capacity.clone()),
             cfg,
             store,
             jobs,
@@ -149,6 +152,15 @@ impl Agent {
     }
     pub fn node(&self) -> &str {
         &self.core.node
+    }
+
+    /// The host's figures, the admission limits, what guests hold and
+    /// what is left (`GET /nodes/{node}/resources`).
+    pub async fn node_resources(&self) -> crate::model::NodeResources {
+        self.core
+            .admission
+            .report(&self.core.node, &self.core.cfg.state_dir.join("vms"))
+            .await
     }
 
     pub fn job(&self, id: Uuid) -> Result<Job> {

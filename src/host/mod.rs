@@ -5,6 +5,7 @@ pub mod accel;
 pub mod blockdev;
 pub mod cgroup;
 pub mod cloudinit;
+pub mod confine;
 pub mod pinning;
 pub mod pool;
 pub mod qemu_img;

@@ -4,6 +4,7 @@
 //! Shared by the API layer, the engine's inputs and the test clients.
 
 mod access;
+mod capacity;
 mod common;
 mod container;
 mod job;
@@ -12,6 +13,7 @@ mod template;
 mod vm;
 
 pub use access::*;
+pub use capacity::*;
 pub use common::*;
 pub use container::*;
 pub use job::*;

@@ -38,8 +38,9 @@ pub struct LaunchSpec {
     /// `none` (O_DIRECT) where the filesystem supports it.
     pub disk_cache: &'static str,
     pub mac: String,
-    /// A host tap device for the NIC; user-mode networking when None.
-    pub tap: Option<String>,
+    /// The descriptor (inherited by QEMU) of a host tap device for the
+    /// NIC; user-mode networking when None.
+    pub tap_fd: Option<i32>,
     pub boot: Option<KernelBoot>,
     /// A read-only cloud-init NoCloud seed drive.
     pub seed: Option<PathBuf>,
@@ -84,6 +85,9 @@ pub const DISK_DEVICE_ID: &str = "vd0";
 /// Id of the root disk's block backend (`-drive id=`).
 pub const DISK_DRIVE_ID: &str = "disk0";
 
+/// The `-sandbox` options every guest runs with.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// Escapes a value for QEMU's comma-separated option syntax.
 fn opt(value: &str) -> String {
     value.replace(',', ",,")
@@ -104,6 +108,10 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
     ]);
     push(&["-uuid", &spec.id.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-S"]);
+    // QEMU's seccomp filter: no obsolete calls, no change of credentials,
+    // no new processes, no scheduling changes (vCPU pinning is done by
+    // libgod from outside).
+    push(&["-sandbox", SANDBOX]);
     push(&["-machine", "q35"]);
     match spec.accel {
         Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
@@ -149,12 +157,9 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
         ]);
         push(&["-device", "virtio-blk-pci,drive=cidata,id=vd1"]);
     }
-    match &spec.tap {
+    match spec.tap_fd {
         None => push(&["-netdev", "user,id=net0"]),
-        Some(tap) => push(&[
-            "-netdev",
-            &format!("tap,id=net0,ifname={},script=no,downscript=no", opt(tap)),
-        ]),
+        Some(fd) => push(&["-netdev", &format!("tap,id=net0,fd={fd}")]),
     }
     push(&[
         "-device",
@@ -188,7 +193,7 @@ mod tests {
             disk: "/var/lib/libgo/vms/x/root.qcow2".into(),
             disk_cache: "none",
             mac: "52:54:00:aa:bb:cc".into(),
-            tap: None,
+            tap_fd: None,
             boot: None,
             seed: None,
             pidfile: "/run/libgo/vms/x/qemu.pid".into(),
@@ -219,6 +224,10 @@ mod tests {
         assert_eq!(after(&argv, "-m"), vec!["512M"]);
         assert_eq!(after(&argv, "-accel"), vec!["tcg,tb-size=64"]);
         assert!(after(&argv, "-cpu").is_empty());
+        assert_eq!(
+            after(&argv, "-sandbox"),
+            vec!["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
     }
 
     #[test]
@@ -253,11 +262,8 @@ mod tests {
     #[test]
     fn tap_networking() {
         let mut s = spec();
-        s.tap = Some("lg0123456789a".into());
-        assert_eq!(
-            after(&build(&s), "-netdev"),
-            vec!["tap,id=net0,ifname=lg0123456789a,script=no,downscript=no"]
-        );
+        s.tap_fd = Some(7);
+        assert_eq!(after(&build(&s), "-netdev"), vec!["tap,id=net0,fd=7"]);
     }
 
     #[test]

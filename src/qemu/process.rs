@@ -6,6 +6,7 @@
 //! how a restarted daemon re-adopts it.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -15,14 +16,21 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use uuid::Uuid;
 
+use crate::host::confine::{Identity, SignalFilter};
+
 /// Spawns `binary argv...` in a new session; stdout and stderr append to
 /// `log`. With `cgroup_procs` (a cgroup's `cgroup.procs`), the child joins
-/// that cgroup before it executes, so it never runs outside it.
+/// that cgroup before it executes, so it never runs outside it. Each of
+/// `keep_fds` (open in the caller) stays open in the child under its
+/// number. With `identity`, the child then drops to those credentials
+/// (supplementary groups, group, user), so the binary never runs as root.
 pub fn spawn(
     binary: &Path,
     argv: &[String],
     log: &Path,
     cgroup_procs: Option<&Path>,
+    keep_fds: &[RawFd],
+    identity: Option<&Identity>,
 ) -> io::Result<tokio::process::Child> {
     use std::os::unix::ffi::OsStrExt;
     let procs = cgroup_procs
@@ -34,19 +42,38 @@ pub fn spawn(
         .append(true)
         .open(log)?;
     let log_err = log_file.try_clone()?;
+    let keep: Vec<RawFd> = keep_fds.to_vec();
+    let creds: Option<(nix::libc::uid_t, nix::libc::gid_t, Vec<nix::libc::gid_t>)> =
+        identity.map(|i| (i.uid, i.gid, i.groups.clone()));
+    let mut filter = identity.and_then(|_| SignalFilter::new());
     let mut cmd = std::process::Command::new(binary);
     cmd.args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_file))
         .stderr(Stdio::from(log_err));
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, open, write, close) on memory
-    // prepared before the fork; it allocates nothing and takes no lock.
+    // async-signal-safe system calls (setsid, open, write, close, fcntl,
+    // setgroups, setresgid, setresuid, getpid, prctl, seccomp) on memory
+    // prepared before the fork (`procs`, `keep`, `creds`, `filter` are
+    // moved in whole; the filter's pid is written in place); it allocates
+    // nothing and takes no lock. The cgroup is joined while still root; the
+    // credentials are dropped last, groups before the user (after setresuid
+    // the process could no longer change its groups).
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
             if let Some(procs) = &procs {
                 join_cgroup(procs)?;
+            }
+            for fd in &keep {
+                inherit_fd(*fd)?;
+            }
+            if let Some((uid, gid, groups)) = &creds {
+                drop_privileges(*uid, *gid, groups)?;
+            }
+            if let Some(filter) = &mut filter {
+                filter.set_pid(std::process::id());
+                install_filter(filter.program())?;
             }
             Ok(())
         });
@@ -54,6 +81,76 @@ pub fn spawn(
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(false);
     cmd.spawn()
+}
+
+/// Clears close-on-exec on `fd`, so the executed binary inherits it.
+///
+/// # Safety
+/// Only raw system calls: callable between fork and exec.
+unsafe fn inherit_fd(fd: RawFd) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: fcntl on a descriptor number; an invalid one fails with EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs a seccomp filter on the calling process (no new privileges
+/// first, as an unprivileged process must).
+///
+/// # Safety
+/// Only raw system calls: callable between fork and exec.
+unsafe fn install_filter(prog: &[nix::libc::sock_filter]) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel
+    // copies the program and only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the supplementary groups, then real, effective and saved group and
+/// user ids, of the calling process.
+///
+/// # Safety
+/// Only raw system calls: callable between fork and exec.
+unsafe fn drop_privileges(
+    uid: nix::libc::uid_t,
+    gid: nix::libc::gid_t,
+    groups: &[nix::libc::gid_t],
+) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: `groups` points at `groups.len()` initialised gids.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain system calls on integers.
+    if unsafe { libc::setresgid(gid, gid, gid) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setresuid(uid, uid, uid) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is
@@ -198,6 +295,8 @@ mod tests {
             ],
             &log,
             None,
+            &[],
+            None,
         )
         .unwrap();
         let pid = child.id().unwrap();
@@ -236,8 +335,8 @@ mod tests {
                 p.display().to_string(),
             ]
         };
-        let mut mine = spawn(Path::new("/bin/sh"), &args(&pidfile), &log, None).unwrap();
-        let mut theirs = spawn(Path::new("/bin/sh"), &args(&other), &log, None).unwrap();
+        let mut mine = spawn(Path::new("/bin/sh"), &args(&pidfile), &log, None, &[], None).unwrap();
+        let mut theirs = spawn(Path::new("/bin/sh"), &args(&other), &log, None, &[], None).unwrap();
         let pid = mine.id().unwrap();
         // The shell's own fork for `sleep` carries the same arguments for a
         // moment before it executes, so it may be found too.
@@ -278,6 +377,8 @@ mod tests {
             &["-c".into(), "sleep 30 & sleep 30; :".into()],
             &dir.path().join("log"),
             None,
+            &[],
+            None,
         )
         .unwrap();
         let pid = child.id().unwrap();
@@ -293,6 +394,99 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{:?}", group(pid));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A `/proc/<pid>/status` line's values.
+    fn status_line(pid: u32, key: &str) -> Vec<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_confined_launch_runs_with_its_credentials_and_keeps_its_fds() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root (it changes credentials)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (keep, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&keep);
+        let who = Identity {
+            uid: 65534,
+            gid: 0x7000_0005,
+            groups: vec![0x7000_0006],
+        };
+        let mut child = spawn(
+            Path::new("/bin/sh"),
+            &["-c".into(), "exec sleep 30".into()],
+            &dir.path().join("log"),
+            None,
+            &[fd],
+            Some(&who),
+        )
+        .unwrap();
+        let pid = child.id().unwrap();
+        assert_eq!(status_line(pid, "Uid:"), vec![65534; 4]);
+        assert_eq!(status_line(pid, "Gid:"), vec![0x7000_0005; 4]);
+        assert_eq!(status_line(pid, "Groups:"), vec![0x7000_0006]);
+        assert!(
+            Path::new(&format!("/proc/{pid}/fd/{fd}")).exists(),
+            "the kept descriptor is inherited"
+        );
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_confined_launch_may_signal_itself_only() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root (it changes credentials)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let as_vm = |gid| Identity {
+            uid: 65534,
+            gid,
+            groups: vec![],
+        };
+        // Same uid as the shell below, another VM's group.
+        let mut other = spawn(
+            Path::new("/bin/sh"),
+            &["-c".into(), "exec sleep 30".into()],
+            &log,
+            None,
+            &[],
+            Some(&as_vm(0x7000_0007)),
+        )
+        .unwrap();
+        let target = other.id().unwrap();
+        let script = format!(
+            "kill -0 {target} 2>/dev/null; echo other=$?; kill -0 $$; echo self=$?; \
+             grep -E '^(Seccomp|NoNewPrivs):' /proc/$$/status | tr -s ' \\t' ' '"
+        );
+        let mut probe = spawn(
+            Path::new("/bin/sh"),
+            &["-c".into(), script],
+            &log,
+            None,
+            &[],
+            Some(&as_vm(0x7000_0008)),
+        )
+        .unwrap();
+        probe.wait().await.unwrap();
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert!(out.contains("other=1"), "{out}");
+        assert!(out.contains("self=0"), "{out}");
+        assert!(out.contains("Seccomp: 2"), "{out}");
+        assert!(out.contains("NoNewPrivs: 1"), "{out}");
+        assert!(is_alive(target), "the other process was not signalled");
+        other.start_kill().unwrap();
+        other.wait().await.unwrap();
     }
 
     #[test]

@@ -87,6 +87,12 @@ impl Daemon {
             .prefix("lg")
             .tempdir_in("/tmp")
             .unwrap();
+        // QEMU runs unprivileged: it must pass through to its VM's files.
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
         let images = root.path().join("images");
         std::fs::create_dir_all(&images).unwrap();
         let fx = fixtures();

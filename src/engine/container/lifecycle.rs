@@ -265,6 +265,13 @@ impl ContainerEngine {
             .name
             .clone()
             .unwrap_or_else(|| vm::generate_name(&req.image.replace([':', '/'], "-")));
+        // A container started with a memory limit holds it: admitted (and
+        // counted until the job ends, when the engine shows it running)
+        // before anything is made.
+        let room = match (req.start, req.memory) {
+            (true, Some(m)) => Some(self.admit(id, &name, m).await?),
+            _ => None,
+        };
         let (handle, ctx) = self.core().start_single(
             Uuid::new_v4(),
             "container.create",
@@ -280,6 +287,7 @@ impl ContainerEngine {
             start: req.start,
         };
         Ok(self.core().spawn_job(handle, None, async move {
+            let _room = room;
             let mut undo = Rollback::new();
             let mut slot = None;
             match agent.create_steps(plan, &ctx, &mut undo, &mut slot).await {
@@ -376,6 +384,30 @@ impl ContainerEngine {
         lock(&self.inner.state).stats.remove(&engine_id);
     }
 
+    /// Admission of container `id` (`name`) holding `memory_mib`: refused
+    /// with 409 when the host's limit has no room for it, else counted
+    /// until the permit is dropped.
+    async fn admit(
+        &self,
+        id: Uuid,
+        name: &str,
+        memory_mib: u64,
+    ) -> Result<crate::engine::capacity::Permit> {
+        let demand = crate::engine::capacity::Demand {
+            memory_mib,
+            vcpus: 0,
+        };
+        self.core()
+            .admission
+            .reserve(id, demand)
+            .await
+            .map_err(|s| {
+                s.refuse(&format!(
+                    "container {name} with a memory limit of {memory_mib} MiB"
+                ))
+            })
+    }
+
     /// The testing aid of `engine::faults`: fails or cancels the create of
     /// `name` right after `step` when the daemon was told to.
     fn inject(&self, name: &str, step: After, ctx: &JobCtx) -> Result<()> {
@@ -407,6 +439,15 @@ impl ContainerEngine {
             let d = agent.docker()?;
             let id = c.engine_id.as_str();
             let skip = plan(action, c.status).map_err(EngineError::Conflict)?;
+            let starts = matches!(action, CAction::Start | CAction::Restart)
+                && !matches!(
+                    c.status,
+                    ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Starting
+                );
+            let _room = match c.memory {
+                Some(m) if starts && skip.is_none() => Some(agent.admit(c.id, &c.name, m).await?),
+                _ => None,
+            };
             let outcome = match skip {
                 Some(outcome) => outcome,
                 None => {
@@ -543,12 +584,24 @@ impl ContainerEngine {
         }
         let update: bollard::models::ContainerUpdateBody = serde_json::from_value(body)
             .map_err(|e| EngineError::internal("building the update", e))?;
+        // A running container's memory limit may grow only within the host's.
+        let running = matches!(
+            c.status,
+            ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Starting
+        );
+        let room = match req.memory {
+            Some(m) if running && c.memory.is_none_or(|now| m > now) => {
+                Some(self.admit(c.id, &c.name, m).await?)
+            }
+            _ => None,
+        };
         let job_id = Uuid::new_v4();
         let guard = self.claim(&c, job_id, "container.update")?;
         let (handle, _ctx) = self.container_job(job_id, "container.update", &c, requester)?;
         let agent = self.clone();
         Ok(self.core().spawn_job(handle, None, async move {
             let _guard = guard;
+            let _room = room;
             agent
                 .docker()?
                 .update_container(&c.engine_id, update)

@@ -88,14 +88,62 @@ fn s(v: &Value) -> String {
 impl ContainerEngine {
     pub fn new(core: Arc<Core>) -> ContainerEngine {
         let docker = DockerBackend::new(core.cfg.docker_socket.clone());
-        ContainerEngine {
+        let engine = ContainerEngine {
             inner: Arc::new(ContainerShared {
-                core,
+                core: core.clone(),
                 docker,
                 state: Mutex::new(ContainerState::default()),
                 faults: FailSteps::from_env(),
             }),
+        };
+        let weak = Arc::downgrade(&engine.inner);
+        core.admission.set_container_source(Box::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let inner = weak.upgrade()?;
+                let engine = ContainerEngine { inner };
+                tokio::time::timeout(std::time::Duration::from_secs(5), engine.commitments())
+                    .await
+                    .ok()
+                    .flatten()
+            })
+        }));
+        engine
+    }
+
+    /// What containers with a process (running, paused, restarting) and a
+    /// memory limit hold, whoever made them; None when the engine does not
+    /// answer.
+    async fn commitments(&self) -> Option<crate::engine::capacity::Commitments> {
+        let d = self.docker().ok()?;
+        let filters: HashMap<String, Vec<String>> = HashMap::from([(
+            "status".to_owned(),
+            vec!["running".into(), "paused".into(), "restarting".into()],
+        )]);
+        let list = d
+            .list_containers(Some(q::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        for id in list.into_iter().filter_map(|c| c.id) {
+            // One that went away meanwhile holds nothing.
+            let Ok(doc) = self.inspect(&id).await else {
+                continue;
+            };
+            let c = self.view(&doc);
+            if let Some(memory_mib) = c.memory.filter(|m| *m > 0) {
+                let demand = crate::engine::capacity::Demand {
+                    memory_mib,
+                    vcpus: 0,
+                };
+                out.push((c.id, demand));
+            }
         }
+        Some(out)
     }
 }
 

@@ -19,6 +19,8 @@ pub struct CreatePlan {
     pub rec: VmRecord,
     pub base_format: String,
     pub user_data: Option<String>,
+    /// Room for the disk, promised until the create has finished.
+    pub(crate) disk_room: crate::engine::capacity::Permit,
 }
 
 impl VmEngine {
@@ -44,6 +46,14 @@ impl VmEngine {
                     .transpose()?,
             }),
         };
+        // QEMU opens these itself, as its own user.
+        self.check_readable(&base_path, "base_image")?;
+        if let Some(b) = &boot_paths {
+            self.check_readable(&b.kernel, "boot.kernel")?;
+            if let Some(initrd) = &b.initrd {
+                self.check_readable(initrd, "boot.initrd")?;
+            }
+        }
         let info = self.base_info(&base_path).await.map_err(|e| {
             EngineError::Invalid(format!(
                 "base image {} is not a disk image: {e}",
@@ -66,6 +76,15 @@ impl VmEngine {
             }
         }
         let id = Uuid::new_v4();
+        // The disk may grow to its whole virtual size (a full copy also
+        // holds the base's data at once): that much must be free, beside
+        // what creates under way were promised.
+        let disk_room = self.core().admission.reserve_disk(
+            id,
+            &format!("a disk of {} GiB", spec.disk_size),
+            &self.core().cfg.state_dir.join("vms"),
+            spec.disk_size.saturating_mul(GIB),
+        )?;
         let name = spec.name.clone().unwrap_or_else(|| {
             vm::generate_name(spec.template.as_deref().unwrap_or(&spec.base_image))
         });
@@ -93,11 +112,13 @@ impl VmEngine {
                 tags: spec.tags,
                 template: spec.template,
                 cloud_init: spec.user_data.is_some(),
+                qemu_gid: None,
                 created_at: now.clone(),
                 updated_at: now,
             },
             base_format: info.format,
             user_data: spec.user_data,
+            disk_room,
         })
     }
 
@@ -133,6 +154,7 @@ impl VmEngine {
             rec,
             base_format,
             user_data,
+            disk_room: _disk_room,
         } = plan;
         let store = &self.core().store;
         let mut rb = Rollback::new();
@@ -161,6 +183,7 @@ impl VmEngine {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        let gid = self.assign_gid(&entry)?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| EngineError::internal("creating the VM directory", e))?;
         {
@@ -169,6 +192,9 @@ impl VmEngine {
                 let _ = std::fs::remove_dir_all(&dir);
             });
         }
+        // Closed to others before anything is written in it.
+        crate::host::confine::own(&dir, gid, crate::host::confine::VmFile::StateDir)
+            .map_err(|e| EngineError::internal("giving the VM directory to its group", e))?;
         ctx.check()?;
         let img = &self.inner.img;
         match rec.clone {
@@ -223,6 +249,8 @@ impl VmEngine {
             .await
             .map_err(|e| EngineError::internal("Failed to write the cloud-init seed", e))?;
         }
+        let rec = entry.record();
+        self.own_files(&rec, gid)?;
         ctx.check()?;
         // Listed (as `creating`) since its row exists; done now.
         self.transition(&entry, VmEvent::Created, None)?;

@@ -46,6 +46,11 @@ pub struct VmRecord {
     /// A NoCloud `cidata.iso` (user data) sits beside the disk.
     #[serde(default)]
     pub cloud_init: bool,
+    /// The group of the VM's files and of its QEMU (from the private range
+    /// `qemu_gid_base`); given at create, or at the first start of a VM
+    /// made before QEMU was confined.
+    #[serde(default)]
+    pub qemu_gid: Option<u32>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -16,6 +16,7 @@ use crate::engine::error::{EngineError, Result};
 use crate::engine::faults::FailSteps;
 use crate::engine::sample::Sample;
 use crate::host::cgroup::Cgroups;
+use crate::host::confine::{self, Identity, QemuUser, VmFile};
 use crate::host::pool::PoolError;
 use crate::host::qemu_img::{ImageInfo, QemuImg};
 use crate::model::{Target, Vm, VmStatus};
@@ -124,6 +125,8 @@ pub struct VmShared {
     /// Failures to inject on purpose into starts (a testing aid; empty
     /// unless `LIBGO_TEST_FAIL_STEP` was set when the daemon started).
     pub(crate) faults: FailSteps,
+    /// The user QEMU runs as; None: QEMU runs as root (`qemu_user = ""`).
+    pub(crate) qemu_user: Option<QemuUser>,
 }
 
 /// What identifies one version of a base image file.
@@ -172,6 +175,38 @@ pub enum SortField {
     #[default]
     CreatedAt,
     Name,
+}
+
+/// Finds (or makes) the QEMU user when QEMU is confined, and opens the
+/// way to each VM's directories: the daemon's own state, run and default
+/// pool directories get search permission for others (never listing);
+/// whatever else stands in the way is reported, since QEMU could not start.
+fn confine_qemu(cfg: &crate::config::Config) -> anyhow::Result<Option<QemuUser>> {
+    use anyhow::Context;
+    if cfg.qemu_user.is_empty() {
+        tracing::warn!("qemu_user is empty: guests' QEMU runs as root");
+        return Ok(None);
+    }
+    let user = confine::ensure_user(&cfg.qemu_user)?;
+    let vms = [cfg.state_dir.join("vms"), cfg.run_dir.join("vms")];
+    for dir in [&cfg.state_dir, &cfg.run_dir, &cfg.image_dir]
+        .into_iter()
+        .chain(&vms)
+    {
+        confine::make_searchable(dir)?;
+    }
+    let who = user.identity(cfg.qemu_gid_base);
+    for dir in &vms {
+        confine::check_reach(dir, &who, confine::SEARCH).with_context(|| {
+            format!(
+                "QEMU runs as {} and must pass through {}: make every directory above it searchable (o+x), or set qemu_user = \"\"",
+                user.name,
+                dir.display()
+            )
+        })?;
+    }
+    tracing::info!(user = %user.name, uid = user.uid, kvm_gid = ?user.kvm_gid, "guests' QEMU runs unprivileged");
+    Ok(Some(user))
 }
 
 pub(crate) fn pool_err(e: PoolError) -> EngineError {
@@ -223,6 +258,19 @@ impl VmEngine {
         } else {
             None
         };
+        let qemu_user = confine_qemu(cfg)?;
+        if let (Accelerator::Kvm, Some(user)) = (accel, &qemu_user) {
+            // QEMU opens /dev/kvm itself, as its user: through the kvm group.
+            let who = user.identity(cfg.qemu_gid_base);
+            let kvm = host_root.join("dev/kvm");
+            confine::check_reach(&kvm, &who, confine::READ | confine::WRITE).map_err(|e| {
+                anyhow::anyhow!(
+                    "KVM is in use and QEMU runs as {}, which cannot open {}: {e}; give it to group kvm with mode 0660, or set accel = \"tcg\"",
+                    user.name,
+                    kvm.display()
+                )
+            })?;
+        }
         let engine = VmEngine {
             inner: Arc::new(VmShared {
                 img: QemuImg::new(cfg.qemu_img_binary.clone()),
@@ -233,14 +281,132 @@ impl VmEngine {
                 vms: RwLock::new(Registry::default()),
                 base_info: Mutex::new(HashMap::new()),
                 faults: FailSteps::from_env(),
+                qemu_user,
             }),
         };
+        {
+            let vms = Arc::downgrade(&engine.inner);
+            core.admission.set_vm_source(Box::new(move || {
+                vms.upgrade()
+                    .map(|inner| VmEngine { inner }.commitments())
+                    .unwrap_or_default()
+            }));
+        }
         engine.recover().await?;
         Ok(engine)
     }
 
     pub(crate) fn core(&self) -> &Core {
         &self.inner.core
+    }
+
+    /// What each VM with a QEMU process (or starting one) holds: the
+    /// larger of what it was started with and what it is configured for
+    /// (a change waiting for the next start was admitted against that).
+    pub(crate) fn commitments(&self) -> crate::engine::capacity::Commitments {
+        let entries: Vec<Arc<VmEntry>> = read(&self.inner.vms).by_id.values().cloned().collect();
+        entries
+            .iter()
+            .filter_map(|e| {
+                let rt = e.runtime();
+                let (boot, threads) = rt
+                    .as_ref()
+                    .map(|rt| (rt.boot_memory, lock(&rt.vcpu_tids).len() as u64))
+                    .unwrap_or_default();
+                let r = lock(&e.rec);
+                let holds = matches!(
+                    r.status,
+                    VmStatus::Starting
+                        | VmStatus::Running
+                        | VmStatus::Paused
+                        | VmStatus::Stopping
+                        | VmStatus::Rebooting
+                );
+                (rt.is_some() || holds).then(|| {
+                    (
+                        e.id,
+                        crate::engine::capacity::Demand {
+                            memory_mib: r.memory.max(boot),
+                            vcpus: (r.vcpus as u64).max(threads),
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The credentials of the QEMU of the VM whose group is `gid` (None:
+    /// QEMU runs as root).
+    pub(crate) fn qemu_identity(&self, gid: u32) -> Option<Identity> {
+        self.inner.qemu_user.as_ref().map(|u| u.identity(gid))
+    }
+
+    /// The VM's group id, given now if it has none yet: the smallest of
+    /// the range that no other VM holds, chosen and recorded under the
+    /// registry's lock, so two VMs never share one.
+    pub(crate) fn assign_gid(&self, entry: &VmEntry) -> Result<u32> {
+        let map = write(&self.inner.vms);
+        if let Some(gid) = lock(&entry.rec).qemu_gid {
+            return Ok(gid);
+        }
+        let used = map
+            .by_id
+            .values()
+            .filter(|e| e.id != entry.id)
+            .filter_map(|e| lock(&e.rec).qemu_gid);
+        let gid = confine::free_gid(self.core().cfg.qemu_gid_base, used).ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "every one of the {} VM group ids is in use",
+                confine::VM_GID_SLOTS
+            ))
+        })?;
+        let mut rec = lock(&entry.rec);
+        rec.qemu_gid = Some(gid);
+        self.core()
+            .store
+            .update_vm(rec.id, rec.status.as_str(), &*rec)?;
+        drop(rec);
+        drop(map);
+        Ok(gid)
+    }
+
+    /// Gives the VM's files to `root:<its group>` with their modes (see
+    /// `host::confine`): its state directory, disk, cloud-init seed and
+    /// console log (made empty if missing, so QEMU appends to a file it
+    /// cannot re-create), and its run directory when it exists. Idempotent:
+    /// every start does it again, which also brings the files of a VM made
+    /// before confinement, or restored from a backup, into line.
+    pub(crate) fn own_files(&self, rec: &VmRecord, gid: u32) -> Result<()> {
+        let err = |e| EngineError::internal("giving the VM's files to its group", e);
+        confine::own(&self.state_dir(rec.id), gid, VmFile::StateDir).map_err(err)?;
+        if rec.disk_file.exists() {
+            confine::own(&rec.disk_file, gid, VmFile::Disk).map_err(err)?;
+        }
+        if rec.cloud_init {
+            confine::own(
+                &self.state_dir(rec.id).join("cidata.iso"),
+                gid,
+                VmFile::Seed,
+            )
+            .map_err(err)?;
+        }
+        let log = self.state_dir(rec.id).join("console.log");
+        confine::own_or_create(&log, gid, VmFile::ConsoleLog).map_err(err)?;
+        let run = self.run_dir(rec.id);
+        if run.exists() {
+            confine::own(&run, gid, VmFile::RunDir).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Whether QEMU, as this host runs it, can read `path` (a base image,
+    /// kernel or initrd named by a request).
+    pub(crate) fn check_readable(&self, path: &Path, field: &str) -> Result<()> {
+        let Some(who) = self.qemu_identity(self.core().cfg.qemu_gid_base) else {
+            return Ok(());
+        };
+        confine::check_reach(path, &who, confine::READ)
+            .map_err(|e| EngineError::Invalid(format!("Invalid parameter: {field}: {e}")))
     }
 
     pub fn accel(&self) -> Accelerator {

@@ -11,6 +11,7 @@ use super::live::Runtime;
 use super::record::{self as vm, VmRecord};
 use super::registry::{VmEngine, VmEntry, GIB};
 use crate::config::IoLayer;
+use crate::engine::capacity::Demand;
 use crate::engine::core::{JobCtx, Requester, Submitted};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::sample::Sample;
@@ -404,6 +405,30 @@ impl VmEngine {
     ) -> Result<Vec<FieldChange>> {
         let mut rec = entry.record();
         let rt = entry.runtime();
+        // A VM with a QEMU process may grow its share only within the
+        // host's limits: checked, and the new share recorded, under the
+        // admission lock (released before a status change, which takes it).
+        let mut serial = None;
+        if let Some(rt) = &rt {
+            let threads = lock(&rt.vcpu_tids).len() as u64;
+            let memory = req.memory.unwrap_or(rec.memory);
+            let vcpus = req.vcpus.unwrap_or(rec.vcpus) as u64;
+            if memory > rec.memory.max(rt.boot_memory) || vcpus > (rec.vcpus as u64).max(threads) {
+                let admission = &self.core().admission;
+                let guard = admission.serialize().await;
+                let demand = Demand {
+                    memory_mib: memory.max(rt.boot_memory),
+                    vcpus: vcpus.max(threads),
+                };
+                admission.check(rec.id, demand).await.map_err(|s| {
+                    s.refuse(&format!(
+                        "VM {} with {memory} MiB and {vcpus} vCPUs",
+                        rec.name
+                    ))
+                })?;
+                serial = Some(guard);
+            }
+        }
         let mut changes = Vec::new();
         let mut change = |field: &str, applies| {
             changes.push(FieldChange {
@@ -427,6 +452,12 @@ impl VmEngine {
                 )));
             }
             if d > rec.disk_size {
+                let _room = self.core().admission.reserve_disk(
+                    rec.id,
+                    &format!("growing the disk of VM {} to {d} GiB", rec.name),
+                    &self.core().cfg.state_dir.join("vms"),
+                    (d - rec.disk_size).saturating_mul(GIB),
+                )?;
                 match &rt {
                     Some(rt) => rt
                         .monitor
@@ -494,6 +525,7 @@ impl VmEngine {
         if !changes.is_empty() {
             self.store_config(entry, &rec)?;
         }
+        drop(serial);
         if let Some(status) = req.status {
             let action = match status {
                 VmStatus::Running if entry.status() == VmStatus::Paused => Action::Resume,

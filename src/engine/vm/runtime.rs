@@ -15,6 +15,7 @@ use super::live::{qmp_err, Runtime};
 use super::record::{self as vm, VmRecord};
 use super::registry::{VmEngine, VmEntry};
 use crate::config::IoLayer;
+use crate::engine::capacity::Demand;
 use crate::engine::core::JobCtx;
 use crate::engine::error::{chain, EngineError, Result};
 use crate::engine::faults::After;
@@ -57,7 +58,7 @@ impl VmEngine {
         self.run_files(id).console
     }
 
-    fn launch_spec(&self, rec: &VmRecord, files: &RunFiles) -> LaunchSpec {
+    fn launch_spec(&self, rec: &VmRecord, files: &RunFiles, tap_fd: Option<i32>) -> LaunchSpec {
         LaunchSpec {
             id: rec.id,
             name: rec.name.clone(),
@@ -67,7 +68,7 @@ impl VmEngine {
             disk: rec.disk_file.clone(),
             disk_cache: self.inner.disk_cache,
             mac: rec.mac_address.clone(),
-            tap: (rec.network.mode == NetworkMode::Tap).then(|| vm::tap_name(rec.id)),
+            tap_fd,
             boot: rec.boot_paths.as_ref().map(|b| KernelBoot {
                 kernel: b.kernel.clone(),
                 initrd: b.initrd.clone(),
@@ -98,7 +99,21 @@ impl VmEngine {
     pub(crate) async fn start(&self, entry: &Arc<VmEntry>, ctx: &JobCtx) -> Result<()> {
         let rec = entry.record();
         let previous = rec.status;
-        self.transition(entry, VmEvent::Start, None)?;
+        {
+            // Checked and counted (`starting`) under one lock: two starts
+            // never both pass on the same room. Refused: nothing was done.
+            let admission = &self.core().admission;
+            let _serial = admission.serialize().await;
+            let demand = Demand {
+                memory_mib: rec.memory,
+                vcpus: rec.vcpus.into(),
+            };
+            admission
+                .check(rec.id, demand)
+                .await
+                .map_err(|s| s.refuse(&format!("starting VM {}", rec.name)))?;
+            self.transition(entry, VmEvent::Start, None)?;
+        }
         let mut undo = Rollback::new();
         let mut attached = None;
         let result = self
@@ -149,6 +164,12 @@ impl VmEngine {
         for stale in [&files.pidfile, &files.qmp, &files.console] {
             let _ = std::fs::remove_file(stale);
         }
+        // The VM's files and run directory go to its group before QEMU
+        // exists; nothing to undo (they stay the VM's, and the next start
+        // does the same).
+        let gid = self.assign_gid(entry)?;
+        self.own_files(rec, gid)?;
+        let identity = self.qemu_identity(gid);
         {
             let stale = [
                 files.pidfile.clone(),
@@ -164,20 +185,39 @@ impl VmEngine {
         let spawned = std::time::Instant::now();
         let cgroup_procs = self.prepare_cgroup(rec, undo)?;
         self.inject(rec, After::Cgroup, ctx)?;
-        let argv = argv::build(&self.launch_spec(rec, &files));
+        // An unprivileged QEMU cannot make its tap: it inherits one made
+        // here, which goes away with the last descriptor of it (QEMU's once
+        // this one is closed below).
+        let tap = match rec.network.mode {
+            NetworkMode::Tap => Some(
+                crate::host::confine::open_tap(&vm::tap_name(rec.id))
+                    .map_err(|e| EngineError::internal("creating the tap device", e))?,
+            ),
+            _ => None,
+        };
+        let tap_fd = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let argv = argv::build(&self.launch_spec(rec, &files, tap_fd));
         let log = self.state_dir(rec.id).join("qemu.log");
         let qemu = &self.core().cfg.qemu_binary;
-        let mut child =
-            process::spawn(qemu, &argv, &log, cgroup_procs.as_deref()).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    EngineError::Unavailable(format!(
-                        "QEMU is not installed: {} not found",
-                        self.core().cfg.qemu_binary.display()
-                    ))
-                } else {
-                    EngineError::internal("starting QEMU", e)
-                }
-            })?;
+        let spawned_qemu = process::spawn(
+            qemu,
+            &argv,
+            &log,
+            cgroup_procs.as_deref(),
+            tap_fd.as_slice(),
+            identity.as_ref(),
+        );
+        drop(tap);
+        let mut child = spawned_qemu.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                EngineError::Unavailable(format!(
+                    "QEMU is not installed: {} not found",
+                    self.core().cfg.qemu_binary.display()
+                ))
+            } else {
+                EngineError::internal("starting QEMU", e)
+            }
+        })?;
         let pid = child
             .id()
             .ok_or_else(|| EngineError::failed("QEMU exited at once"))?;

@@ -192,6 +192,25 @@ impl Monitor {
             .await
     }
 
+    /// `blockdev-add` of a read-only `file` node named `node` on `path`:
+    /// QEMU opens the file itself, with its own credentials.
+    pub async fn blockdev_add_file(&self, node: &str, path: &Path) -> Result<(), QmpError> {
+        let args = json!({
+            "driver": "file",
+            "node-name": node,
+            "filename": path.to_string_lossy(),
+            "read-only": true,
+            "locking": "off",
+        });
+        self.run("blockdev-add", Some(args)).await
+    }
+
+    /// `blockdev-del`: removes a node added with `blockdev-add`.
+    pub async fn blockdev_del(&self, node: &str) -> Result<(), QmpError> {
+        self.run("blockdev-del", Some(json!({"node-name": node})))
+            .await
+    }
+
     // ---- Snapshots (to come) ------------------------------------------
     // Internal snapshots: `snapshot-save` / `snapshot-load` /
     // `snapshot-delete` jobs (or `human-monitor-command` savevm/loadvm on

@@ -381,3 +381,26 @@ async fn blockstats_that_are_not_a_list_are_a_bad_reply() {
     let e = mon.query_blockstats().await.unwrap_err();
     assert_eq!(bad_reply_of(e), "query-blockstats");
 }
+
+#[tokio::test]
+async fn a_file_node_is_added_read_only_and_removed_by_name() {
+    let (_d, mon, sent) = monitor(vec![
+        ("blockdev-add", json!({})),
+        ("blockdev-del", json!({})),
+    ])
+    .await;
+    mon.blockdev_add_file("probe", Path::new("/x/root.qcow2"))
+        .await
+        .unwrap();
+    mon.blockdev_del("probe").await.unwrap();
+    assert_eq!(
+        wire(&sent),
+        vec![
+            (
+                "blockdev-add".into(),
+                json!({"driver": "file", "node-name": "probe", "filename": "/x/root.qcow2", "read-only": true, "locking": "off"})
+            ),
+            ("blockdev-del".into(), json!({"node-name": "probe"})),
+        ]
+    );
+}
