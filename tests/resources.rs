@@ -408,7 +408,7 @@ async fn balloon_disk_growth_performance_and_metrics() {
             Some(json!({"disk_size": 2})),
         )
         .await;
-    assert_eq!(code, 400, "{r}");
+    assert_eq!(code, 409, "{r}");
 
     // CPU: busy loop up, idle down.
     let (rc, _) = d.guest_cmd(&id, "(yes > /dev/null &) ; true", CMD).await;

@@ -16,7 +16,6 @@ use crate::engine::core::{Core, JobTarget, Requester};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::faults::FailSteps;
 use crate::engine::sample::Samples;
-use crate::engine::vm::record as vm;
 use crate::model::{Container, ContainerStatus, IoLimits, MountSpec, PortMapping, Target};
 use crate::sync::lock;
 
@@ -266,15 +265,11 @@ impl ContainerEngine {
                 .find(|c| c.id == id)
                 .ok_or_else(|| EngineError::NotFound(format!("Container not found: {key}.")));
         }
-        if !vm::is_dns_label(key) && !docker::is_engine_id(key) {
-            let ok = key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-            if !ok || key.is_empty() {
-                return Err(EngineError::Invalid(
-                    "Invalid UUID format: expected a container id or name.".into(),
-                ));
-            }
+        // An engine id or name (`..` and `.` never reach an engine path).
+        if docker::check_name("container", key).is_err() {
+            return Err(EngineError::Invalid(
+                "Invalid UUID format: expected a container id or name.".into(),
+            ));
         }
         match self.inspect(key).await {
             Ok(doc) => Ok(self.view(&doc)),

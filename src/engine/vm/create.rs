@@ -263,10 +263,15 @@ impl VmEngine {
             }
             None => (req.spec, None),
         };
-        let missing = |f: &str| {
-            EngineError::Invalid(format!(
+        // Without a template the request itself is incomplete; with one,
+        // the template it names lacks the field too (its state, a conflict).
+        let missing = |f: &str| match &template {
+            None => EngineError::Invalid(format!(
                 "Invalid parameter: {f} is required (in the request or its template)."
-            ))
+            )),
+            Some(t) => EngineError::Conflict(format!(
+                "{f} is required: neither the request nor template {t} gives it."
+            )),
         };
         Ok(CreateSpec {
             name: req.name,

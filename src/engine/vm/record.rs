@@ -179,7 +179,7 @@ pub struct CreateSpec {
     pub template: Option<String>,
 }
 
-/// cloud-init user data larger than this is refused.
+/// cloud-init user data longer than this (in characters) is refused.
 pub const MAX_USER_DATA: usize = 64 * 1024;
 
 /// Field checks that need no I/O.
@@ -198,17 +198,21 @@ pub fn validate_create(req: &CreateSpec, b: &Bounds) -> Result<()> {
     }
     if let Some(boot) = &req.boot {
         if let Some(c) = &boot.cmdline {
-            if c.len() > 4096 || c.contains('\0') {
-                return invalid("boot.cmdline must be at most 4096 bytes.".into());
+            if c.chars().count() > 4096 || c.contains('\0') {
+                return invalid(
+                    "boot.cmdline must be at most 4096 characters, without NUL.".into(),
+                );
             }
         }
     }
     if req
         .user_data
         .as_ref()
-        .is_some_and(|u| u.len() > MAX_USER_DATA)
+        .is_some_and(|u| u.chars().count() > MAX_USER_DATA)
     {
-        return invalid(format!("user_data must be at most {MAX_USER_DATA} bytes."));
+        return invalid(format!(
+            "user_data must be at most {MAX_USER_DATA} characters."
+        ));
     }
     Ok(())
 }
@@ -261,17 +265,16 @@ pub fn validate_io_limits(l: &IoLimits) -> Result<()> {
     Ok(())
 }
 
-/// At most 32 tags of 1 to 63 printable characters without ','.
+/// At most 32 tags of 1 to 63 characters, none a control character or ','.
 pub fn validate_tags(tags: &[String]) -> Result<()> {
     if tags.len() > 32 {
         return Err(EngineError::Invalid(
             "Invalid parameter: at most 32 tags.".into(),
         ));
     }
-    if let Some(tag) = tags
-        .iter()
-        .find(|t| t.is_empty() || t.len() > 63 || t.chars().any(|c| c.is_control() || c == ','))
-    {
+    if let Some(tag) = tags.iter().find(|t| {
+        t.is_empty() || t.chars().count() > 63 || t.chars().any(|c| c.is_control() || c == ',')
+    }) {
         return Err(EngineError::Invalid(format!(
             "Invalid parameter: tag {tag:?} must be 1 to 63 printable characters without ','."
         )));
@@ -338,5 +341,10 @@ mod tests {
         assert!(bad(|r| r.name = Some(Uuid::new_v4().to_string())));
         assert!(bad(|r| r.tags = vec!["".into()]));
         assert!(bad(|r| r.user_data = Some("x".repeat(MAX_USER_DATA + 1))));
+        // Lengths are in characters, as the OpenAPI document counts them.
+        assert!(!bad(|r| r.user_data = Some("é".repeat(MAX_USER_DATA))));
+        assert!(!bad(|r| r.tags = vec!["é".repeat(63)]));
+        assert!(bad(|r| r.tags = vec!["é".repeat(64)]));
+        assert!(bad(|r| r.tags = vec!["a\u{85}b".into()]));
     }
 }

@@ -364,8 +364,8 @@ impl VmEngine {
         if let Some(d) = req.disk_size {
             let current = entry.record().disk_size;
             if d < current {
-                return Err(EngineError::Invalid(format!(
-                    "Invalid parameter: disk_size {d} GiB is smaller than the current {current} GiB; disks only grow."
+                return Err(EngineError::Conflict(format!(
+                    "disk_size {d} GiB is smaller than the current {current} GiB; disks only grow."
                 )));
             }
         }
@@ -421,8 +421,8 @@ impl VmEngine {
 
         if let Some(d) = req.disk_size {
             if d < rec.disk_size {
-                return Err(EngineError::Invalid(format!(
-                    "Invalid parameter: disk_size {d} GiB is smaller than the current {} GiB; disks only grow.",
+                return Err(EngineError::Conflict(format!(
+                    "disk_size {d} GiB is smaller than the current {} GiB; disks only grow.",
                     rec.disk_size
                 )));
             }
