@@ -611,7 +611,8 @@ async fn create_clones_and_resizes_and_delete_removes_everything() {
             Some(json!({"disk_size": 1})),
         )
         .await;
-    assert_error(code, &r, 400, "INVALID_INPUT");
+    // A valid size that the disk's current size rules out: a conflict.
+    assert_error(code, &r, 409, "RESOURCE_CONFLICT");
     // Changes to a stopped VM wait for its next start, and say so.
     let (code, r) = d
         .req(

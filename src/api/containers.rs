@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, OptionalBody};
+use super::extract::{JsonBody, OptionalBody, Path, Query, UploadBody};
 use super::page::paginate;
 use super::respond::{accepted, answer, answer_with, wants_async};
 use super::Caller;
@@ -159,6 +159,7 @@ pub async fn action(
 ) -> ApiResult<Response> {
     let action = CAction::parse(&action)
         .ok_or_else(|| ApiError::not_found(format!("No such container action: {action}.")))?;
+    super::vms::check_timeout(&req)?;
     let sub = agent
         .containers
         .action(&id, action, req.timeout, &caller.requester())
@@ -174,6 +175,11 @@ pub async fn exec(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ExecRequest>,
 ) -> ApiResult<Json<ExecResult>> {
+    if req.timeout.is_some_and(|t| !(1..=3600).contains(&t)) {
+        return Err(ApiError::invalid(
+            "Invalid parameter: timeout must be 1 to 3600 s.",
+        ));
+    }
     Ok(Json(agent.containers.exec(&id, req).await?))
 }
 
@@ -204,9 +210,8 @@ pub async fn exec_ws(
     if command.is_empty() {
         command.push("sh".into());
     }
-    let tty = q
-        .iter()
-        .any(|(k, v)| k == "tty" && (v == "true" || v == "1"));
+    let flags: HashMap<String, String> = q.iter().filter(|(k, _)| k == "tty").cloned().collect();
+    let tty = flag(&flags, "tty")?;
     let attached = agent.containers.exec_attach(&id, command, tty).await?;
     Ok(ws.on_upgrade(move |socket| pump_exec(agent, socket, attached)))
 }
@@ -282,7 +287,9 @@ pub async fn logs(
         None => 0,
         Some(s) => s
             .parse::<i32>()
-            .map_err(|_| ApiError::invalid(format!("Invalid since {s:?}: unix seconds.")))?,
+            .ok()
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| ApiError::invalid(format!("Invalid since {s:?}: unix seconds.")))?,
     };
     let stream = agent
         .containers
@@ -367,7 +374,7 @@ pub async fn import(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    UploadBody(body): UploadBody,
 ) -> ApiResult<Response> {
     let image = image_param(&q, "image")?;
     answer(
@@ -388,7 +395,7 @@ pub async fn load(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    body: Bytes,
+    UploadBody(body): UploadBody,
 ) -> ApiResult<Response> {
     if wants_async(&headers) {
         let sub = agent.containers.load_images(body, &caller.requester())?;
@@ -413,7 +420,7 @@ pub async fn build(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    UploadBody(body): UploadBody,
 ) -> ApiResult<Response> {
     let tag = image_param(&q, "tag")?;
     let dockerfile = q
@@ -592,7 +599,7 @@ pub async fn remove_volume(
 pub async fn instances(
     State(agent): State<Agent>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<InstanceList>> {
     let backend = q.get("backend").map(String::as_str);
     if let Some(b) = backend {
         if b != "vm" && b != "container" {
@@ -617,16 +624,12 @@ pub async fn instances(
         false,
         &q,
     )?;
-    let mut body = serde_json::to_value(InstanceList {
+    Ok(Json(InstanceList {
         instances,
         next_page_token,
         total_count,
-    })
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if let Some(e) = err.filter(|_| backend != Some("vm")) {
-        body["containers_error"] = serde_json::Value::String(e);
-    }
-    Ok(Json(body).into_response())
+        containers_error: err.filter(|_| backend != Some("vm")),
+    }))
 }
 
 /// Create a VM or a container: `{"backend": "vm" | "container", ...}` with
@@ -683,6 +686,7 @@ pub async fn instance_action(
     Path((id, action)): Path<(String, String)>,
     JsonBody(req): OptionalBody<ActionRequest>,
 ) -> ApiResult<Response> {
+    super::vms::check_timeout(&req)?;
     if let Ok(entry) = agent.vms.find(&id) {
         let a = match action.as_str() {
             "restart" => Some(Action::Reboot),

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::{Extension, Json};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::JsonBody;
+use super::extract::{JsonBody, Path, Query};
 use super::respond::accepted;
 use super::Caller;
 use crate::engine::Agent;
@@ -132,12 +132,14 @@ pub async fn task(
     State(agent): State<Agent>,
     Path((id, task_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Task>> {
-    let job = agent.job(job_id(&id)?)?;
+    // Both ids are checked before anything is looked up.
+    let job_id = job_id(&id)?;
     let n: u32 = task_id.parse().map_err(|_| {
         ApiError::invalid(format!(
             "Invalid task id {task_id:?}: tasks are numbered from 0."
         ))
     })?;
+    let job = agent.job(job_id)?;
     job.tasks
         .into_iter()
         .find(|t| t.id == n)

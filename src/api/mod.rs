@@ -218,14 +218,16 @@ pub fn router(agent: Agent) -> Router {
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics::serve))
+        // Only on a route and method that exist: an unknown path or method
+        // is 404 or 405 whatever its Idempotency-Key.
+        .route_layer(middleware::from_fn_with_state(
+            agent.clone(),
+            idempotency::middleware,
+        ))
         // After routing, so the route template is known (MatchedPath).
         .route_layer(middleware::from_fn_with_state(http, metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            agent.clone(),
-            idempotency::middleware,
-        ))
         .layer(middleware::from_fn_with_state(agent, audit))
         .layer(middleware::from_fn(authorize))
         .layer(middleware::from_fn(request_id))

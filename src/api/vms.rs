@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, JsonObjectOrArray, OptionalBody};
+use super::extract::{JsonBody, JsonObjectOrArray, OptionalBody, Path, Query};
 use super::respond::{accepted, answer_with, track, wants_async};
 use super::Caller;
 use crate::engine::vm::{Action, ActionDone, Deleted, ListQuery, Outcome, SortField, Updated};
@@ -195,18 +195,22 @@ pub async fn action(
 ) -> ApiResult<Response> {
     let action = Action::parse(&action)
         .ok_or_else(|| ApiError::not_found(format!("No such VM action: {action}.")))?;
-    if let Some(t) = req.timeout {
-        if t > 3600 {
-            return Err(ApiError::invalid(
-                "Invalid parameter: timeout must be at most 3600 s.",
-            ));
-        }
-    }
+    check_timeout(&req)?;
     let entry = agent.vms.find(&id)?;
     let sub = agent
         .vms
         .action(&entry, action, req.timeout, &caller.requester())?;
     answer_with(sub, &headers, StatusCode::OK, action_response).await
+}
+
+/// An action's `timeout`: 0 to 3600 s, for VMs and containers alike.
+pub(super) fn check_timeout(req: &ActionRequest) -> ApiResult<()> {
+    match req.timeout {
+        Some(t) if t > 3600 => Err(ApiError::invalid(
+            "Invalid parameter: timeout must be at most 3600 s.",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A resource update's answer, phrased for people.

@@ -1,7 +1,8 @@
 //! What every resource shares: the power-action body and answer, the 202
 //! answer of an asynchronous call, health, and the error body.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _, Unexpected};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -60,4 +61,87 @@ pub struct ErrorDetail {
     #[schema(value_type = Vec<Object>)]
     pub details: Vec<serde_json::Value>,
     pub request_id: String,
+}
+
+/// A nested object field (`"io_limits": {...}`): an object or `null`. Serde
+/// would also take a struct as an array of its fields (`[2, 10]`); a client
+/// never means that.
+pub(crate) fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) => {
+            T::deserialize(v).map(Some).map_err(D::Error::custom)
+        }
+        Some(other) => Err(D::Error::invalid_type(unexpected(&other), &"an object")),
+    }
+}
+
+/// An array of objects (`"ports": [{...}]`), each refused in array form.
+pub(crate) fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    Vec::<serde_json::Value>::deserialize(d)?
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::Object(_) => T::deserialize(v).map_err(D::Error::custom),
+            other => Err(D::Error::invalid_type(unexpected(&other), &"an object")),
+        })
+        .collect()
+}
+
+/// Distinguishes an absent field (None) from an explicit `null`
+/// (Some(None)); a present value must be an object.
+pub(crate) fn double_object<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    object(d).map(Some)
+}
+
+fn unexpected(v: &serde_json::Value) -> Unexpected<'_> {
+    match v {
+        serde_json::Value::Null => Unexpected::Unit,
+        serde_json::Value::Bool(b) => Unexpected::Bool(*b),
+        serde_json::Value::Number(_) => Unexpected::Other("a number"),
+        serde_json::Value::String(s) => Unexpected::Str(s),
+        serde_json::Value::Array(_) => Unexpected::Seq,
+        serde_json::Value::Object(_) => Unexpected::Map,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{CreateContainerRequest, CreateVmRequest, PatchVmRequest};
+
+    #[test]
+    fn nested_objects_are_never_taken_as_arrays() {
+        let bad = [
+            r#"{"io_limits": [null, null]}"#,
+            r#"{"cpu_pinning": [[0]]}"#,
+            r#"{"io_limits": 3}"#,
+        ];
+        for text in bad {
+            assert!(
+                serde_json::from_str::<PatchVmRequest>(text).is_err(),
+                "{text}"
+            );
+        }
+        let ok: PatchVmRequest = serde_json::from_str(r#"{"io_limits": null}"#).unwrap();
+        assert_eq!(ok.io_limits, Some(None));
+        let ok: PatchVmRequest = serde_json::from_str(r#"{"io_limits": {"iops": 5}}"#).unwrap();
+        assert_eq!(ok.io_limits.unwrap().unwrap().iops, Some(5));
+        // Through a flattened part too.
+        assert!(serde_json::from_str::<CreateVmRequest>(r#"{"boot": ["k"]}"#).is_err());
+        assert!(serde_json::from_str::<CreateVmRequest>(r#"{"network": {"mode": "tap"}}"#).is_ok());
+        let c = |t: &str| serde_json::from_str::<CreateContainerRequest>(t);
+        assert!(c(r#"{"image": "a", "ports": [[80]]}"#).is_err());
+        assert!(c(r#"{"image": "a", "ports": [{"container_port": 80}]}"#).is_ok());
+    }
 }

@@ -83,9 +83,9 @@ pub struct CreateContainerRequest {
     pub command: Option<Vec<String>>,
     #[serde(default)]
     pub env: std::collections::HashMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::common::objects")]
     pub ports: Vec<PortMapping>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::common::objects")]
     pub mounts: Vec<MountSpec>,
     /// A network to attach to (the engine's default bridge when absent).
     #[serde(default)]
@@ -102,10 +102,10 @@ pub struct CreateContainerRequest {
     #[serde(default)]
     pub memory: Option<u64>,
     /// Cores the container may run on (cpuset).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::common::object")]
     pub cpu_pinning: Option<CpuPinning>,
     /// Per-device throttles on the disk that holds the engine's data.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::common::object")]
     pub io_limits: Option<IoLimits>,
     #[serde(default)]
     pub tags: Vec<String>,
@@ -168,9 +168,9 @@ pub struct UpdateContainerRequest {
     pub vcpus: Option<u32>,
     #[serde(default)]
     pub memory: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::common::object")]
     pub cpu_pinning: Option<CpuPinning>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::common::object")]
     pub io_limits: Option<IoLimits>,
 }
 
@@ -304,4 +304,8 @@ pub struct InstanceList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_page_token: Option<String>,
     pub total_count: usize,
+    /// Why the containers are missing from the list (the engine is not
+    /// reachable); absent when they are listed, and with `backend=vm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers_error: Option<String>,
 }

@@ -149,13 +149,29 @@ pub struct VmSpec {
     /// cloud-init user data, served to the guest on a NoCloud `cidata` drive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::common::object"
+    )]
     pub cpu_pinning: Option<CpuPinning>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::common::object"
+    )]
     pub io_limits: Option<IoLimits>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::common::object"
+    )]
     pub boot: Option<BootSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::common::object"
+    )]
     pub network: Option<NetworkSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
@@ -360,7 +376,7 @@ pub struct UpdateCpuRequest {
     #[serde(default)]
     pub vcpus: Option<u32>,
     /// `null` removes the pinning.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "super::common::double_object")]
     #[schema(value_type = Option<CpuPinning>)]
     pub cpu_pinning: Option<Option<CpuPinning>>,
 }
@@ -381,7 +397,7 @@ pub struct UpdateDiskRequest {
     #[serde(default)]
     pub disk_size: Option<u64>,
     /// `null` removes every limit.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "super::common::double_object")]
     #[schema(value_type = Option<IoLimits>)]
     pub io_limits: Option<Option<IoLimits>>,
 }
@@ -396,10 +412,10 @@ pub struct PatchVmRequest {
     pub memory: Option<u64>,
     #[serde(default)]
     pub disk_size: Option<u64>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "super::common::double_object")]
     #[schema(value_type = Option<CpuPinning>)]
     pub cpu_pinning: Option<Option<CpuPinning>>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "super::common::double_object")]
     #[schema(value_type = Option<IoLimits>)]
     pub io_limits: Option<Option<IoLimits>>,
     #[serde(default)]
@@ -407,15 +423,6 @@ pub struct PatchVmRequest {
     /// `running`, `stopped` or `paused`.
     #[serde(default)]
     pub status: Option<VmStatus>,
-}
-
-/// Distinguishes an absent field (None) from an explicit `null` (Some(None)).
-fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// When a change takes effect.
