@@ -1,8 +1,16 @@
 //! The OpenAPI document, generated from the handlers' annotations and the
-//! model types.
+//! model types, then made exact in one place (`document`): the statuses
+//! every operation shares (credentials, roles, rate limits, body limits,
+//! idempotency keys, asynchronous answers, an absent backend), the patterns
+//! of ids and names, the enums of filters and the bounds of numbers (the
+//! agent's own configuration and host), and the exact shape of bodies.
 
+use axum::extract::State;
 use axum::Json;
+use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
+
+use crate::engine::Agent;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +35,7 @@ use utoipa::OpenApi;
         super::containers::remove_network, super::containers::network_op, super::containers::volumes,
         super::containers::create_volume, super::containers::volume, super::containers::remove_volume,
         super::containers::instances, super::containers::create_instance, super::containers::instance_action,
+        serve,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
          (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),
@@ -37,30 +46,245 @@ use utoipa::OpenApi;
 )]
 pub struct ApiDoc;
 
-/// The document as served, built once.
-pub fn document() -> serde_json::Value {
+/// A VM or template name: a DNS label.
+pub const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// A UUID in its hyphenated form.
+pub const UUID: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// `{id}` of a VM or a template: its UUID or its name.
+pub const VM_KEY: &str = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$";
+/// A container (libgo id, engine id or name), network or volume name as
+/// the engine accepts it.
+pub const ENGINE_NAME: &str = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$";
+/// An image reference: `[registry[:port]/]path[:tag][@digest]` or an id.
+pub const IMAGE_REF: &str = "^[A-Za-z0-9][A-Za-z0-9._:@-]*(/[A-Za-z0-9][A-Za-z0-9._:@-]*)*$";
+/// A file in a storage pool: a name, or a relative path whose components
+/// do not start with `.` (`..` never leaves the pool).
+pub const POOL_FILE: &str = "^[^/\\x00.][^/\\x00]*(/[^/\\x00.][^/\\x00]*)*$";
+/// A tag: 1 to 63 characters, no `,` and no control character.
+pub const TAG: &str = "^[^\\x00-\\x1f\\x7f-\\x9f,]{1,63}$";
+/// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
+pub const IDEMPOTENCY_KEY: &str = "^[!-~]{1,255}$";
+
+/// What the document's bounds come from: the agent's configuration and
+/// the host it runs on.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_vcpus: u32,
+    pub max_memory_mib: u64,
+    pub max_disk_gib: u64,
+    /// The host cores that are online: pinning may name only these.
+    pub online_cores: Vec<u32>,
+}
+
+impl Limits {
+    pub fn of(cfg: &crate::config::Config) -> Limits {
+        Limits {
+            max_vcpus: cfg.max_vcpus,
+            max_memory_mib: cfg.max_memory_mib,
+            max_disk_gib: cfg.max_disk_gib,
+            online_cores: std::fs::read_to_string("/sys/devices/system/cpu/online")
+                .map(|s| crate::host::pinning::parse_cpu_list(&s))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The document with the default configuration's bounds.
+pub fn document() -> Value {
+    document_for(&Limits::of(&crate::config::Config::default()))
+}
+
+/// The document as an agent with these limits serves it.
+pub fn document_for(limits: &Limits) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
-        .and_then(serde_json::Value::as_object_mut)
+        .and_then(Value::as_object_mut)
     {
         for schema in schemas.values_mut() {
             merge_all_of(schema);
         }
+        constrain_schemas(schemas, limits);
     }
+    add_shared_components(&mut doc);
+    add_container_resources_route(&mut doc);
+    unique_operation_ids(&mut doc);
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in item.iter_mut() {
+                complete_operation(path, method, op);
+            }
+        }
+    }
+    add_links(&mut doc);
     doc
 }
 
-pub async fn serve() -> Json<serde_json::Value> {
-    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    Json(DOC.get_or_init(document).clone())
+/// Handlers of different resources share names (`get`, `list`): an
+/// operation id is unique in the document, so a shared one gets its tag.
+fn unique_operation_ids(doc: &mut Value) {
+    let mut count = std::collections::HashMap::<String, usize>::new();
+    let ops = |doc: &Value| -> Vec<(String, String)> {
+        doc["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .flat_map(|(p, item)| {
+                item.as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(move |(m, _)| (p.clone(), m.clone()))
+            })
+            .collect()
+    };
+    for (p, m) in ops(doc) {
+        if let Some(id) = doc["paths"][&p][&m]["operationId"].as_str() {
+            *count.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    for (p, m) in ops(doc) {
+        let op = &mut doc["paths"][&p][&m];
+        let Some(id) = op["operationId"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        if count[&id] > 1 {
+            let tag = op["tags"][0].as_str().unwrap_or("api").to_owned();
+            op["operationId"] = format!("{tag}_{id}").into();
+        }
+    }
+}
+
+/// What a created resource's answer leads to: the operations on it, with
+/// the id the answer carries (the fuzzer and clients follow these rather
+/// than guess). Every 202 leads to its job.
+fn add_links(doc: &mut Value) {
+    let op_ref = |path: &str, method: &str| {
+        format!(
+            "#/paths/{}/{method}",
+            path.replace('~', "~0").replace('/', "~1")
+        )
+    };
+    type Targets = Vec<(String, String)>;
+    let on = |base: &str, subs: &[(&str, &str)]| -> Targets {
+        subs.iter()
+            .map(|(sub, m)| (format!("{base}{sub}"), m.to_string()))
+            .collect()
+    };
+    let vm_ops = on(
+        "/api/v1/vms/{id}",
+        &[
+            ("", "get"),
+            ("", "patch"),
+            ("", "delete"),
+            ("/status", "get"),
+            ("/config", "get"),
+            ("/resources", "get"),
+            ("/performance", "get"),
+            ("/cpu", "put"),
+            ("/memory", "put"),
+            ("/disk", "put"),
+            ("/{action}", "post"),
+        ],
+    );
+    let template_ops = on(
+        "/api/v1/templates/{id}",
+        &[("", "get"), ("", "patch"), ("", "delete")],
+    );
+    let container_ops = on(
+        "/api/v1/containers/{id}",
+        &[
+            ("", "get"),
+            ("", "patch"),
+            ("", "delete"),
+            ("/{action}", "post"),
+            ("/logs", "get"),
+            ("/stats", "get"),
+            ("/exec", "post"),
+        ],
+    );
+    let job_ops = on(
+        "/api/v1/jobs/{id}",
+        &[("", "get"), ("", "delete"), ("/tasks", "get")],
+    );
+    let created: Vec<(&str, Targets, &str)> = vec![
+        ("/api/v1/vms", vm_ops.clone(), "$response.body#/id"),
+        ("/api/v1/templates", template_ops, "$response.body#/id"),
+        ("/api/v1/containers", container_ops, "$response.body#/id"),
+        (
+            "/api/v1/networks",
+            on("/api/v1/networks/{id}", &[("", "get"), ("", "delete")]),
+            "$response.body#/name",
+        ),
+        (
+            "/api/v1/volumes",
+            on("/api/v1/volumes/{id}", &[("", "get"), ("", "delete")]),
+            "$response.body#/name",
+        ),
+        (
+            "/api/v1/instances",
+            on("/api/v1/instances/{id}", &[("/{action}", "post")]),
+            "$response.body#/id",
+        ),
+    ];
+    let links = |targets: &[(String, String)], param: &str| -> Value {
+        let mut out = Map::new();
+        for (path, method) in targets {
+            let name = format!(
+                "{method}{}",
+                path.replace("/api/v1", "")
+                    .replace(['{', '}'], "")
+                    .replace('/', "_")
+            );
+            out.insert(
+                name,
+                json!({"operationRef": op_ref(path, method), "parameters": {"id": param}}),
+            );
+        }
+        Value::Object(out)
+    };
+    for (path, targets, param) in created {
+        if let Some(r) = doc.pointer_mut(&format!(
+            "/paths/{}/post/responses/201",
+            path.replace('/', "~1")
+        )) {
+            r["links"] = links(&targets, param);
+        }
+    }
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        for op in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|o| o.values_mut())
+        {
+            if let Some(r) = op.pointer_mut("/responses/202") {
+                r["links"] = links(&job_ops, "$response.body#/job/id");
+            }
+        }
+    }
+}
+
+/// `GET /openapi.json`: this document, with this agent's bounds.
+#[utoipa::path(get, path = "/openapi.json", tag = "system",
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
+pub async fn serve(State(agent): State<Agent>) -> Json<Value> {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    Json(
+        DOC.get_or_init(|| document_for(&Limits::of(agent.config())))
+            .clone(),
+    )
 }
 
 /// A struct with a flattened part (`#[serde(flatten)]`) is generated as an
 /// `allOf` of inline objects; on the wire it is one object, so the document
 /// says so: the parts' properties and required fields in one object.
-fn merge_all_of(schema: &mut serde_json::Value) {
-    use serde_json::{Map, Value};
+fn merge_all_of(schema: &mut Value) {
     let Some(parts) = schema.get("allOf").and_then(Value::as_array) else {
         return;
     };
@@ -96,8 +320,602 @@ fn merge_all_of(schema: &mut serde_json::Value) {
     }
 }
 
+/// Merges `extra` into a property's schema (the `null` of an optional
+/// property stays allowed: these keywords only bind their own type).
+fn refine(schemas: &mut Map<String, Value>, schema: &str, prop: &str, extra: Value) {
+    let Some(p) = schemas
+        .get_mut(schema)
+        .and_then(|s| s.get_mut("properties"))
+        .and_then(|p| p.get_mut(prop))
+        .and_then(Value::as_object_mut)
+    else {
+        panic!("OpenAPI: {schema}.{prop} is not in the document");
+    };
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            p.insert(k, v);
+        }
+    }
+}
+
+fn int(min: u64, max: u64) -> Value {
+    json!({"minimum": min, "maximum": max})
+}
+
+/// An I/O limit: 0 (none) or 2 to `max` (cgroups treat 1 inconsistently).
+fn io_limit(max: u64) -> Value {
+    json!({"minimum": 0, "maximum": max, "not": {"const": 1}})
+}
+
+fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
+    let vcpus = int(1, l.max_vcpus.into());
+    let memory = int(crate::engine::vm::record::MIN_MEMORY_MIB, l.max_memory_mib);
+    let disk = int(1, l.max_disk_gib);
+    // A bulk create's items are parsed with the request (a wrong type or an
+    // unknown field is 400 for all), but checked in their own tasks: an item
+    // out of bounds fails its task, not the request.
+    let mut item = s["CreateVmRequest"].clone();
+    item["description"] = "An item of a bulk `POST /vms`: the fields of `CreateVmRequest`, \
+        checked in the item's own task (a bad value fails that task only)."
+        .into();
+    item["additionalProperties"] = Value::Bool(false);
+    for (f, max) in [
+        ("vcpus", u32::MAX as u64),
+        ("memory", u64::MAX),
+        ("disk_size", u64::MAX),
+    ] {
+        item["properties"][f]["maximum"] = max.into();
+    }
+    s.insert("CreateVmItem".into(), item);
+    let tags = json!({"maxItems": 32, "items": {"type": "string", "pattern": TAG}});
+    let pool_file = json!({"pattern": POOL_FILE, "maxLength": 4096});
+    for name in ["CreateVmRequest", "TemplateRequest"] {
+        refine(
+            s,
+            name,
+            "name",
+            json!({"pattern": DNS_LABEL, "maxLength": 63}),
+        );
+        refine(s, name, "vcpus", vcpus.clone());
+        refine(s, name, "memory", memory.clone());
+        refine(s, name, "disk_size", disk.clone());
+        refine(s, name, "base_image", pool_file.clone());
+        refine(s, name, "tags", tags.clone());
+        refine(
+            s,
+            name,
+            "user_data",
+            json!({"maxLength": crate::engine::vm::record::MAX_USER_DATA}),
+        );
+        if let Some(o) = s.get_mut(name).and_then(Value::as_object_mut) {
+            o.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    }
+    refine(
+        s,
+        "CreateVmRequest",
+        "template",
+        json!({"pattern": VM_KEY, "maxLength": 63}),
+    );
+    if let Some(create) = s.get_mut("CreateVmRequest") {
+        // vcpus, memory, disk_size and base_image: here or in the template.
+        create["anyOf"] = json!([
+            {"required": ["template"], "properties": {"template": {"type": "string"}}},
+            {"required": ["vcpus", "memory", "disk_size", "base_image"],
+             "properties": {"vcpus": {"type": "integer"}, "memory": {"type": "integer"},
+                            "disk_size": {"type": "integer"}, "base_image": {"type": "string"}}},
+        ]);
+        create["example"] = json!({"name": "web-1", "vcpus": 1, "memory": 128,
+            "disk_size": 1, "base_image": "debian-12.qcow2", "tags": ["web"]});
+    }
+    // POST /templates needs a name; PATCH takes the same fields, all optional.
+    let mut create_template = s["TemplateRequest"].clone();
+    create_template["description"] = "`POST /templates` body: a name and any VM fields.".into();
+    create_template["properties"]["name"] =
+        json!({"type": "string", "pattern": DNS_LABEL, "maxLength": 63});
+    create_template["required"] = json!(["name"]);
+    s.insert("CreateTemplateRequest".into(), create_template);
+
+    for name in ["PatchVmRequest", "UpdateCpuRequest"] {
+        refine(s, name, "vcpus", vcpus.clone());
+    }
+    for name in ["PatchVmRequest", "UpdateMemoryRequest"] {
+        refine(s, name, "memory", memory.clone());
+    }
+    for name in ["PatchVmRequest", "UpdateDiskRequest"] {
+        refine(s, name, "disk_size", disk.clone());
+    }
+    refine(s, "PatchVmRequest", "tags", tags.clone());
+    refine(
+        s,
+        "PatchVmRequest",
+        "status",
+        json!({"oneOf": [{"type": "string", "enum": ["running", "stopped", "paused"]}, {"type": "null"}]}),
+    );
+    refine(s, "ActionRequest", "timeout", int(0, 3600));
+
+    let cores = if l.online_cores.is_empty() {
+        json!({"type": "integer", "minimum": 0, "maximum": u32::MAX})
+    } else {
+        json!({"type": "integer", "enum": l.online_cores})
+    };
+    refine(
+        s,
+        "CpuPinning",
+        "cores",
+        json!({"minItems": 1, "items": cores}),
+    );
+    refine(
+        s,
+        "CpuPinning",
+        "emulator_cores",
+        json!({"minItems": 1, "items": cores}),
+    );
+    for f in ["iops", "read_iops", "write_iops"] {
+        refine(s, "IoLimits", f, io_limit(u32::MAX as u64 - 1));
+    }
+    for f in ["read_bps", "write_bps"] {
+        refine(s, "IoLimits", f, io_limit(i64::MAX as u64 - 1));
+    }
+    refine(s, "BootSpec", "kernel", pool_file.clone());
+    refine(s, "BootSpec", "initrd", pool_file);
+    refine(
+        s,
+        "BootSpec",
+        "cmdline",
+        json!({"maxLength": 4096, "pattern": "^[^\\x00]*$"}),
+    );
+
+    // Bulk bodies: 1 to 100 items, under the name or its camelCase alias
+    // (exactly one of them).
+    for (name, field, alias, items) in [
+        (
+            "BulkDeleteVms",
+            "vm_ids",
+            "vmIds",
+            json!({"type": "string"}),
+        ),
+        (
+            "BulkDeleteTemplates",
+            "template_ids",
+            "templateIds",
+            json!({"type": "string"}),
+        ),
+        (
+            "BulkCancelJobs",
+            "job_ids",
+            "jobIds",
+            json!({"type": "string", "format": "uuid"}),
+        ),
+    ] {
+        let list = json!({"type": "array", "minItems": 1, "maxItems": crate::engine::bulk::MAX_ITEMS, "items": items});
+        let mut alias_list = list.clone();
+        alias_list["description"] = format!("Same as `{field}`.").into();
+        if let Some(o) = s.get_mut(name).and_then(Value::as_object_mut) {
+            let desc = o
+                .get("properties")
+                .and_then(|p| p.get(field))
+                .and_then(|f| f.get("description"))
+                .cloned();
+            let mut list = list;
+            if let Some(d) = desc {
+                list["description"] = d;
+            }
+            o.insert(
+                "properties".into(),
+                json!({ field: list, alias: alias_list }),
+            );
+            o.remove("required");
+            o.insert(
+                "oneOf".into(),
+                json!([{"required": [field]}, {"required": [alias]}]),
+            );
+        }
+    }
+
+    // Containers and what the engine holds next to them.
+    let c = "CreateContainerRequest";
+    refine(s, c, "name", json!({"pattern": DNS_LABEL, "maxLength": 63}));
+    refine(
+        s,
+        c,
+        "image",
+        json!({"pattern": IMAGE_REF, "maxLength": 512}),
+    );
+    refine(s, c, "vcpus", vcpus.clone());
+    refine(s, c, "memory", int(6, l.max_memory_mib));
+    refine(s, c, "tags", tags);
+    refine(
+        s,
+        c,
+        "restart_policy",
+        json!({"enum": ["no", "always", "unless-stopped", "on-failure", null]}),
+    );
+    refine(s, c, "network", json!({"pattern": ENGINE_NAME}));
+    refine(
+        s,
+        c,
+        "labels",
+        json!({"propertyNames": {"not": {"pattern": "^io\\.libgo\\."}}}),
+    );
+    refine(
+        s,
+        c,
+        "env",
+        json!({"propertyNames": {"pattern": "^[^=\\x00]+$"},
+               "additionalProperties": {"type": "string", "pattern": "^[^\\x00]*$"}}),
+    );
+    refine(s, c, "command", json!({"minItems": 1}));
+    refine(s, "UpdateContainerRequest", "vcpus", vcpus);
+    refine(
+        s,
+        "UpdateContainerRequest",
+        "memory",
+        int(6, l.max_memory_mib),
+    );
+    refine(s, "PortMapping", "container_port", int(1, 65535));
+    refine(s, "PortMapping", "host_port", int(1, 65535));
+    refine(
+        s,
+        "PortMapping",
+        "protocol",
+        json!({"enum": ["tcp", "udp"]}),
+    );
+    refine(
+        s,
+        "MountSpec",
+        "source",
+        json!({"pattern": "^(/[^\\x00]*|[A-Za-z0-9][A-Za-z0-9_.-]{0,254})$"}),
+    );
+    refine(s, "MountSpec", "target", json!({"pattern": "^/[^\\x00]*$"}));
+    refine(s, "ExecRequest", "command", json!({"minItems": 1}));
+    refine(s, "ExecRequest", "timeout", int(1, 3600));
+    refine(
+        s,
+        "ImageRef",
+        "image",
+        json!({"pattern": IMAGE_REF, "maxLength": 512}),
+    );
+    for name in ["CreateNetworkRequest", "CreateVolumeRequest"] {
+        refine(
+            s,
+            name,
+            "name",
+            json!({"pattern": DNS_LABEL, "maxLength": 63}),
+        );
+    }
+    refine(
+        s,
+        "NetworkConnect",
+        "container",
+        json!({"pattern": ENGINE_NAME}),
+    );
+
+    // POST /instances: a VM or a container body, with its backend.
+    let with_backend = |base: &Value, backend: &str| {
+        let mut v = base.clone();
+        v["properties"]["backend"] = json!({"type": "string", "enum": [backend]});
+        let mut req = v["required"].as_array().cloned().unwrap_or_default();
+        req.push("backend".into());
+        v["required"] = Value::Array(req);
+        v["additionalProperties"] = Value::Bool(false);
+        v.as_object_mut().map(|o| o.remove("example"));
+        v
+    };
+    let vm = with_backend(&s["CreateVmRequest"], "vm");
+    let container = with_backend(&s[c], "container");
+    s.insert(
+        "CreateInstanceRequest".into(),
+        json!({"description": "`POST /instances`: the body of `POST /vms` (one object) or of `POST /containers`, with its `backend`.",
+               "oneOf": [vm, container]}),
+    );
+
+    let statuses: Vec<&str> = [
+        400u16, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503,
+    ]
+    .into_iter()
+    .map(|c| super::error::status_name(axum::http::StatusCode::from_u16(c).unwrap()))
+    .chain(["INSUFFICIENT_CAPACITY"])
+    .collect();
+    refine(s, "ErrorDetail", "status", json!({"enum": statuses}));
+    refine(s, "ErrorDetail", "code", int(400, 599));
+}
+
+fn add_shared_components(doc: &mut Value) {
+    doc["components"]["headers"] = json!({
+        "X-Request-Id": {"description": "The request's id: the client's own `X-Request-Id` (1 to 128 visible ASCII characters) or one the agent made.",
+                         "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}},
+        "Location": {"description": "The job: `/api/v1/jobs/{id}`.", "required": true,
+                     "schema": {"type": "string", "pattern": "^/api/v1/jobs/[0-9a-f-]{36}$"}},
+        "Retry-After": {"description": "Seconds before the caller may try again.", "required": true,
+                        "schema": {"type": "integer", "minimum": 0}},
+    });
+    doc["components"]["parameters"] = json!({
+        "Idempotency-Key": {"name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Retry safely for 24 h: the same request with the same key gets the first answer again; another request with it is 422.",
+            "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY}},
+        "Prefer": {"name": "Prefer", "in": "header", "required": false,
+            "description": "`respond-async`: answer 202 with the job at once instead of waiting for it.",
+            "schema": {"type": "string"}},
+    });
+}
+
+/// `PUT /containers/{id}/resources` is `PATCH /containers/{id}` under
+/// another name (one handler, so one generated operation).
+fn add_container_resources_route(doc: &mut Value) {
+    let Some(mut op) = doc
+        .pointer("/paths/~1api~1v1~1containers~1{id}/patch")
+        .cloned()
+    else {
+        return;
+    };
+    op["operationId"] = "update_resources".into();
+    doc["paths"]["/api/v1/containers/{id}/resources"] = json!({ "put": op });
+}
+
+/// Operations whose work runs as a job: `Prefer: respond-async` makes them
+/// answer 202 with the job.
+const JOB_ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/v1/vms"),
+    ("delete", "/api/v1/vms/{id}"),
+    ("patch", "/api/v1/vms/{id}"),
+    ("put", "/api/v1/vms/{id}/cpu"),
+    ("put", "/api/v1/vms/{id}/memory"),
+    ("put", "/api/v1/vms/{id}/disk"),
+    ("post", "/api/v1/vms/{id}/{action}"),
+    ("post", "/api/v1/containers"),
+    ("delete", "/api/v1/containers/{id}"),
+    ("patch", "/api/v1/containers/{id}"),
+    ("put", "/api/v1/containers/{id}/resources"),
+    ("post", "/api/v1/containers/{id}/{action}"),
+    ("post", "/api/v1/images/pull"),
+    ("post", "/api/v1/images/import"),
+    ("post", "/api/v1/images/load"),
+    ("post", "/api/v1/images/build"),
+    ("post", "/api/v1/images/{id}/push"),
+    ("post", "/api/v1/instances"),
+    ("post", "/api/v1/instances/{id}/{action}"),
+];
+
+/// Bulk operations: always 202 with the job.
+const BULK_ROUTES: &[(&str, &str)] = &[
+    ("delete", "/api/v1/vms"),
+    ("delete", "/api/v1/jobs"),
+    ("delete", "/api/v1/templates"),
+];
+
+/// Operations whose last path parameter shares its place with fixed routes
+/// of other methods (`POST /vms/{id}/config` is a `GET` route): 405.
+const SHADOWED: &[(&str, &str)] = &[
+    ("post", "/api/v1/vms/{id}/{action}"),
+    ("post", "/api/v1/containers/{id}/{action}"),
+    ("get", "/api/v1/images/{id}"),
+    ("delete", "/api/v1/images/{id}"),
+];
+
+/// Routes served by the Docker engine.
+fn docker(path: &str) -> bool {
+    ["containers", "images", "networks", "volumes"]
+        .iter()
+        .any(|p| path.starts_with(&format!("/api/v1/{p}")))
+}
+
+/// Creates that name other resources (a base image, a template, an image):
+/// 404 when one is missing.
+const CREATES_FROM_REFERENCES: &[(&str, &str)] = &[
+    ("post", "/api/v1/vms"),
+    ("post", "/api/v1/templates"),
+    ("post", "/api/v1/instances"),
+];
+
+/// Operations that need a backend that may be absent: the Docker engine
+/// (every container, image, network and volume call, and instance calls on
+/// a container), or QEMU (what starts a VM).
+fn backend_may_be_absent(method: &str, path: &str) -> bool {
+    docker(path)
+        || (method == "post" && path.starts_with("/api/v1/instances"))
+        || (method == "post" && path == "/api/v1/vms/{id}/{action}")
+        || (method == "patch" && path == "/api/v1/vms/{id}")
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description,
+           "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+}
+
+fn describe(code: u16) -> &'static str {
+    match code {
+        400 => "INVALID_INPUT: a path segment, query parameter, header or body the agent refuses.",
+        401 => "UNAUTHORIZED: no or invalid credentials (TCP listener).",
+        403 => "FORBIDDEN: the caller's role may not do this.",
+        404 => "NOT_FOUND: no such resource (or action).",
+        405 => "METHOD_NOT_ALLOWED: the path is a route of another method.",
+        409 => "RESOURCE_CONFLICT (or INSUFFICIENT_CAPACITY): the resource's state does not allow it, it is busy, or an Idempotency-Key's first request still runs without a job.",
+        413 => "PAYLOAD_TOO_LARGE: the body is over the limit.",
+        415 => "UNSUPPORTED_MEDIA_TYPE: the body is not JSON.",
+        422 => "IDEMPOTENCY_MISMATCH: the Idempotency-Key was used with another request.",
+        429 => "RATE_LIMITED: too many requests; try again after Retry-After seconds.",
+        500 => "INTERNAL_SERVER_ERROR: a step on the host failed; the message names it.",
+        503 => "BACKEND_UNAVAILABLE: the Docker engine (or QEMU) is not there.",
+        _ => "",
+    }
+}
+
+/// The schema of a parameter, by its name and the route it is on.
+fn param_schema(path: &str, name: &str) -> Option<Value> {
+    let under = |p: &str| path.starts_with(p);
+    let pattern = |p: &str, max: u32| json!({"type": "string", "pattern": p, "maxLength": max});
+    Some(match name {
+        "id" if under("/api/v1/vms/") || under("/api/v1/templates/") => pattern(VM_KEY, 63),
+        "id" if under("/api/v1/jobs/") => {
+            json!({"type": "string", "format": "uuid", "pattern": UUID})
+        }
+        "id" if under("/api/v1/images/") => pattern(IMAGE_REF, 512),
+        "id" => pattern(ENGINE_NAME, 255),
+        "task_id" => json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
+        "action" if under("/api/v1/vms/") => json!({"type": "string",
+            "enum": ["start", "stop", "shutdown", "poweroff", "reboot", "reset", "pause", "resume"]}),
+        "action" => {
+            json!({"type": "string", "enum": ["start", "stop", "restart", "kill", "pause", "unpause",
+            "shutdown", "reboot", "poweroff", "resume"]})
+        }
+        "op" => json!({"type": "string", "enum": ["connect", "disconnect"]}),
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
+        "page_token" => json!({"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}),
+        "sort" if path == "/api/v1/templates" => json!({"type": "string",
+            "enum": ["name", "-name", "created_at", "-created_at"], "default": "name"}),
+        "sort" => json!({"type": "string",
+            "enum": ["name", "-name", "created_at", "-created_at"], "default": "created_at"}),
+        "status" => json!({"type": "string", "enum": ["creating", "stopped", "starting", "running",
+            "paused", "stopping", "rebooting", "deleting", "crashed", "error"]}),
+        "state" => {
+            json!({"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]})
+        }
+        "backend" => json!({"type": "string", "enum": ["vm", "container"]}),
+        "wait" => json!({"type": "integer", "minimum": 0, "maximum": 300}),
+        "since" => json!({"type": "integer", "minimum": 0, "maximum": i32::MAX}),
+        "tail" => json!({"type": "string", "pattern": "^(all|[0-9]{1,9})$"}),
+        "image" | "tag" if under("/api/v1/images/") => pattern(IMAGE_REF, 512),
+        "dockerfile" => json!({"type": "string", "pattern": POOL_FILE, "maxLength": 4096}),
+        _ => return None,
+    })
+}
+
+fn complete_operation(path: &str, method: &str, op: &mut Value) {
+    let Some(o) = op.as_object_mut() else {
+        return;
+    };
+    let key = (method, path);
+    let system = path == "/health" || path == "/openapi.json";
+
+    // Parameters: exact schemas; idempotency keys and `Prefer` where taken.
+    let mut params = o
+        .remove("parameters")
+        .and_then(|p| p.as_array().cloned())
+        .unwrap_or_default();
+    params.retain(|p| p.get("in") != Some(&"header".into()));
+    for p in params.iter_mut() {
+        let name = p["name"].as_str().unwrap_or_default().to_owned();
+        if let Some(schema) = param_schema(path, &name) {
+            p["schema"] = schema;
+        }
+    }
+    let job = JOB_ROUTES.contains(&key);
+    if job {
+        params.push(json!({"$ref": "#/components/parameters/Prefer"}));
+    }
+    if matches!(method, "post" | "patch" | "delete") {
+        params.push(json!({"$ref": "#/components/parameters/Idempotency-Key"}));
+    }
+    let has_params = !params.is_empty();
+    let has_path_params = path.contains('{');
+    if has_params {
+        o.insert("parameters".into(), Value::Array(params));
+    }
+
+    // Bodies.
+    if path.ends_with("/{action}") {
+        o.insert(
+            "requestBody".into(),
+            json!({"required": false, "description": "Optional; an empty body is `{}`.",
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ActionRequest"}}}}),
+        );
+    }
+    if key == ("post", "/api/v1/vms") {
+        o.insert("requestBody".into(), json!({"required": true,
+            "description": "One VM (201, or 202 under `Prefer: respond-async`), or an array of 1 to 100 (always 202, one task each).",
+            "content": {"application/json": {"schema": {"oneOf": [
+                {"$ref": "#/components/schemas/CreateVmRequest"},
+                {"type": "array", "minItems": 1, "maxItems": crate::engine::bulk::MAX_ITEMS,
+                 "items": {"$ref": "#/components/schemas/CreateVmItem"}}]}}}}));
+    }
+    if key == ("post", "/api/v1/templates") {
+        o.insert("requestBody".into(), json!({"required": true,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTemplateRequest"}}}}));
+    }
+    if key == ("post", "/api/v1/instances") {
+        o.insert("requestBody".into(), json!({"required": true,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateInstanceRequest"}}}}));
+        o.insert("responses".into(), json!({"201": {"description": "The VM or the container",
+            "content": {"application/json": {"schema": {"oneOf": [
+                {"$ref": "#/components/schemas/Vm"}, {"$ref": "#/components/schemas/Container"}]}}}}}));
+    }
+    let body = o.get("requestBody").cloned();
+    let json_body = body
+        .as_ref()
+        .is_some_and(|b| b.pointer("/content/application~1json").is_some());
+    if json_body {
+        if let Some(b) = o.get_mut("requestBody") {
+            if b.get("required").is_none() {
+                b["required"] = Value::Bool(true);
+            }
+        }
+    }
+
+    // Responses.
+    let responses = o
+        .entry("responses")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("responses");
+    for r in responses.values_mut() {
+        r["headers"]["X-Request-Id"] = json!({"$ref": "#/components/headers/X-Request-Id"});
+    }
+    let mut add = |code: u16| {
+        responses
+            .entry(code.to_string())
+            .or_insert_with(|| error_response(describe(code)));
+    };
+    if !system {
+        for code in [401, 403, 429, 500] {
+            add(code);
+        }
+        if has_params || body.is_some() {
+            add(400);
+        }
+        if has_path_params {
+            add(404);
+        }
+        if body.is_some() {
+            add(413);
+        }
+        if json_body {
+            add(415);
+        }
+        if matches!(method, "post" | "patch" | "delete") {
+            add(409);
+            add(422);
+        }
+        // The Docker engine's own "no such ..." is 404 on any of its calls.
+        if CREATES_FROM_REFERENCES.contains(&key) || docker(path) {
+            add(404);
+        }
+        if SHADOWED.contains(&key) {
+            add(405);
+        }
+        if backend_may_be_absent(method, path) {
+            add(503);
+        }
+    }
+    if job || BULK_ROUTES.contains(&key) {
+        responses.insert(
+            "202".into(),
+            json!({"description": "Accepted: the job runs; `Location` names it.",
+                   "headers": {"Location": {"$ref": "#/components/headers/Location"},
+                               "X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}}),
+        );
+    }
+    if let Some(r) = responses.get_mut("429") {
+        r["headers"]["Retry-After"] = json!({"$ref": "#/components/headers/Retry-After"});
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     #[test]
     fn flattened_requests_are_one_object_in_the_document() {
         let doc = super::document();
@@ -109,5 +927,91 @@ mod tests {
         }
         let create = &doc["components"]["schemas"]["CreateVmRequest"];
         assert!(create["properties"].get("template").is_some());
+    }
+
+    /// Every operation but the two public ones documents the statuses every
+    /// request can meet, with the error body.
+    #[test]
+    fn every_operation_lists_the_shared_statuses() {
+        let doc = super::document();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let r = &op["responses"];
+                if path == "/health" || path == "/openapi.json" {
+                    assert!(r.get("401").is_none(), "{method} {path}");
+                    continue;
+                }
+                seen += 1;
+                for code in ["401", "403", "429", "500"] {
+                    assert_eq!(
+                        r[code]["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {code}"
+                    );
+                }
+                assert!(r["429"]["headers"].get("Retry-After").is_some());
+                if op.get("requestBody").is_some() {
+                    assert!(r.get("413").is_some(), "{method} {path}");
+                }
+                if path.contains('{') {
+                    assert!(r.get("404").is_some(), "{method} {path}");
+                }
+                if ["post", "patch", "delete"].contains(&method.as_str()) {
+                    assert!(r.get("422").is_some(), "{method} {path}");
+                }
+                if path.starts_with("/api/v1/containers") || path.starts_with("/api/v1/images") {
+                    assert!(r.get("503").is_some(), "{method} {path}");
+                }
+            }
+        }
+        assert!(seen > 55, "{seen} operations");
+    }
+
+    #[test]
+    fn ids_filters_numbers_and_bodies_are_exact() {
+        let doc = super::document();
+        let op = &doc["paths"]["/api/v1/vms/{id}/{action}"]["post"];
+        let params = op["parameters"].as_array().unwrap();
+        let param = |n: &str| params.iter().find(|p| p["name"] == n).unwrap().clone();
+        assert_eq!(param("id")["schema"]["pattern"], super::VM_KEY);
+        assert_eq!(
+            param("action")["schema"]["enum"].as_array().unwrap().len(),
+            8
+        );
+        // An action body is an optional object, never null.
+        assert_eq!(op["requestBody"]["required"], false);
+        assert_eq!(
+            op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ActionRequest"
+        );
+        assert!(op["responses"].get("202").is_some());
+        let list = &doc["paths"]["/api/v1/vms"]["get"]["parameters"];
+        let status = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "status")
+            .unwrap();
+        assert!(status["schema"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("running")));
+        let create = &doc["paths"]["/api/v1/vms"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["oneOf"];
+        assert_eq!(create[1]["type"], "array");
+        assert_eq!(create[1]["maxItems"], 100);
+        let spec = &doc["components"]["schemas"]["CreateVmRequest"]["properties"];
+        assert_eq!(spec["vcpus"]["maximum"], 256);
+        assert_eq!(spec["vcpus"]["minimum"], 1);
+        assert_eq!(spec["memory"]["minimum"], 16);
+        assert_eq!(spec["name"]["pattern"], super::DNS_LABEL);
+        let instances = &doc["components"]["schemas"]["InstanceList"]["properties"];
+        assert!(instances.get("containers_error").is_some());
+        let jobs = &doc["paths"]["/api/v1/jobs/{id}"]["get"]["parameters"][0];
+        assert_eq!(jobs["schema"]["format"], "uuid");
+        assert!(doc["paths"]["/api/v1/containers/{id}/resources"]
+            .get("put")
+            .is_some());
     }
 }
