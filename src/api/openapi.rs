@@ -275,7 +275,7 @@ fn add_links(doc: &mut Value) {
 }
 
 /// `GET /openapi.json`: this document, with this agent's bounds.
-#[utoipa::path(get, path = "/openapi.json", tag = "system",
+#[utoipa::path(get, path = "/openapi.json", tag = "system", operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI document", body = Object)))]
 pub async fn serve(State(agent): State<Agent>) -> Json<Value> {
     static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
@@ -1030,6 +1030,47 @@ mod tests {
             }
         }
         assert!(seen > 55, "{seen} operations");
+    }
+
+    /// Operation ids are unique, every `$ref` names a component, and every
+    /// link names an operation of the document.
+    #[test]
+    fn the_document_is_consistent() {
+        let doc = super::document();
+        let mut ids = std::collections::HashSet::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                let id = op["operationId"].as_str().unwrap();
+                assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            }
+        }
+        fn walk(v: &Value, doc: &Value, refs: &mut usize) {
+            match v {
+                Value::Object(o) => {
+                    for (k, x) in o {
+                        if k == "$ref" || k == "operationRef" {
+                            let target = x.as_str().unwrap().trim_start_matches("#/");
+                            let mut node = doc;
+                            for part in target.split('/') {
+                                let part = part.replace("~1", "/").replace("~0", "~");
+                                node = node
+                                    .get(&part)
+                                    .unwrap_or_else(|| panic!("dangling {k}: {x}"));
+                            }
+                            *refs += 1;
+                        }
+                        walk(x, doc, refs);
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, doc, refs)),
+                _ => {}
+            }
+        }
+        let mut refs = 0;
+        walk(&doc, &doc, &mut refs);
+        assert!(refs > 500, "{refs} references");
+        let created = &doc["paths"]["/api/v1/vms"]["post"]["responses"]["201"]["links"];
+        assert!(created.as_object().unwrap().len() >= 10, "{created}");
     }
 
     #[test]
