@@ -13,6 +13,8 @@
 #   FUZZ_SEED          a seed, to replay a run
 #   FUZZ_URL           fuzz an agent already listening there instead of
 #                      starting one (for when libgod has its own TCP listener)
+#   FUZZ_AUTH_HEADER   a header sent with every request, for a listener that
+#                      wants credentials ("Authorization: Bearer ...")
 #   FUZZ_DOCKER_SOCKET the Docker socket of the agent started here (default
 #                      the agent's own default; a missing path fuzzes the
 #                      agent without an engine)
@@ -150,8 +152,9 @@ algorithms = ["location-headers"]
 EOF
 
 cp scripts/fuzz-api-hooks.py "$out/fuzz_api_hooks.py"
-seed_args=()
-[ -n "${FUZZ_SEED:-}" ] && seed_args=(--seed "$FUZZ_SEED")
+extra_args=()
+[ -n "${FUZZ_SEED:-}" ] && extra_args=(--seed "$FUZZ_SEED")
+[ -n "${FUZZ_AUTH_HEADER:-}" ] && extra_args+=(--header "$FUZZ_AUTH_HEADER")
 # WebSocket routes are left out: schemathesis speaks plain HTTP only
 # (tests/hostile.rs and the integration tests cover them). One worker:
 # two race in hypothesis' own source inspection. A request that finds its
@@ -173,7 +176,7 @@ set +e
             --suppress-health-check all \
             --report json,junit --report-dir "$PWD" \
             --report-json-path "$PWD/report.json" --report-junit-path "$PWD/junit.xml" \
-            "${seed_args[@]}" \
+            "${extra_args[@]}" \
             >"$PWD/schemathesis.log" 2>&1
 )
 st_status=$?
