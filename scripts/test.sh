@@ -30,6 +30,19 @@ status=${PIPESTATUS[0]}
 
 passed=$(grep -Eo '[0-9]+ passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+
+echo "== API fuzzing (scripts/fuzz-api.sh, summary in target/fuzz-api/summary.txt)"
+# Counted as one test: schemathesis against the live agent's OpenAPI document.
+if bash scripts/fuzz-api.sh >target/fuzz-api.log 2>&1; then
+    passed=$((passed + 1))
+    fuzz="passed"
+else
+    failed=$((failed + 1))
+    fuzz="FAILED (target/fuzz-api.log)"
+    status=1
+fi
+grep -E '^(requests sent|status histogram|time taken|result):' target/fuzz-api/summary.txt 2>/dev/null || tail -20 target/fuzz-api.log
+echo "api fuzzing: $fuzz"
 echo
 echo "suite took $(( $(date +%s) - start )) s"
 echo "total: $passed passed, $failed failed"

@@ -242,7 +242,8 @@ async fn a_create_the_engine_refuses_leaves_nothing_and_touches_nothing_else() {
             )),
         )
         .await;
-    assert_error(name, &r, 400, "bind source path does not exist");
+    // A missing host path is a missing resource: 404.
+    assert_error(name, &r, 404, "bind source path does not exist");
     assert_undone(&d, name, &create_job(&d, name).await, "failed").await;
     let (exists, _) = docker(&["inspect", "--type", "container", name]);
     assert!(!exists);

@@ -432,6 +432,7 @@ async fn slow_and_idle_clients_are_cut_off_and_a_full_listener_lets_the_admin_in
     let stalled = t0.elapsed();
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"REQUEST_TIMEOUT\""), "{text}");
     assert!(stalled < Duration::from_millis(2500), "{stalled:?}");
     eprintln!("FIGURE stalled body (1000 bytes declared, 6 sent, body timeout 1 s): 408 after {stalled:?}");
 

@@ -314,6 +314,21 @@ pub async fn logs(
             flag(&q, "follow")?,
         )
         .await?;
+    // Once the headers are sent, an engine error can only end the text: a
+    // last line says why, and the response ends cleanly (never cut short).
+    let stream = futures::StreamExt::scan(stream, false, |ended, item| {
+        let out = match (*ended, item) {
+            (true, _) => None,
+            (false, Ok(bytes)) => Some(Ok::<_, std::io::Error>(bytes)),
+            (false, Err(e)) => {
+                *ended = true;
+                Some(Ok(axum::body::Bytes::from(format!(
+                    "\nlibgo: the log stream ended: {e}\n"
+                ))))
+            }
+        };
+        std::future::ready(out)
+    });
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(stream),

@@ -52,6 +52,7 @@ pub fn status_name(status: StatusCode) -> &'static str {
         403 => "FORBIDDEN",
         404 => "NOT_FOUND",
         405 => "METHOD_NOT_ALLOWED",
+        408 => "REQUEST_TIMEOUT",
         409 => "RESOURCE_CONFLICT",
         413 => "PAYLOAD_TOO_LARGE",
         415 => "UNSUPPORTED_MEDIA_TYPE",

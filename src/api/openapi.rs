@@ -62,8 +62,12 @@ pub const VM_KEY: &str = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-f
 /// A container (libgo id, engine id or name), network or volume name as
 /// the engine accepts it.
 pub const ENGINE_NAME: &str = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$";
-/// An image reference: `[registry[:port]/]path[:tag][@digest]` or an id.
-pub const IMAGE_REF: &str = "^[A-Za-z0-9][A-Za-z0-9._:@-]*(/[A-Za-z0-9][A-Za-z0-9._:@-]*)*$";
+/// An image name, as `docker::check_image_name` reads it:
+/// `[host[:port]/]path[:tag]` (at most 200).
+pub const IMAGE_NAME: &str = "^(([a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*(:[0-9]{1,5})?|[a-z0-9]{1,63}([_-][a-z0-9]{1,63})*)(/[a-z0-9]{1,63}([._-][a-z0-9]{1,63})*)+|[a-z0-9]{1,63}([._-][a-z0-9]{1,63})*)(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$";
+/// An image reference, as `docker::check_image_ref` reads it: an id
+/// (`sha256:` and 64 hex digits) or a name.
+pub const IMAGE_REF: &str = "^(sha256:[a-f0-9]{64}|(([a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*(:[0-9]{1,5})?|[a-z0-9]{1,63}([_-][a-z0-9]{1,63})*)(/[a-z0-9]{1,63}([._-][a-z0-9]{1,63})*)+|[a-z0-9]{1,63}([._-][a-z0-9]{1,63})*)(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?)$";
 /// A file in a storage pool: a name, or a relative path whose components
 /// do not start with `.` (`..` never leaves the pool).
 pub const POOL_FILE: &str = "^[^/\\x00.][^/\\x00]*(/[^/\\x00.][^/\\x00]*)*$";
@@ -277,7 +281,7 @@ fn add_links(doc: &mut Value) {
 }
 
 /// `GET /openapi.json`: this document, with this agent's bounds.
-#[utoipa::path(get, path = "/openapi.json", tag = "system",
+#[utoipa::path(get, path = "/openapi.json", tag = "system", operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI document", body = Object)))]
 pub async fn serve(State(agent): State<Agent>) -> Json<Value> {
     static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
@@ -344,6 +348,27 @@ fn refine(schemas: &mut Map<String, Value>, schema: &str, prop: &str, extra: Val
     }
 }
 
+/// An unsigned integer as serde reads it: 0 to its type's maximum (utoipa's
+/// `format: int64` would say at most 2^63 - 1).
+fn unsigned_bounds(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            let unsigned = o.get("minimum") == Some(&Value::from(0))
+                && o.get("type")
+                    .is_some_and(|t| t.to_string().contains("integer"));
+            if unsigned {
+                match o.remove("format").as_ref().and_then(Value::as_str) {
+                    Some("int32") => o.insert("maximum".into(), u32::MAX.into()),
+                    _ => o.insert("maximum".into(), u64::MAX.into()),
+                };
+            }
+            o.values_mut().for_each(unsigned_bounds);
+        }
+        Value::Array(a) => a.iter_mut().for_each(unsigned_bounds),
+        _ => {}
+    }
+}
+
 fn int(min: u64, max: u64) -> Value {
     json!({"minimum": min, "maximum": max})
 }
@@ -360,18 +385,26 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
     // A bulk create's items are parsed with the request (a wrong type or an
     // unknown field is 400 for all), but checked in their own tasks: an item
     // out of bounds fails its task, not the request.
+    let originals = s.clone();
     let mut item = s["CreateVmRequest"].clone();
+    // Nested parts as serde reads them, without the bounds checked later.
+    for (f, part) in [
+        ("cpu_pinning", "CpuPinning"),
+        ("io_limits", "IoLimits"),
+        ("boot", "BootSpec"),
+        ("network", "NetworkSpec"),
+    ] {
+        let mut shape = originals[part].clone();
+        if part == "NetworkSpec" {
+            shape = json!({"$ref": "#/components/schemas/NetworkSpec"});
+        }
+        item["properties"][f] = json!({"oneOf": [shape, {"type": "null"}]});
+    }
     item["description"] = "An item of a bulk `POST /vms`: the fields of `CreateVmRequest`, \
         checked in the item's own task (a bad value fails that task only)."
         .into();
     item["additionalProperties"] = Value::Bool(false);
-    for (f, max) in [
-        ("vcpus", u32::MAX as u64),
-        ("memory", u64::MAX),
-        ("disk_size", u64::MAX),
-    ] {
-        item["properties"][f]["maximum"] = max.into();
-    }
+    unsigned_bounds(&mut item);
     s.insert("CreateVmItem".into(), item);
     let tags = json!({"maxItems": 32, "items": {"type": "string", "pattern": TAG}});
     let pool_file = json!({"pattern": POOL_FILE, "maxLength": 4096});
@@ -526,9 +559,12 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         s,
         c,
         "image",
-        json!({"pattern": IMAGE_REF, "maxLength": 512}),
+        json!({"pattern": IMAGE_REF, "maxLength": 200}),
     );
-    refine(s, c, "vcpus", vcpus.clone());
+    // The engine's CPU quota cannot exceed the host's CPUs.
+    let host_cpus = (l.online_cores.len() as u64).clamp(1, l.max_vcpus.into());
+    let container_vcpus = int(1, host_cpus);
+    refine(s, c, "vcpus", container_vcpus.clone());
     refine(s, c, "memory", int(6, l.max_memory_mib));
     refine(s, c, "tags", tags);
     refine(
@@ -552,7 +588,7 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
                "additionalProperties": {"type": "string", "pattern": "^[^\\x00]*$"}}),
     );
     refine(s, c, "command", json!({"minItems": 1}));
-    refine(s, "UpdateContainerRequest", "vcpus", vcpus);
+    refine(s, "UpdateContainerRequest", "vcpus", container_vcpus);
     refine(
         s,
         "UpdateContainerRequest",
@@ -571,25 +607,47 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         s,
         "MountSpec",
         "source",
-        json!({"pattern": "^(/[^\\x00]*|[A-Za-z0-9][A-Za-z0-9_.-]{0,254})$"}),
+        json!({"pattern": "^(/[^\\x00]*|[A-Za-z0-9][A-Za-z0-9_.-]{0,254})$",
+               "description": "A volume name, or an absolute path on the host that exists (else 404)."}),
     );
-    refine(s, "MountSpec", "target", json!({"pattern": "^/[^\\x00]*$"}));
+    refine(
+        s,
+        "MountSpec",
+        "target",
+        json!({"pattern": "^(/[^/\\x00.][^/\\x00]*)+$"}),
+    );
     refine(s, "ExecRequest", "command", json!({"minItems": 1}));
     refine(s, "ExecRequest", "timeout", int(1, 3600));
     refine(
         s,
         "ImageRef",
         "image",
-        json!({"pattern": IMAGE_REF, "maxLength": 512}),
+        json!({"pattern": IMAGE_NAME, "maxLength": 200}),
     );
-    for name in ["CreateNetworkRequest", "CreateVolumeRequest"] {
-        refine(
-            s,
-            name,
-            "name",
-            json!({"pattern": DNS_LABEL, "maxLength": 63}),
-        );
-    }
+    refine(
+        s,
+        "CreateNetworkRequest",
+        "name",
+        json!({"pattern": DNS_LABEL, "maxLength": 63}),
+    );
+    let mut drivers: Vec<Value> = crate::engine::container::objects::NETWORK_DRIVERS
+        .iter()
+        .map(|d| Value::from(*d))
+        .collect();
+    drivers.push(Value::Null);
+    refine(
+        s,
+        "CreateNetworkRequest",
+        "driver",
+        json!({ "enum": drivers }),
+    );
+    // The engine wants at least 2 characters in a volume name.
+    refine(
+        s,
+        "CreateVolumeRequest",
+        "name",
+        json!({"pattern": "^[a-z0-9][-a-z0-9]{0,61}[a-z0-9]$", "maxLength": 63}),
+    );
     refine(
         s,
         "NetworkConnect",
@@ -617,7 +675,7 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
     );
 
     let statuses: Vec<&str> = [
-        400u16, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503,
+        400u16, 401, 403, 404, 405, 408, 409, 413, 422, 429, 500, 503,
     ]
     .into_iter()
     .map(|c| super::error::status_name(axum::http::StatusCode::from_u16(c).unwrap()))
@@ -738,8 +796,8 @@ fn describe(code: u16) -> &'static str {
         404 => "NOT_FOUND: no such resource (or action).",
         405 => "METHOD_NOT_ALLOWED: the path is a route of another method.",
         409 => "RESOURCE_CONFLICT (or INSUFFICIENT_CAPACITY): the resource's state does not allow it, it is busy, or an Idempotency-Key's first request still runs without a job.",
+        408 => "REQUEST_TIMEOUT: the body stalled longer than the body timeout; the connection closes.",
         413 => "PAYLOAD_TOO_LARGE: the body is over the limit.",
-        415 => "UNSUPPORTED_MEDIA_TYPE: the body is not JSON.",
         422 => "IDEMPOTENCY_MISMATCH: the Idempotency-Key was used with another request.",
         429 => "RATE_LIMITED: too many requests; try again after Retry-After seconds.",
         500 => "INTERNAL_SERVER_ERROR: a step on the host failed; the message names it.",
@@ -757,7 +815,8 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
         "id" if under("/api/v1/jobs/") => {
             json!({"type": "string", "format": "uuid", "pattern": UUID})
         }
-        "id" if under("/api/v1/images/") => pattern(IMAGE_REF, 512),
+        "id" if under("/api/v1/images/") && path.ends_with("/push") => pattern(IMAGE_NAME, 200),
+        "id" if under("/api/v1/images/") => pattern(IMAGE_REF, 200),
         "id" => pattern(ENGINE_NAME, 255),
         "task_id" => json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
         "action" if under("/api/v1/vms/") => json!({"type": "string",
@@ -782,8 +841,9 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
         "wait" => json!({"type": "integer", "minimum": 0, "maximum": 300}),
         "since" => json!({"type": "integer", "minimum": 0, "maximum": i32::MAX}),
         "tail" => json!({"type": "string", "pattern": "^(all|[0-9]{1,9})$"}),
-        "image" | "tag" if under("/api/v1/images/") => pattern(IMAGE_REF, 512),
-        "dockerfile" => json!({"type": "string", "pattern": POOL_FILE, "maxLength": 4096}),
+        "image" | "tag" if under("/api/v1/images/") => pattern(IMAGE_NAME, 200),
+        "dockerfile" => json!({"type": "string", "maxLength": 4096, "default": "Dockerfile",
+            "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$"}),
         _ => return None,
     })
 }
@@ -873,9 +933,14 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
             .entry(code.to_string())
             .or_insert_with(|| error_response(describe(code)));
     };
+    // Every listener but the admin socket counts requests (rate limits).
+    add(429);
     if !system {
-        for code in [401, 403, 429, 500] {
-            add(code);
+        add(401);
+        add(500);
+        // Open to anyone: no role is checked.
+        if key != ("post", "/api/v1/login") {
+            add(403);
         }
         if has_params || body.is_some() {
             add(400);
@@ -884,10 +949,8 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
             add(404);
         }
         if body.is_some() {
+            add(408);
             add(413);
-        }
-        if json_body {
-            add(415);
         }
         if matches!(method, "post" | "patch" | "delete") {
             add(409);
@@ -896,6 +959,10 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
         // The Docker engine's own "no such ..." is 404 on any of its calls.
         if CREATES_FROM_REFERENCES.contains(&key) || docker(path) {
             add(404);
+        }
+        // A key that several engine objects match (an id prefix) is 409.
+        if docker(path) && has_path_params {
+            add(409);
         }
         if SHADOWED.contains(&key) {
             add(405);
@@ -944,12 +1011,19 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 let r = &op["responses"];
+                assert!(r.get("415").is_none(), "{method} {path}");
+                assert!(r.get("429").is_some(), "{method} {path}");
                 if path == "/health" || path == "/openapi.json" {
                     assert!(r.get("401").is_none(), "{method} {path}");
                     continue;
                 }
                 seen += 1;
-                for code in ["401", "403", "429", "500"] {
+                let shared: &[&str] = if path == "/api/v1/login" {
+                    &["401", "429", "500"]
+                } else {
+                    &["401", "403", "429", "500"]
+                };
+                for code in shared {
                     assert_eq!(
                         r[code]["content"]["application/json"]["schema"]["$ref"],
                         "#/components/schemas/ErrorBody",
@@ -959,6 +1033,7 @@ mod tests {
                 assert!(r["429"]["headers"].get("Retry-After").is_some());
                 if op.get("requestBody").is_some() {
                     assert!(r.get("413").is_some(), "{method} {path}");
+                    assert!(r.get("408").is_some(), "{method} {path}");
                 }
                 if path.contains('{') {
                     assert!(r.get("404").is_some(), "{method} {path}");
@@ -972,6 +1047,47 @@ mod tests {
             }
         }
         assert!(seen > 55, "{seen} operations");
+    }
+
+    /// Operation ids are unique, every `$ref` names a component, and every
+    /// link names an operation of the document.
+    #[test]
+    fn the_document_is_consistent() {
+        let doc = super::document();
+        let mut ids = std::collections::HashSet::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                let id = op["operationId"].as_str().unwrap();
+                assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            }
+        }
+        fn walk(v: &Value, doc: &Value, refs: &mut usize) {
+            match v {
+                Value::Object(o) => {
+                    for (k, x) in o {
+                        if k == "$ref" || k == "operationRef" {
+                            let target = x.as_str().unwrap().trim_start_matches("#/");
+                            let mut node = doc;
+                            for part in target.split('/') {
+                                let part = part.replace("~1", "/").replace("~0", "~");
+                                node = node
+                                    .get(&part)
+                                    .unwrap_or_else(|| panic!("dangling {k}: {x}"));
+                            }
+                            *refs += 1;
+                        }
+                        walk(x, doc, refs);
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, doc, refs)),
+                _ => {}
+            }
+        }
+        let mut refs = 0;
+        walk(&doc, &doc, &mut refs);
+        assert!(refs > 500, "{refs} references");
+        let created = &doc["paths"]["/api/v1/vms"]["post"]["responses"]["201"]["links"];
+        assert!(created.as_object().unwrap().len() >= 10, "{created}");
     }
 
     #[test]

@@ -90,6 +90,17 @@ impl DockerBackend {
             } => match status_code {
                 404 => DockerError::NotFound(format!("{what}: {message}")),
                 409 => DockerError::Conflict(format!("{what}: {message}")),
+                // A valid request that meets the engine's state: a name or id
+                // prefix that several objects match, an image without a
+                // default command, an unpause of what is not paused.
+                _ if STATE_CONFLICTS.iter().any(|m| message.contains(m)) => {
+                    DockerError::Conflict(format!("{what}: {message}"))
+                }
+                // A bind mount of a host path that is not there: a missing
+                // resource, like a missing image.
+                _ if message.contains("bind source path does not exist") => {
+                    DockerError::NotFound(format!("{what}: {message}"))
+                }
                 400 => DockerError::Invalid(format!("{what}: {message}")),
                 304 => DockerError::Conflict(format!("{what}: already in that state")),
                 _ => DockerError::Engine(format!("{what}: {message}")),
@@ -113,6 +124,14 @@ impl DockerBackend {
         }
     }
 }
+
+/// Engine refusals that are about the state of what a request names.
+const STATE_CONFLICTS: [&str; 4] = [
+    "is ambiguous",
+    "No command specified",
+    "is not paused",
+    "is already paused",
+];
 
 /// A stable UUID for a container libgo did not create, from its engine id.
 pub fn foreign_id(engine_id: &str) -> uuid::Uuid {
@@ -157,17 +176,11 @@ pub fn check_name(what: &str, s: &str) -> Result<(), DockerError> {
     }
 }
 
-/// An image reference (`[registry[:port]/]path[:tag][@digest]`, or an image
-/// id): components of letters, digits, `.`, `_`, `-`, separated by `/`, with
-/// a `:tag` or `@algo:digest`; no empty, `.` or `..` component; at most 512.
+/// An image reference the engine takes in every use: an id (`sha256:` and
+/// 64 hex digits), or a name (`check_image_name`). The OpenAPI document's
+/// pattern for image references says the same.
 pub fn check_image_ref(s: &str) -> Result<(), DockerError> {
-    let chars_ok = s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@'));
-    let parts_ok = s
-        .split('/')
-        .all(|c| !c.is_empty() && c != "." && c != ".." && c.as_bytes()[0].is_ascii_alphanumeric());
-    if !s.is_empty() && s.len() <= 512 && chars_ok && parts_ok {
+    if is_image_id(s) || is_image_name(s) {
         Ok(())
     } else {
         Err(DockerError::Invalid(format!(
@@ -175,6 +188,88 @@ pub fn check_image_ref(s: &str) -> Result<(), DockerError> {
             clip(s)
         )))
     }
+}
+
+/// An image name to pull, push, import, build or tag as:
+/// `[host[:port]/]path[:tag]`. Path components are runs of 1 to 63
+/// lowercase letters and digits joined by single `.`, `_` or `-`; a first
+/// component of several that has a `.` or a port is a registry host (labels
+/// of lowercase letters, digits and inner `-`); a tag is 1 to 128 of
+/// `[A-Za-z0-9_.-]`, not starting with `.` or `-`; at most 200 in all; the
+/// name `sha256` is the engine's own.
+pub fn check_image_name(s: &str) -> Result<(), DockerError> {
+    if is_image_name(s) {
+        Ok(())
+    } else {
+        Err(DockerError::Invalid(format!(
+            "Invalid image name {:?}: [host[:port]/]path[:tag], lowercase.",
+            clip(s)
+        )))
+    }
+}
+
+fn is_image_id(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+fn is_image_name(s: &str) -> bool {
+    // The engine counts 255 for the name with its registry ("docker.io/..."
+    // when none is given): 200 leaves room for that.
+    if s.is_empty() || s.len() > 200 {
+        return false;
+    }
+    let last = s.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match s[last..].find(':') {
+        Some(i) => (&s[..last + i], Some(&s[last + i + 1..])),
+        None => (s, None),
+    };
+    if name == "sha256" {
+        return false;
+    }
+    if let Some(t) = tag {
+        let b = t.as_bytes();
+        if b.is_empty()
+            || b.len() > 128
+            || !(b[0].is_ascii_alphanumeric() || b[0] == b'_')
+            || !b
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        {
+            return false;
+        }
+    }
+    let comps: Vec<&str> = name.split('/').collect();
+    comps.iter().enumerate().all(|(i, c)| {
+        if i == 0 && comps.len() > 1 {
+            is_registry_host(c) || runs(c, b"_-", 63)
+        } else {
+            runs(c, b"._-", 63)
+        }
+    })
+}
+
+/// `host[:port]`: dot-separated labels of lowercase letters and digits with
+/// inner `-`, and a port of 1 to 5 digits.
+fn is_registry_host(c: &str) -> bool {
+    let (host, port) = match c.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (c, None),
+    };
+    port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+        && host.split('.').all(|label| runs(label, b"-", usize::MAX))
+}
+
+/// Runs of 1 to `max` lowercase letters and digits joined by single `seps`.
+fn runs(s: &str, seps: &[u8], max: usize) -> bool {
+    s.split(|c: char| c.is_ascii() && seps.contains(&(c as u8)))
+        .all(|run| {
+            !run.is_empty()
+                && run.len() <= max
+                && run
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 /// A client's text shown back in an error, at most 64 characters.
@@ -203,6 +298,52 @@ mod tests {
         );
         assert!(is_engine_id(&id[..12]));
         assert!(!is_engine_id("web-1"));
+    }
+
+    #[test]
+    fn image_references_the_engine_takes() {
+        let id = format!("sha256:{}", "ab".repeat(32));
+        for ok in [
+            "busybox",
+            "libgo-test/busybox:1",
+            "localhost:5000/a/b:v1.0_x",
+            "registry.example.com/team/app",
+            "a.b_c-d",
+            "0e83920ffb3a",
+            &id,
+        ] {
+            assert!(check_image_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Busybox",
+            "a..b",
+            "a/../b",
+            "..",
+            "a/",
+            "/a",
+            "a:",
+            "a:.x",
+            "a:b/c",
+            "a@sha256:12",
+            &format!("app@{id}"),
+            &"a".repeat(64),
+            &format!("a/{}", "0".repeat(64)),
+            &format!("a:{}", "t".repeat(129)),
+            &"a.".repeat(128),
+            "a%2fb",
+        ] {
+            assert!(check_image_ref(bad).is_err(), "{bad}");
+        }
+        // A port only on the first of several components, a host with a
+        // dot never with '_', and the id form is not a name.
+        assert!(check_image_ref("a:1/b").is_ok());
+        assert!(check_image_ref("a/b:1/c").is_err());
+        assert!(check_image_ref("a_b.c/d").is_err());
+        assert!(check_image_ref("a_b/c.d").is_ok());
+        assert!(check_image_name(&id).is_err());
+        assert!(check_image_name("sha256:1").is_err());
+        assert!(check_image_name("libgo/app:1").is_ok());
     }
 
     #[test]
@@ -249,8 +390,7 @@ mod id_tests {
             "busybox",
             "libgo-test/busybox:1",
             "localhost:5000/a/b:tag",
-            "a@sha256:0123abcd",
-            "sha256:0123abcd",
+            &format!("sha256:{}", "0123abcd".repeat(8)),
         ] {
             assert!(check_image_ref(ok).is_ok(), "{ok}");
         }

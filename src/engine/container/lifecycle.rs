@@ -92,6 +92,11 @@ pub fn plan(
         }
         (A::Stop, S::Stopped) => Ok(Some(ContainerOutcome::AlreadyThere(S::Stopped))),
         (A::Pause, S::Paused) => Ok(Some(ContainerOutcome::AlreadyThere(S::Paused))),
+        (A::Unpause, s) if s != S::Paused => Err(format!(
+            "Container is {}, cannot {}.",
+            s.as_str(),
+            action.as_str()
+        )),
         (A::Kill | A::Pause, s) if s != S::Running && s != S::Paused => Err(format!(
             "Container is {}, cannot {}.",
             s.as_str(),
@@ -130,10 +135,15 @@ impl ContainerEngine {
     ) -> Result<serde_json::Map<String, Value>> {
         let mut hc = serde_json::Map::new();
         if let Some(v) = vcpus {
-            if v == 0 || v > self.inner.core.cfg.max_vcpus {
+            // A CPU quota cannot exceed the host's CPUs (the engine refuses).
+            let host = std::fs::read_to_string("/sys/devices/system/cpu/online")
+                .map(|l| crate::host::pinning::parse_cpu_list(&l).len() as u32)
+                .unwrap_or(1)
+                .max(1);
+            let max = self.inner.core.cfg.max_vcpus.min(host);
+            if v == 0 || v > max {
                 return Err(EngineError::Invalid(format!(
-                    "Invalid parameter: vcpus must be between 1 and {}.",
-                    self.inner.core.cfg.max_vcpus
+                    "Invalid parameter: vcpus must be between 1 and {max}."
                 )));
             }
             hc.insert("NanoCpus".into(), json!(v as i64 * 1_000_000_000));
@@ -187,6 +197,10 @@ impl ContainerEngine {
                 "Invalid parameter: image must not be empty.".into(),
             ));
         }
+        docker::check_image_ref(&req.image)?;
+        if let Some(n) = &req.network {
+            docker::check_name("network", n)?;
+        }
         if req.labels.keys().any(|k| k.starts_with("io.libgo.")) {
             return Err(EngineError::Invalid(
                 "Invalid parameter: labels io.libgo.* are reserved.".into(),
@@ -236,6 +250,7 @@ impl ContainerEngine {
             let kind = if m.source.starts_with('/') {
                 "bind"
             } else {
+                docker::check_name("volume", &m.source)?;
                 "volume"
             };
             mounts.push(json!({"Type": kind, "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}));
@@ -664,8 +679,11 @@ mod tests {
                         | (A::Stop, S::Stopped)
                         | (A::Pause, S::Paused)
                 );
-                let expected_refuse =
-                    matches!(a, A::Kill | A::Pause) && !matches!(s, S::Running | S::Paused);
+                // Unpausing what is neither paused nor running is refused
+                // here (the engine would answer "not paused").
+                let expected_refuse = (matches!(a, A::Kill | A::Pause)
+                    && !matches!(s, S::Running | S::Paused))
+                    || (a == A::Unpause && !matches!(s, S::Running | S::Paused));
                 assert_eq!(matches!(p, Ok(Some(_))), expected_skip, "{a:?} {s:?}");
                 assert_eq!(p.is_err(), expected_refuse, "{a:?} {s:?}");
             }

@@ -157,7 +157,7 @@ impl ContainerEngine {
 
     /// Pulls an image from its registry (a job; no registry = a clear error).
     pub fn pull_image(&self, image: &str, requester: &Requester) -> Result<Submitted<Image>> {
-        docker::check_image_ref(image)?;
+        docker::check_image_name(image)?;
         let (repo, tag) = split_ref(image);
         let (h, ctx) = self.image_job("image.pull", image, requester)?;
         let agent = self.clone();
@@ -209,7 +209,7 @@ impl ContainerEngine {
         tarball: hyper::body::Bytes,
         requester: &Requester,
     ) -> Result<Submitted<Image>> {
-        docker::check_image_ref(image)?;
+        docker::check_image_name(image)?;
         let (repo, tag) = split_ref(image);
         if tarball.is_empty() {
             return Err(EngineError::Invalid(
@@ -238,7 +238,8 @@ impl ContainerEngine {
                     Box::pin(stream),
                     create_info,
                 )
-                .await?;
+                .await
+                .map_err(tarball_error)?;
             agent.image_view(&format!("{repo}:{tag}")).await
         }))
     }
@@ -260,7 +261,8 @@ impl ContainerEngine {
             );
             agent
                 .drain(&ctx, "loading images".into(), Box::pin(stream), build_info)
-                .await?;
+                .await
+                .map_err(tarball_error)?;
             agent.list_images().await
         }))
     }
@@ -273,7 +275,13 @@ impl ContainerEngine {
         context: hyper::body::Bytes,
         requester: &Requester,
     ) -> Result<Submitted<Image>> {
-        docker::check_image_ref(tag)?;
+        docker::check_image_name(tag)?;
+        if !is_context_path(dockerfile) {
+            return Err(EngineError::Invalid(format!(
+                "Invalid parameter: dockerfile {:?} must be a relative path in the context.",
+                dockerfile.chars().take(64).collect::<String>()
+            )));
+        }
         if context.is_empty() {
             return Err(EngineError::Invalid(
                 "Invalid request: the build context is empty.".into(),
@@ -299,14 +307,15 @@ impl ContainerEngine {
                     Box::pin(stream),
                     build_info,
                 )
-                .await?;
+                .await
+                .map_err(tarball_error)?;
             agent.image_view(&tag).await
         }))
     }
 
     pub async fn tag_image(&self, source: &str, target: &str) -> Result<Image> {
         docker::check_image_ref(source)?;
-        docker::check_image_ref(target)?;
+        docker::check_image_name(target)?;
         let (repo, tag) = split_ref(target);
         self.d()?
             .tag_image(
@@ -323,7 +332,7 @@ impl ContainerEngine {
 
     /// Pushes an image to its registry (a job; unreachable = a clear error).
     pub fn push_image(&self, image: &str, requester: &Requester) -> Result<Submitted<Image>> {
-        docker::check_image_ref(image)?;
+        docker::check_image_name(image)?;
         let (repo, tag) = split_ref(image);
         let (h, ctx) = self.image_job("image.push", image, requester)?;
         let agent = self.clone();
@@ -345,7 +354,13 @@ impl ContainerEngine {
                     Box::pin(stream),
                     push_info,
                 )
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    EngineError::Invalid(m) if m.contains("does not exist locally") => {
+                        EngineError::NotFound(m)
+                    }
+                    other => other,
+                })?;
             agent.image_view(&image).await
         }))
     }
@@ -408,8 +423,29 @@ impl ContainerEngine {
 
     pub async fn create_network(&self, req: crate::model::CreateNetworkRequest) -> Result<Network> {
         crate::engine::vm::record::validate_name(&req.name)?;
+        let driver = req.driver.unwrap_or_else(|| "bridge".into());
+        if !NETWORK_DRIVERS.contains(&driver.as_str()) {
+            return Err(EngineError::Invalid(format!(
+                "Invalid parameter: driver {:?}: use {}.",
+                driver.chars().take(64).collect::<String>(),
+                NETWORK_DRIVERS.join(", ")
+            )));
+        }
+        // Networks are addressed by name: older engines would make a second
+        // network of the same name, and every later call on it would fail.
+        if self
+            .list_networks()
+            .await?
+            .iter()
+            .any(|n| n.name == req.name)
+        {
+            return Err(EngineError::Conflict(format!(
+                "name already in use: network {}",
+                req.name
+            )));
+        }
         let body: bollard::models::NetworkCreateRequest = serde_json::from_value(json!({
-            "Name": req.name, "Driver": req.driver.unwrap_or_else(|| "bridge".into()),
+            "Name": req.name, "Driver": driver,
             "Internal": req.internal, "Labels": req.labels,
         }))
         .map_err(|e| EngineError::internal("building the network", e))?;
@@ -496,6 +532,11 @@ impl ContainerEngine {
 
     pub async fn create_volume(&self, req: crate::model::CreateVolumeRequest) -> Result<Volume> {
         crate::engine::vm::record::validate_name(&req.name)?;
+        if req.name.len() < 2 {
+            return Err(EngineError::Invalid(
+                "Invalid parameter: a volume name has at least 2 characters.".into(),
+            ));
+        }
         let body: bollard::models::VolumeCreateRequest =
             serde_json::from_value(json!({"Name": req.name, "Labels": req.labels}))
                 .map_err(|e| EngineError::internal("building the volume", e))?;
@@ -537,6 +578,36 @@ fn registry_error(e: EngineError) -> EngineError {
         EngineError::Unavailable(format!("registry not reachable: {text}"))
     } else {
         e
+    }
+}
+
+/// A path inside a build context: components of `[A-Za-z0-9_.-]` that do
+/// not start with `.` or `-`, joined by `/` (at most 4096).
+pub fn is_context_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 4096
+        && p.split('/').all(|c| {
+            c.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        })
+}
+
+/// The network drivers libgo creates with: the engine's bridge (others need
+/// host setup, and a plugin name makes the engine look for it for 15 s).
+pub const NETWORK_DRIVERS: [&str; 1] = ["bridge"];
+
+/// The engine failing on an uploaded tarball (not a tar, cut short, no
+/// Dockerfile) is the upload's fault: 400, not the engine's 500.
+fn tarball_error(e: EngineError) -> EngineError {
+    match e {
+        EngineError::Internal { .. } => EngineError::Invalid(format!(
+            "the engine could not use the tarball: {}",
+            crate::engine::error::chain(&e)
+        )),
+        other => other,
     }
 }
 

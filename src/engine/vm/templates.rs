@@ -49,9 +49,37 @@ impl VmEngine {
                 vm::MAX_USER_DATA
             ));
         }
+        // Files must be paths inside the pools; whether they exist is
+        // checked when a VM is made from the template (they may come later).
+        let pools = cfg.pools();
+        let in_pools = |given: &str, what: &'static str| {
+            if given.chars().count() > 4096 {
+                return Err(EngineError::Invalid(format!(
+                    "Invalid parameter: {what} must be at most 4096 characters."
+                )));
+            }
+            match crate::host::pool::resolve(&pools, given, what) {
+                Ok(_) | Err(crate::host::pool::PoolError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(super::registry::pool_err(e)),
+            }
+        };
         if let Some(base) = &t.spec.base_image {
-            crate::host::pool::resolve(&cfg.pools(), base, "base image")
-                .map_err(super::registry::pool_err)?;
+            in_pools(base, "base image")?;
+        }
+        if let Some(boot) = &t.spec.boot {
+            in_pools(&boot.kernel, "kernel")?;
+            if let Some(initrd) = &boot.initrd {
+                in_pools(initrd, "initrd")?;
+            }
+            if boot
+                .cmdline
+                .as_ref()
+                .is_some_and(|c| c.chars().count() > 4096 || c.contains('\0'))
+            {
+                return invalid(
+                    "boot.cmdline must be at most 4096 characters, without NUL.".into(),
+                );
+            }
         }
         Ok(())
     }
