@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Schema-driven fuzzing of the API: a real libgod on a private socket and
-# state directory, its socket exposed on a loopback TCP port, and
-# schemathesis (every check) against the /openapi.json it serves.
+# state directory with its TCP listener on loopback (plain HTTP), an admin
+# API token made on its socket, and schemathesis (every check) against the
+# /openapi.json it serves, through the token: authentication, roles and the
+# audit trail are on the path of every request.
 #
 # Bounded in time (FUZZ_MAX_TIME seconds for the run itself, 150 by default,
 # and a hard `timeout` around it). Writes target/fuzz-api/summary.txt
@@ -12,7 +14,7 @@
 #   FUZZ_MAX_EXAMPLES  test cases per operation and phase (default 40)
 #   FUZZ_SEED          a seed, to replay a run
 #   FUZZ_URL           fuzz an agent already listening there instead of
-#                      starting one (for when libgod has its own TCP listener)
+#                      starting one
 #   FUZZ_AUTH_HEADER   a header sent with every request, for a listener that
 #                      wants credentials ("Authorization: Bearer ...")
 #   FUZZ_DOCKER_SOCKET the Docker socket of the agent started here (default
@@ -47,21 +49,12 @@ if ! "$st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     fi
     "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-if ! command -v socat >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q socat >/dev/null 2>&1 || {
-        apt-get update -q >/dev/null
-        apt-get install -y -q socat >/dev/null
-    }
-fi
 
 root=""
 node=""
 daemon_pid=""
-socat_pid=""
 cleanup() {
     set +e
-    [ -n "$socat_pid" ] && kill "$socat_pid" 2>/dev/null && wait "$socat_pid" 2>/dev/null
     if [ -n "$root" ]; then
         # Every QEMU the daemon's VMs run, then the daemon.
         for pidfile in "$root"/run/vms/*/qemu.pid; do
@@ -108,6 +101,8 @@ else
     cargo build --quiet --bin libgod
     bin=${CARGO_TARGET_DIR:-target}/debug/libgod
     root=$(mktemp -d /tmp/lgfuzz.XXXXXX)
+    # QEMU runs unprivileged and must pass through to its VM's directory.
+    chmod 0711 "$root"
     node=fuzz-$(basename "$root" | tr 'A-Z.' 'a-z-')
     mkdir -p "$root/images"
     cp "$fixtures/base.qcow2" "$fixtures/vmlinuz" "$fixtures/initrd.img" "$root/images/"
@@ -116,7 +111,12 @@ else
     sock=$root/libgo.sock
     # No QEMU emulator for this agent: the fuzzer may create VMs, but none
     # boots (a start answers 503, documented); qemu-img is the real one.
-    "$bin" --socket "$sock" --state-dir "$root/state" --run-dir "$root/run" \
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # Rate limits off: the fuzzer's pace is not the subject here (the
+    # security tests check the limits).
+    printf '[rate_limits]\ntcp_read = 0\ntcp_write = 0\n' >"$root/libgod.toml"
+    "$bin" --config "$root/libgod.toml" --socket "$sock" --readonly-socket "$root/libgo-ro.sock" \
+        --listen "127.0.0.1:$port" --plaintext --state-dir "$root/state" --run-dir "$root/run" \
         --image-dir "$root/images" --node-name "$node" --accel tcg \
         --qemu "$root/no-qemu-system-x86_64" \
         ${FUZZ_DOCKER_SOCKET:+--docker-socket "$FUZZ_DOCKER_SOCKET"} \
@@ -124,13 +124,14 @@ else
     daemon_pid=$!
     for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
     [ -S "$sock" ] || { echo "fuzz: libgod did not start" >&2; cat "$root/libgod.log" >&2; exit 1; }
-    # The Unix socket on a loopback port (the agent has no TCP listener yet).
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    # (A connection the agent closes while socat still writes is logged there.)
-    socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$sock" 2>"$root/socat.log" &
-    socat_pid=$!
     url=http://127.0.0.1:$port
     for _ in $(seq 100); do curl -sf "$url/health" >/dev/null 2>&1 && break; sleep 0.1; done
+    # An admin API token, made by root on the socket.
+    made=$(curl -sf --unix-socket "$sock" -X POST http://localhost/api/v1/tokens \
+        -d '{"name":"fuzz","role":"admin"}')
+    secret=$(printf '%s' "$made" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+    export FUZZ_TOKEN_ID=$(printf '%s' "$made" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    [ -n "${FUZZ_AUTH_HEADER:-}" ] || FUZZ_AUTH_HEADER="Authorization: Bearer $secret"
 fi
 
 # This agent has no QEMU emulator, and Docker may not run: 503 passes the

@@ -249,6 +249,36 @@ async fn tls_logins_roles_tokens_and_the_audit_trail() {
         d.req("GET", "/api/v1/audit?outcome=maybe", None).await.0,
         400
     );
+    // `since` is seconds since the epoch.
+    let (_, future) = d.req("GET", "/api/v1/audit?since=2000000000", None).await;
+    assert_eq!(future["events"], json!([]));
+    let (_, recent) = d
+        .req(
+            "GET",
+            &format!("/api/v1/audit?since={}", libgo::clock::unix_now() - 600),
+            None,
+        )
+        .await;
+    assert!(!recent["events"].as_array().unwrap().is_empty());
+    assert_eq!(
+        d.req("GET", "/api/v1/audit?since=yesterday", None).await.0,
+        400
+    );
+    // Only a login session can be logged out.
+    assert_eq!(d.req("POST", "/api/v1/logout", None).await.0, 409);
+    // Token names and lifetimes are checked.
+    for bad in [
+        json!({"name": "a\u{7f}b", "role": "viewer"}),
+        json!({"name": "", "role": "viewer"}),
+        json!({"name": "x", "role": "viewer", "expires_in": 0}),
+        json!({"name": "x", "role": "root"}),
+    ] {
+        assert_eq!(
+            d.req("POST", "/api/v1/tokens", Some(bad.clone())).await.0,
+            400,
+            "{bad}"
+        );
+    }
 }
 
 #[tokio::test]

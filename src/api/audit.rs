@@ -115,12 +115,12 @@ pub async fn middleware(State(agent): State<Agent>, req: Request, next: Next) ->
 }
 
 /// The audit trail, newest first; filters `actor`, `target` (that object
-/// and everything under it), `since` (RFC 3339), `outcome`.
+/// and everything under it), `since` (seconds since the epoch), `outcome`.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "access",
     params(
         ("actor" = Option<String>, Query, description = "uid:0, user:alice, token:<id>, anonymous"),
         ("target" = Option<String>, Query, description = "e.g. vms/web1 (with what is under it) or vms"),
-        ("since" = Option<String>, Query, description = "RFC 3339 time: entries at or after it"),
+        ("since" = Option<u64>, Query, description = "Seconds since the epoch: entries at or after it"),
         ("outcome" = Option<String>, Query, description = "succeeded, failed or denied"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)"),
         ("page_token" = Option<String>, Query, description = "Cursor from the previous page")),
@@ -140,9 +140,15 @@ pub async fn list(
     let since = match q.get("since") {
         None => None,
         Some(s) => Some(
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map(|t| crate::clock::from_unix(t.unix_timestamp()))
-                .map_err(|_| ApiError::invalid(format!("Invalid since {s:?}: use RFC 3339.")))?,
+            s.parse::<u32>()
+                .ok()
+                .filter(|t| *t <= i32::MAX as u32)
+                .map(|t| crate::clock::from_unix(t.into()))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "Invalid since {s:?}: seconds since the epoch, 0 to 2147483647."
+                    ))
+                })?,
         ),
     };
     let query = AuditQuery {

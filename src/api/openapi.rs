@@ -838,6 +838,7 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
             json!({"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]})
         }
         "backend" => json!({"type": "string", "enum": ["vm", "container"]}),
+        "outcome" => json!({"type": "string", "enum": ["succeeded", "failed", "denied"]}),
         "wait" => json!({"type": "integer", "minimum": 0, "maximum": 300}),
         "since" => json!({"type": "integer", "minimum": 0, "maximum": i32::MAX}),
         "tail" => json!({"type": "string", "pattern": "^(all|[0-9]{1,9})$"}),

@@ -104,13 +104,14 @@ pub async fn login(
 /// Ends the login session this call is made with.
 #[utoipa::path(post, path = "/api/v1/logout", tag = "access",
     responses((status = 204, description = "The session is revoked"),
-              (status = 400, body = ErrorBody, description = "The call was not made with a login session")))]
+              (status = 409, body = ErrorBody, description = "The call was not made with a login session (a socket, an API token)")))]
 pub async fn logout(
     State(st): State<Arc<AccessState>>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<StatusCode> {
     let Some((jti, exp)) = &caller.session else {
-        return Err(ApiError::invalid(
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
             "Only a login session can be logged out; revoke API tokens with DELETE /api/v1/tokens/{id}.",
         ));
     };

@@ -147,12 +147,17 @@ pub fn valid_username(s: &str) -> bool {
 }
 
 fn check_password(p: &str) -> Result<()> {
-    if p.chars().count() < 8 || p.len() > 1024 {
+    if !(8..=1024).contains(&p.chars().count()) {
         return Err(AuthError::Invalid(
-            "A password has 8 to 1024 bytes (at least 8 characters).".into(),
+            "A password has 8 to 1024 characters.".into(),
         ));
     }
     Ok(())
+}
+
+/// A token's name: 1 to 64 characters, none a control character.
+pub fn valid_token_name(name: &str) -> bool {
+    (1..=64).contains(&name.chars().count()) && !name.chars().any(char::is_control)
 }
 
 fn role_of(s: &str) -> Result<Role> {
@@ -398,9 +403,14 @@ impl Auth {
         role: Role,
         ttl_secs: Option<u64>,
     ) -> Result<(Token, String)> {
-        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        if !valid_token_name(name) {
             return Err(AuthError::Invalid(
-                "A token name has 1 to 64 bytes and no control characters.".into(),
+                "A token name has 1 to 64 characters and no control characters.".into(),
+            ));
+        }
+        if ttl_secs == Some(0) {
+            return Err(AuthError::Invalid(
+                "expires_in is at least 1 second.".into(),
             ));
         }
         if role > owner_role {
@@ -573,11 +583,17 @@ mod tests {
         let mut wrong = secret.clone();
         wrong.push('x');
         assert!(a.authenticate(&wrong).is_err());
-        // Expired tokens stop working.
-        let (_, short) = a
-            .create_token("user:ops", Role::Admin, "short", Role::Viewer, Some(0))
+        // A token never lives 0 s; an expired one stops working.
+        assert!(matches!(
+            a.create_token("user:ops", Role::Admin, "short", Role::Viewer, Some(0)),
+            Err(AuthError::Invalid(_))
+        ));
+        let (short, secret_short) = a
+            .create_token("user:ops", Role::Admin, "short", Role::Viewer, Some(1))
             .unwrap();
-        assert!(a.authenticate(&short).is_err());
+        assert!(a.authenticate(&secret_short).is_ok());
+        write(&a.tokens).get_mut(&short.id).unwrap().expires_at = Some(crate::clock::unix_now());
+        assert!(a.authenticate(&secret_short).is_err());
         // Removing the maker revokes their tokens; revoking works directly.
         a.delete_user("ops").unwrap();
         assert!(a.authenticate(&secret).is_err());

@@ -80,7 +80,12 @@ pub struct PatchUserRequest {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
-    #[schema(min_length = 1, max_length = 64)]
+    /// No control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
     /// At most the maker's own role.
     pub role: Role,
