@@ -271,6 +271,7 @@ async fn tls_logins_roles_tokens_and_the_audit_trail() {
         json!({"name": "a\u{7f}b", "role": "viewer"}),
         json!({"name": "", "role": "viewer"}),
         json!({"name": "x", "role": "viewer", "expires_in": 0}),
+        json!({"name": "x", "role": "viewer", "expires_in": 3_153_600_001u64}),
         json!({"name": "x", "role": "root"}),
     ] {
         assert_eq!(

@@ -138,6 +138,9 @@ pub struct Auth {
 
 const TOKEN_PREFIX: &str = "lgo_";
 
+/// The longest lifetime an API token may be given: 100 years, in seconds.
+pub const MAX_TOKEN_TTL: u64 = 3_153_600_000;
+
 /// `^[a-z_][a-z0-9_.-]{0,31}$`, as for system user names.
 pub fn valid_username(s: &str) -> bool {
     let mut b = s.bytes();
@@ -216,13 +219,10 @@ impl Auth {
     /// Checks a user's password (slow by design: run it off the async
     /// threads) and issues a session.
     pub fn login(&self, username: &str, password: &str) -> Result<Issued> {
-        if username.is_empty()
-            || username.len() > 32
-            || password.is_empty()
-            || password.len() > 1024
-        {
+        let (u, p) = (username.chars().count(), password.chars().count());
+        if !(1..=32).contains(&u) || !(1..=1024).contains(&p) {
             return Err(AuthError::Invalid(
-                "A user name has 1 to 32 bytes and a password 1 to 1024.".into(),
+                "A user name has 1 to 32 characters and a password 1 to 1024.".into(),
             ));
         }
         let user = read(&self.users).get(username).cloned();
@@ -408,10 +408,10 @@ impl Auth {
                 "A token name has 1 to 64 characters and no control characters.".into(),
             ));
         }
-        if ttl_secs == Some(0) {
-            return Err(AuthError::Invalid(
-                "expires_in is at least 1 second.".into(),
-            ));
+        if ttl_secs.is_some_and(|t| !(1..=MAX_TOKEN_TTL).contains(&t)) {
+            return Err(AuthError::Invalid(format!(
+                "expires_in is 1 to {MAX_TOKEN_TTL} seconds (100 years)."
+            )));
         }
         if role > owner_role {
             return Err(AuthError::Invalid(format!(
@@ -430,7 +430,7 @@ impl Auth {
             role: role.as_str().to_owned(),
             hash: password::digest(&secret),
             created_at: crate::clock::now(),
-            expires_at: ttl_secs.map(|t| now.saturating_add(t.min(i64::MAX as u64 / 2) as i64)),
+            expires_at: ttl_secs.map(|t| now.saturating_add(t as i64)),
         };
         let mut tokens = write(&self.tokens);
         self.store.insert_token(&row)?;
@@ -516,6 +516,12 @@ mod tests {
         assert!(matches!(
             a.login("alice", &"x".repeat(1025)),
             Err(AuthError::Invalid(_))
+        ));
+        // Lengths are characters: 32 of them, however many bytes, are a
+        // name that does not exist, not a malformed one.
+        assert!(matches!(
+            a.login(&"é".repeat(32), "correct horse"),
+            Err(AuthError::BadCredentials)
         ));
         let s = a.login("alice", "correct horse").unwrap();
         let p = a.authenticate(&s.token).unwrap();
