@@ -12,7 +12,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::listen::Peer;
 use crate::auth::{Auth, Principal, RateLimiter, Role};
 use crate::config::RateLimits;
 
@@ -34,6 +33,14 @@ impl Transport {
             Transport::Tcp => "tcp",
         }
     }
+}
+
+/// Where a connection came from, as the request handlers may see it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub transport: Transport,
+    /// The client's address on TCP.
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// Who is calling, as established by the listener and the credentials.

@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,18 +24,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tower::ServiceExt;
 
-use super::access::{Caller, Transport};
+use super::access::{Caller, Peer, Transport};
 use super::error::ApiError;
 use crate::config::ConnectionLimits;
 use crate::sync::lock;
-
-/// Where a connection came from, as the request handlers may see it.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub transport: Transport,
-    /// The client's address on TCP.
-    pub addr: Option<SocketAddr>,
-}
 
 /// The timeouts of one connection.
 #[derive(Debug, Clone, Copy)]

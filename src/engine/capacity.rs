@@ -38,66 +38,7 @@ use crate::model::{
 };
 use crate::sync::lock;
 
-/// A resource admission control counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resource {
-    Memory,
-    Vcpus,
-    Disk,
-}
-
-impl Resource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Resource::Memory => "memory",
-            Resource::Vcpus => "vcpus",
-            Resource::Disk => "disk",
-        }
-    }
-
-    /// The unit of `limit`, `requested` and `available`.
-    pub fn unit(self) -> &'static str {
-        match self {
-            Resource::Memory => "MiB",
-            Resource::Vcpus => "vcpus",
-            Resource::Disk => "bytes",
-        }
-    }
-}
-
-/// Why a request does not fit: what it asked, the limit, and what of the
-/// limit is left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shortfall {
-    pub resource: Resource,
-    pub limit: u64,
-    pub requested: u64,
-    pub available: u64,
-}
-
-impl Shortfall {
-    /// The 409 for `what` ("starting VM web-1").
-    pub fn refuse(self, what: &str) -> EngineError {
-        let u = self.resource.unit();
-        let message = match self.resource {
-            Resource::Disk => format!(
-                "Insufficient capacity: {what} needs {} bytes of disk; the storage holding VM disks has {} bytes free for it.",
-                self.requested, self.available
-            ),
-            r => format!(
-                "Insufficient capacity: {what} needs {} {u} of {}; {} of the host's limit of {} {u} are free.",
-                self.requested,
-                r.as_str(),
-                self.available,
-                self.limit
-            ),
-        };
-        EngineError::Capacity {
-            message,
-            shortfall: Some(self),
-        }
-    }
-}
+pub use crate::engine::error::{Resource, Shortfall};
 
 /// Memory and vCPUs, of a guest or of many.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
