@@ -23,6 +23,23 @@ async fn tls_daemon() -> (Daemon, Remote) {
     (d, Remote::tls(addr(port), &cert))
 }
 
+/// A daemon with `config` (TOML) and a plain-HTTP listener on loopback.
+async fn plain_daemon(config: &str) -> (Daemon, std::net::SocketAddr, tempfile::TempDir) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("libgod.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let d = Daemon::start_with(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--plaintext",
+    ])
+    .await;
+    (d, addr(port), dir)
+}
+
 async fn user(d: &Daemon, name: &str, role: &str) {
     let (code, body) = d
         .req(
@@ -334,25 +351,11 @@ async fn plaintext_only_on_loopback_and_the_read_only_socket() {
 
 #[tokio::test]
 async fn rate_limits_per_caller_with_separate_read_and_write_budgets() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("libgod.toml");
-    std::fs::write(
-        &cfg,
-        "[rate_limits]\ntcp_read = 5\ntcp_write = 3\nsocket_write = 0\n",
-    )
-    .unwrap();
-    let d = Daemon::start_with(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--plaintext",
-    ])
-    .await;
+    let (d, a, _cfg) =
+        plain_daemon("[rate_limits]\ntcp_read = 5\ntcp_write = 3\nsocket_write = 0\n").await;
     user(&d, "otto", "operator").await;
     user(&d, "olga", "operator").await;
-    let remote = Remote::plain(addr(port));
+    let remote = Remote::plain(a);
     // The login itself is a write of the anonymous caller's address.
     let otto = remote.with_token(&login(&remote, "otto").await);
     let olga = remote.with_token(&login(&remote, "olga").await);
@@ -415,23 +418,7 @@ async fn time_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Option
 
 #[tokio::test]
 async fn slow_and_idle_clients_are_cut_off_and_a_full_listener_lets_the_admin_in() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("libgod.toml");
-    std::fs::write(
-        &cfg,
-        "[connections]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\nidle_timeout_secs = 2\nmax_per_listener = 20\n",
-    )
-    .unwrap();
-    let d = Daemon::start_with(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--plaintext",
-    ])
-    .await;
-    let a = addr(port);
+    let (d, a, _cfg) = plain_daemon("[connections]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\nidle_timeout_secs = 2\nmax_per_listener = 20\n").await;
 
     // A header trickled one byte every 200 ms is cut at the header timeout.
     let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
@@ -532,10 +519,9 @@ async fn slow_and_idle_clients_are_cut_off_and_a_full_listener_lets_the_admin_in
 /// nothing a role may call is refused for its role.
 #[tokio::test]
 async fn every_route_enforces_its_rule_on_the_live_daemon() {
-    let port = free_port();
-    let d = Daemon::start_with(&["--listen", &format!("127.0.0.1:{port}"), "--plaintext"]).await;
+    let (d, a, _cfg) = plain_daemon("").await;
     user(&d, "otto", "operator").await;
-    let remote = Remote::plain(addr(port));
+    let remote = Remote::plain(a);
     let operator = remote.with_token(&login(&remote, "otto").await);
     let ro = common::Client::new(d.readonly_socket());
     let mut checked = 0;
