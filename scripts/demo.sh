@@ -11,6 +11,22 @@ bash scripts/setup.sh
 cargo build --release --quiet --bin libgod
 
 demo="$root/demo"
+# Guests' QEMU runs as the unprivileged libgo-qemu: it must pass through
+# every directory above the demo's state. A checkout in a private home
+# (/root is 0700) gets its demo state under /var/tmp instead.
+searchable() {
+    local d=$1
+    while [ "$d" != / ]; do
+        [ "$(( 0$(stat -c %a "$d") & 01 ))" -ne 0 ] || return 1
+        d=$(dirname "$d")
+    done
+}
+if ! searchable "$root"; then
+    demo=/var/tmp/libgo-demo
+    echo "== $root is not searchable by others: the demo lives in $demo"
+fi
+mkdir -p "$demo"
+chmod 0711 "$demo"
 sock="$demo/libgo.sock"
 mkdir -p "$demo/images"
 for f in vmlinuz initrd.img base.qcow2; do
