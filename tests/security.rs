@@ -25,18 +25,23 @@ async fn tls_daemon() -> (Daemon, Remote) {
 
 /// A daemon with `config` (TOML) and a plain-HTTP listener on loopback.
 async fn plain_daemon(config: &str) -> (Daemon, std::net::SocketAddr, tempfile::TempDir) {
+    configured_daemon(config, true).await
+}
+
+async fn configured_daemon(
+    config: &str,
+    plaintext: bool,
+) -> (Daemon, std::net::SocketAddr, tempfile::TempDir) {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("libgod.toml");
     std::fs::write(&cfg, config).unwrap();
-    let d = Daemon::start_with(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--plaintext",
-    ])
-    .await;
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--config", cfg.to_str().unwrap(), "--listen", &listen];
+    if plaintext {
+        args.push("--plaintext");
+    }
+    let d = Daemon::start_with(&args).await;
     (d, addr(port), dir)
 }
 
@@ -558,4 +563,61 @@ async fn every_route_enforces_its_rule_on_the_live_daemon() {
         checked += 1;
     }
     assert!(checked > 60, "{checked}");
+}
+
+/// The event stream over TLS with a bearer token: the upgrade passes the
+/// credential check, the WebSocket outlives the idle timeout, and events
+/// arrive; without the token the upgrade is refused.
+#[tokio::test]
+async fn the_event_stream_over_tls_with_a_token() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (d, a, _cfg) = configured_daemon("[connections]\nidle_timeout_secs = 1\n", false).await;
+    let remote = Remote::tls(a, &d.state_dir().join("tls/cert.pem"));
+    let (_, t) = d
+        .req(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "watcher", "role": "viewer"})),
+        )
+        .await;
+    let secret = t["secret"].as_str().unwrap().to_owned();
+    let connect = || async {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tcp = tokio::net::TcpStream::connect(a).await.unwrap();
+        remote
+            .tls
+            .clone()
+            .unwrap()
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    };
+    // No token: 401, no upgrade.
+    let refused =
+        tokio_tungstenite::client_async("wss://localhost/api/v1/events", connect().await).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    let mut req = "wss://localhost/api/v1/events?types=vm."
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, connect().await)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    // Quiet for longer than the idle timeout: an upgraded stream stays.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, _) = d.req("POST", "/api/v1/vms", Some(vm("seen"))).await;
+    assert_eq!(code, 201);
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream is open")
+        .unwrap();
+    let ev: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(ev["type"], "vm.created", "{ev}");
 }
