@@ -250,6 +250,14 @@ impl Monitor {
         self.run("snapshot-delete", Some(args)).await
     }
 
+    /// `blockdev-snapshot-internal-sync`: a disk-only internal snapshot
+    /// `name` of the backend `device`, taken at once.
+    pub async fn snapshot_internal_disk(&self, device: &str, name: &str) -> Result<(), QmpError> {
+        let args = json!({"device": device, "name": name});
+        self.run("blockdev-snapshot-internal-sync", Some(args))
+            .await
+    }
+
     /// `query-jobs`, with [`QUERY_DEADLINE`]: QEMU's background jobs.
     pub async fn query_jobs(&self) -> Result<Vec<QemuJob>, QmpError> {
         self.ask("query-jobs", None, Some(QUERY_DEADLINE)).await
