@@ -137,3 +137,310 @@ pub(crate) enum OfflineOp {
     Apply,
     Drop,
 }
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::registry::VmEntry;
+use crate::engine::core::{Requester, Submitted};
+use crate::model::{CreateSnapshotRequest, Snapshot, VmStatus};
+use crate::store::{SnapshotRow, StoreError};
+use crate::sync::lock;
+
+fn view(row: &SnapshotRow, size: u64) -> Snapshot {
+    Snapshot {
+        name: row.name.clone(),
+        description: row.description.clone(),
+        created: row.created,
+        created_at: crate::clock::from_unix(row.created),
+        parent: row.parent.clone(),
+        vm_state: row.vm_state,
+        size,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+impl VmEngine {
+    /// Bytes of saved state per snapshot tag, as the disk image says.
+    async fn snapshot_sizes(&self, entry: &VmEntry) -> std::collections::HashMap<String, u64> {
+        let disk = entry.record().disk_file;
+        match self.inner.img.info(&disk).await {
+            Ok(info) => info
+                .snapshots
+                .into_iter()
+                .map(|s| (s.name, s.vm_state_size))
+                .collect(),
+            Err(_) => Default::default(),
+        }
+    }
+
+    /// A VM's snapshots, oldest first, and the one its disk came from.
+    pub async fn snapshots(&self, entry: &VmEntry) -> Result<(Vec<Snapshot>, Option<String>)> {
+        let rows = self.core().store.snapshots(entry.id)?;
+        let sizes = self.snapshot_sizes(entry).await;
+        let list = rows
+            .iter()
+            .map(|r| view(r, sizes.get(&r.name).copied().unwrap_or(0)))
+            .collect();
+        Ok((list, entry.record().current_snapshot))
+    }
+
+    /// One snapshot of a VM.
+    pub async fn snapshot(&self, entry: &VmEntry, name: &str) -> Result<Snapshot> {
+        let row = self.snapshot_row(entry, name)?;
+        let sizes = self.snapshot_sizes(entry).await;
+        Ok(view(&row, sizes.get(name).copied().unwrap_or(0)))
+    }
+
+    fn snapshot_row(&self, entry: &VmEntry, name: &str) -> Result<SnapshotRow> {
+        self.core()
+            .store
+            .snapshot(entry.id, name)?
+            .ok_or_else(|| EngineError::NotFound(format!("No such snapshot: {name}")))
+    }
+
+    fn set_current(&self, entry: &VmEntry, name: Option<String>) -> Result<()> {
+        let mut rec = lock(&entry.rec);
+        rec.current_snapshot = name;
+        self.core()
+            .store
+            .update_vm(rec.id, rec.status.as_str(), &*rec)?;
+        drop(rec);
+        entry.touch();
+        Ok(())
+    }
+
+    /// Takes a snapshot: of the disk of a stopped VM, or of a running or
+    /// paused one (with its memory when asked). A job.
+    pub fn create_snapshot(
+        &self,
+        entry: &Arc<VmEntry>,
+        req: CreateSnapshotRequest,
+        requester: &Requester,
+    ) -> Result<Submitted<Snapshot>> {
+        if !valid_name(&req.name) {
+            return Err(EngineError::Invalid(format!(
+                "Invalid snapshot name {:?}: a DNS label (a-z, 0-9, '-', at most 63).",
+                req.name
+            )));
+        }
+        let description = req.description.clone().unwrap_or_default();
+        if description.chars().count() > 1024 {
+            return Err(EngineError::Invalid(
+                "A description has at most 1024 characters.".into(),
+            ));
+        }
+        let job_id = Uuid::new_v4();
+        let guard = self.claim(entry, job_id, "vm.snapshot")?;
+        let (handle, ctx) = self.vm_job(job_id, "vm.snapshot", entry, requester)?;
+        let refuse = |e| self.core().refused(handle.clone(), e);
+        if self.core().store.snapshot(entry.id, &req.name)?.is_some() {
+            drop(guard);
+            return refuse(EngineError::Conflict(format!(
+                "snapshot {} already exists",
+                req.name
+            )));
+        }
+        let status = entry.status();
+        let live = match status {
+            VmStatus::Stopped if req.memory => {
+                drop(guard);
+                return refuse(EngineError::Conflict(
+                    "a stopped VM has no memory to save: take a disk-only snapshot".into(),
+                ));
+            }
+            VmStatus::Stopped => false,
+            VmStatus::Running | VmStatus::Paused => true,
+            other => {
+                drop(guard);
+                return refuse(EngineError::Conflict(format!(
+                    "cannot snapshot a VM that is {}",
+                    other.as_str()
+                )));
+            }
+        };
+        let engine = self.clone();
+        let entry = entry.clone();
+        Ok(self.inner.core.spawn_job(handle, None, async move {
+            let _guard = guard;
+            let _ctx = ctx;
+            let rec = entry.record();
+            let row = SnapshotRow {
+                vm: entry.id,
+                name: req.name.clone(),
+                description,
+                parent: rec.current_snapshot.clone().unwrap_or_default(),
+                created: crate::clock::unix_now(),
+                vm_state: req.memory,
+            };
+            if live {
+                let rt = entry.runtime().ok_or_else(|| {
+                    EngineError::Conflict("the VM's QEMU is gone".into())
+                })?;
+                engine.snapshot_take_live(&rt, &req.name, req.memory).await?;
+            } else {
+                engine
+                    .snapshot_offline(&rec.disk_file, &req.name, OfflineOp::Take)
+                    .await?;
+            }
+            // The snapshot is in the image: record it, or take it back out.
+            let recorded = engine
+                .core()
+                .store
+                .insert_snapshot(&row)
+                .map_err(EngineError::from)
+                .and_then(|_| engine.set_current(&entry, Some(row.name.clone())));
+            if let Err(e) = recorded {
+                let undo = match entry.runtime() {
+                    Some(rt) if live => engine.snapshot_drop_live(&rt, &row.name).await,
+                    _ => engine.snapshot_offline(&rec.disk_file, &row.name, OfflineOp::Drop).await,
+                };
+                if let Err(u) = undo {
+                    tracing::error!(error = %u, snapshot = %row.name, "cannot take back a snapshot that was not recorded");
+                }
+                let _ = engine.core().store.delete_snapshot(entry.id, &row.name);
+                return Err(e);
+            }
+            let size = engine.snapshot_sizes(&entry).await.get(&row.name).copied().unwrap_or(0);
+            Ok(view(&row, size))
+        }))
+    }
+
+    /// Puts the VM back to a snapshot: a disk-only one on a stopped VM, one
+    /// with memory on a running or paused VM (which then runs from that
+    /// instant). A job.
+    pub fn revert_snapshot(
+        &self,
+        entry: &Arc<VmEntry>,
+        name: &str,
+        requester: &Requester,
+    ) -> Result<Submitted<Snapshot>> {
+        let row = self.snapshot_row(entry, name)?;
+        let job_id = Uuid::new_v4();
+        let guard = self.claim(entry, job_id, "vm.revert")?;
+        let (handle, ctx) = self.vm_job(job_id, "vm.revert", entry, requester)?;
+        let status = entry.status();
+        let live = match (status, row.vm_state) {
+            (VmStatus::Running | VmStatus::Paused, true) => true,
+            (VmStatus::Stopped, false) => false,
+            (VmStatus::Stopped, true) => {
+                drop(guard);
+                return self.core().refused(
+                    handle,
+                    EngineError::Conflict(format!(
+                        "snapshot {name} holds the guest's memory: start the VM, then revert"
+                    )),
+                );
+            }
+            (VmStatus::Running | VmStatus::Paused, false) => {
+                drop(guard);
+                return self.core().refused(
+                    handle,
+                    EngineError::Conflict(format!(
+                        "snapshot {name} is of the disk only: stop the VM, then revert"
+                    )),
+                );
+            }
+            (other, _) => {
+                drop(guard);
+                return self.core().refused(
+                    handle,
+                    EngineError::Conflict(format!("cannot revert a VM that is {}", other.as_str())),
+                );
+            }
+        };
+        let engine = self.clone();
+        let entry = entry.clone();
+        Ok(self.inner.core.spawn_job(handle, None, async move {
+            let _guard = guard;
+            let _ctx = ctx;
+            if live {
+                let rt = entry
+                    .runtime()
+                    .ok_or_else(|| EngineError::Conflict("the VM's QEMU is gone".into()))?;
+                engine.snapshot_load_live(&rt, &row.name).await?;
+            } else {
+                engine
+                    .snapshot_offline(&entry.record().disk_file, &row.name, OfflineOp::Apply)
+                    .await?;
+            }
+            engine.set_current(&entry, Some(row.name.clone()))?;
+            let size = engine
+                .snapshot_sizes(&entry)
+                .await
+                .get(&row.name)
+                .copied()
+                .unwrap_or(0);
+            Ok(view(&row, size))
+        }))
+    }
+
+    /// Drops a snapshot from the disk and the tree (its children take its
+    /// parent). A job.
+    pub fn delete_snapshot(
+        &self,
+        entry: &Arc<VmEntry>,
+        name: &str,
+        requester: &Requester,
+    ) -> Result<Submitted<Snapshot>> {
+        let row = self.snapshot_row(entry, name)?;
+        let job_id = Uuid::new_v4();
+        let guard = self.claim(entry, job_id, "vm.snapshot-delete")?;
+        let (handle, ctx) = self.vm_job(job_id, "vm.snapshot-delete", entry, requester)?;
+        let live = match entry.status() {
+            VmStatus::Stopped => false,
+            VmStatus::Running | VmStatus::Paused => true,
+            other => {
+                drop(guard);
+                return self.core().refused(
+                    handle,
+                    EngineError::Conflict(format!(
+                        "cannot delete a snapshot of a VM that is {}",
+                        other.as_str()
+                    )),
+                );
+            }
+        };
+        let engine = self.clone();
+        let entry = entry.clone();
+        Ok(self.inner.core.spawn_job(handle, None, async move {
+            let _guard = guard;
+            let _ctx = ctx;
+            let size = engine
+                .snapshot_sizes(&entry)
+                .await
+                .get(&row.name)
+                .copied()
+                .unwrap_or(0);
+            if live {
+                let rt = entry
+                    .runtime()
+                    .ok_or_else(|| EngineError::Conflict("the VM's QEMU is gone".into()))?;
+                engine.snapshot_drop_live(&rt, &row.name).await?;
+            } else {
+                engine
+                    .snapshot_offline(&entry.record().disk_file, &row.name, OfflineOp::Drop)
+                    .await?;
+            }
+            match engine.core().store.delete_snapshot(entry.id, &row.name) {
+                Ok(_) | Err(StoreError::NameTaken(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if entry.record().current_snapshot.as_deref() == Some(row.name.as_str()) {
+                let parent = (!row.parent.is_empty()).then(|| row.parent.clone());
+                engine.set_current(&entry, parent)?;
+            }
+            Ok(view(&row, size))
+        }))
+    }
+}
