@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod page;
 pub mod render;
 pub mod respond;
+pub mod snapshots;
 pub mod templates;
 pub mod tls;
 pub mod users;
@@ -96,6 +97,9 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/vms/{id}/disk" => put(vms::put_disk);
         "/vms/{id}/performance" => get(vms::performance);
         "/vms/{id}/resources" => get(vms::resources);
+        "/vms/{id}/snapshots" => get(snapshots::list), post(snapshots::create);
+        "/vms/{id}/snapshots/{name}" => get(snapshots::get), delete(snapshots::delete);
+        "/vms/{id}/snapshots/{name}/revert" => post(snapshots::revert);
         "/vms/{id}/{action}" => post(vms::action);
         "/nodes/{node}/resources" => get(metrics::node_resources);
         "/jobs" => get(jobs::list), delete(jobs::bulk_cancel);

@@ -29,6 +29,21 @@ pub struct ImageInfo {
     pub actual_size: u64,
     #[serde(rename = "backing-filename", default)]
     pub backing_file: Option<String>,
+    /// Internal snapshots (qcow2), oldest first.
+    #[serde(default)]
+    pub snapshots: Vec<InternalSnapshot>,
+}
+
+/// An internal snapshot of a qcow2 image, as `qemu-img info` shows it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct InternalSnapshot {
+    pub name: String,
+    /// Bytes of guest memory and device state saved with it (0: disk only).
+    #[serde(rename = "vm-state-size", default)]
+    pub vm_state_size: u64,
+    /// When it was taken, seconds since the epoch.
+    #[serde(rename = "date-sec", default)]
+    pub date_sec: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +229,43 @@ impl QemuImg {
     }
 }
 
+impl QemuImg {
+    /// Takes an internal snapshot `tag` of a qcow2 image nobody has open.
+    pub async fn snapshot_create(&self, image: &Path, tag: &str) -> Result<(), ImgError> {
+        self.snapshot("snapshot create", "-c", image, tag).await
+    }
+
+    /// Puts the disk back as it was at snapshot `tag` (image not in use).
+    pub async fn snapshot_apply(&self, image: &Path, tag: &str) -> Result<(), ImgError> {
+        self.snapshot("snapshot apply", "-a", image, tag).await
+    }
+
+    /// Drops snapshot `tag` (image not in use).
+    pub async fn snapshot_delete(&self, image: &Path, tag: &str) -> Result<(), ImgError> {
+        self.snapshot("snapshot delete", "-d", image, tag).await
+    }
+
+    async fn snapshot(
+        &self,
+        op: &'static str,
+        flag: &str,
+        image: &Path,
+        tag: &str,
+    ) -> Result<(), ImgError> {
+        self.run(
+            op,
+            &[
+                "snapshot".as_ref(),
+                flag.as_ref(),
+                tag.as_ref(),
+                image.as_os_str(),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
 fn parse_progress(line: &str) -> Option<f32> {
     let inner = line.trim().strip_prefix('(')?;
     inner.split('/').next()?.trim().parse().ok()
@@ -297,5 +349,56 @@ mod tests {
 
         let err = img.info(&dir.path().join("missing")).await.unwrap_err();
         assert!(matches!(err, ImgError::Failed { op: "info", .. }));
+    }
+
+    /// Internal snapshots: taken, listed, applied (the data comes back),
+    /// deleted; an unknown tag is an error.
+    #[tokio::test]
+    async fn internal_snapshots_take_apply_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = QemuImg::new("qemu-img");
+        let raw = dir.path().join("d.raw");
+        std::fs::write(&raw, vec![1u8; 1 << 20]).unwrap();
+        let disk = dir.path().join("d.qcow2");
+        img.copy_full(&raw, &disk).await.unwrap();
+        img.snapshot_create(&disk, "before").await.unwrap();
+        // Change the disk's first bytes (qemu-io ships with qemu-img).
+        let status = std::process::Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -P 9 0 64k"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{status:?}");
+        let info = img.info(&disk).await.unwrap();
+        assert_eq!(info.snapshots.len(), 1, "{info:?}");
+        assert_eq!(info.snapshots[0].name, "before");
+        assert_eq!(info.snapshots[0].vm_state_size, 0);
+        assert!(info.snapshots[0].date_sec > 0);
+        let read = |img: &QemuImg| {
+            let out = dir.path().join("out.raw");
+            let img = img.clone();
+            let disk = disk.clone();
+            async move {
+                img.run(
+                    "convert",
+                    &[
+                        "convert".as_ref(),
+                        "-O".as_ref(),
+                        "raw".as_ref(),
+                        disk.as_os_str(),
+                        out.as_os_str(),
+                    ],
+                )
+                .await
+                .unwrap();
+                std::fs::read(&out).unwrap()[0]
+            }
+        };
+        assert_eq!(read(&img).await, 9);
+        img.snapshot_apply(&disk, "before").await.unwrap();
+        assert_eq!(read(&img).await, 1);
+        assert!(img.snapshot_apply(&disk, "nope").await.is_err());
+        img.snapshot_delete(&disk, "before").await.unwrap();
+        assert!(img.info(&disk).await.unwrap().snapshots.is_empty());
     }
 }

@@ -13,9 +13,11 @@ use uuid::Uuid;
 
 mod audit;
 mod auth;
+mod snapshots;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord};
 pub use auth::{TokenRow, UserRow};
+pub use snapshots::SnapshotRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -118,6 +120,16 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE audit ADD COLUMN outcome TEXT NOT NULL DEFAULT '';
      ALTER TABLE audit ADD COLUMN duration_ms INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX audit_at ON audit(at);",
+    // 5: snapshots of VMs (the tree and what qcow2 does not keep).
+    "CREATE TABLE snapshots (
+        vm TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        parent TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        vm_state INTEGER NOT NULL,
+        PRIMARY KEY (vm, name)
+     );",
 ];
 
 pub struct Store {

@@ -113,6 +113,7 @@ impl VmEngine {
                 template: spec.template,
                 cloud_init: spec.user_data.is_some(),
                 qemu_gid: None,
+                current_snapshot: None,
                 created_at: now.clone(),
                 updated_at: now,
             },

@@ -19,6 +19,8 @@ pub mod registry;
 pub mod resources;
 /// A VM's QEMU at run time: start, watch, stop, reboot.
 pub mod runtime;
+/// Snapshot steps on the host: qemu-img offline, QEMU's jobs live.
+pub mod snapshots;
 /// Reusable VM defaults.
 pub mod templates;
 

@@ -172,6 +172,8 @@ impl VmEngine {
             None => self.kill_unattached(entry.id).await?,
         }
         self.remove_files(entry.id)?;
+        // The snapshots lived in the disk just removed.
+        self.core().store.delete_snapshots(entry.id)?;
         self.core().store.delete_vm(entry.id)?;
         self.forget(entry.id);
         self.publish(

@@ -51,6 +51,10 @@ pub struct VmRecord {
     /// made before QEMU was confined.
     #[serde(default)]
     pub qemu_gid: Option<u32>,
+    /// The snapshot the disk last came from (taken or reverted to): the
+    /// parent of the next one.
+    #[serde(default)]
+    pub current_snapshot: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -211,10 +211,62 @@ impl Monitor {
             .await
     }
 
-    // ---- Snapshots (to come) ------------------------------------------
-    // Internal snapshots: `snapshot-save` / `snapshot-load` /
-    // `snapshot-delete` jobs (or `human-monitor-command` savevm/loadvm on
-    // QEMU without them), waited for through `query-jobs` and JOB events.
+    // ---- Snapshots ----------------------------------------------------
+
+    /// Starts a `snapshot-save` job `job`: internal snapshot `tag` of every
+    /// node of `devices`, the guest's memory and device state into
+    /// `vmstate` (a qcow2 node). Wait for it with [`Monitor::query_jobs`].
+    pub async fn snapshot_save(
+        &self,
+        job: &str,
+        tag: &str,
+        vmstate: &str,
+        devices: &[&str],
+    ) -> Result<(), QmpError> {
+        let args = json!({"job-id": job, "tag": tag, "vmstate": vmstate, "devices": devices});
+        self.run("snapshot-save", Some(args)).await
+    }
+
+    /// Starts a `snapshot-load` job: disks and guest state back to `tag`.
+    pub async fn snapshot_load(
+        &self,
+        job: &str,
+        tag: &str,
+        vmstate: &str,
+        devices: &[&str],
+    ) -> Result<(), QmpError> {
+        let args = json!({"job-id": job, "tag": tag, "vmstate": vmstate, "devices": devices});
+        self.run("snapshot-load", Some(args)).await
+    }
+
+    /// Starts a `snapshot-delete` job: drops `tag` from every node of `devices`.
+    pub async fn snapshot_delete(
+        &self,
+        job: &str,
+        tag: &str,
+        devices: &[&str],
+    ) -> Result<(), QmpError> {
+        let args = json!({"job-id": job, "tag": tag, "devices": devices});
+        self.run("snapshot-delete", Some(args)).await
+    }
+
+    /// `blockdev-snapshot-internal-sync`: a disk-only internal snapshot
+    /// `name` of the backend `device`, taken at once.
+    pub async fn snapshot_internal_disk(&self, device: &str, name: &str) -> Result<(), QmpError> {
+        let args = json!({"device": device, "name": name});
+        self.run("blockdev-snapshot-internal-sync", Some(args))
+            .await
+    }
+
+    /// `query-jobs`, with [`QUERY_DEADLINE`]: QEMU's background jobs.
+    pub async fn query_jobs(&self) -> Result<Vec<QemuJob>, QmpError> {
+        self.ask("query-jobs", None, Some(QUERY_DEADLINE)).await
+    }
+
+    /// `job-dismiss`: forgets a concluded job.
+    pub async fn job_dismiss(&self, id: &str) -> Result<(), QmpError> {
+        self.run("job-dismiss", Some(json!({"id": id}))).await
+    }
 
     // ---- Hot-plug (to come) -------------------------------------------
     // Disks: `blockdev-add` then `device_add`; removal: `device_del`, wait
@@ -384,6 +436,24 @@ pub enum BlockRef<'a> {
     Device(&'a str),
     /// A node of the block graph (`blockdev-add`'s `node-name`).
     NodeName(&'a str),
+}
+
+/// One QEMU background job (`query-jobs`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct QemuJob {
+    pub id: String,
+    /// `snapshot-save`, `snapshot-load`, `snapshot-delete`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `created`, `running`, ..., `concluded`, `null`.
+    pub status: String,
+    #[serde(rename = "current-progress", default)]
+    pub current: u64,
+    #[serde(rename = "total-progress", default)]
+    pub total: u64,
+    /// Why it failed, once concluded.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One block backend (`query-block`).

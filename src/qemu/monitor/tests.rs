@@ -404,3 +404,54 @@ async fn a_file_node_is_added_read_only_and_removed_by_name() {
         ]
     );
 }
+
+#[tokio::test]
+async fn snapshot_jobs_name_their_nodes_and_are_read_back() {
+    let (_dir, mon, sent) = monitor(vec![
+        ("snapshot-save", json!({})),
+        ("snapshot-load", json!({})),
+        ("snapshot-delete", json!({})),
+        ("job-dismiss", json!({})),
+        (
+            "query-jobs",
+            json!([{"id": "snap-1", "type": "snapshot-save", "status": "concluded",
+                    "current-progress": 1, "total-progress": 1, "error": "No space left"}]),
+        ),
+    ])
+    .await;
+    mon.snapshot_save("snap-1", "s1", "fmt0", &["fmt0"])
+        .await
+        .unwrap();
+    mon.snapshot_load("snap-2", "s1", "fmt0", &["fmt0"])
+        .await
+        .unwrap();
+    mon.snapshot_delete("snap-3", "s1", &["fmt0"])
+        .await
+        .unwrap();
+    let jobs = mon.query_jobs().await.unwrap();
+    assert_eq!(
+        jobs,
+        vec![QemuJob {
+            id: "snap-1".into(),
+            kind: "snapshot-save".into(),
+            status: "concluded".into(),
+            current: 1,
+            total: 1,
+            error: Some("No space left".into()),
+        }]
+    );
+    mon.job_dismiss("snap-1").await.unwrap();
+    let w = wire(&sent);
+    assert_eq!(
+        w[0],
+        (
+            "snapshot-save".into(),
+            json!({"job-id": "snap-1", "tag": "s1", "vmstate": "fmt0", "devices": ["fmt0"]})
+        )
+    );
+    assert_eq!(
+        w[2].1,
+        json!({"job-id": "snap-3", "tag": "s1", "devices": ["fmt0"]})
+    );
+    assert_eq!(w[4], ("job-dismiss".into(), json!({"id": "snap-1"})));
+}
