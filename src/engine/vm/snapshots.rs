@@ -4,12 +4,21 @@
 //! not). The API-facing operations (jobs, the tree, the status rules) build
 //! on these.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use uuid::Uuid;
+
 use super::live::{qmp_err, Runtime};
-use super::registry::VmEngine;
+use super::record::is_dns_label;
+use super::registry::{OpGuard, VmEngine, VmEntry};
+use crate::engine::core::{JobCtx, Requester, Submitted};
 use crate::engine::error::{EngineError, Result};
+use crate::jobs::JobHandle;
+use crate::model::{CreateSnapshotRequest, Snapshot, VmStatus};
 use crate::qemu::argv::DISK_DRIVE_ID;
+use crate::store::SnapshotRow;
+use crate::sync::lock;
 
 /// How long a QEMU snapshot job may run before it is given up.
 const JOB_DEADLINE: Duration = Duration::from_secs(600);
@@ -138,16 +147,6 @@ pub(crate) enum OfflineOp {
     Drop,
 }
 
-use std::sync::Arc;
-
-use uuid::Uuid;
-
-use super::registry::VmEntry;
-use crate::engine::core::{Requester, Submitted};
-use crate::model::{CreateSnapshotRequest, Snapshot, VmStatus};
-use crate::store::{SnapshotRow, StoreError};
-use crate::sync::lock;
-
 fn view(row: &SnapshotRow, size: u64) -> Snapshot {
     Snapshot {
         name: row.name.clone(),
@@ -160,14 +159,13 @@ fn view(row: &SnapshotRow, size: u64) -> Snapshot {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+/// A snapshot job that passed its checks: the VM's operation slot, the
+/// job, and whether QEMU (not qemu-img) does the work.
+struct Begun {
+    guard: OpGuard,
+    handle: Arc<JobHandle>,
+    ctx: JobCtx,
+    live: bool,
 }
 
 impl VmEngine {
@@ -184,6 +182,12 @@ impl VmEngine {
         }
     }
 
+    /// The answer for one snapshot, with its size read from the image.
+    async fn snapshot_view(&self, entry: &VmEntry, row: &SnapshotRow) -> Snapshot {
+        let size = self.snapshot_sizes(entry).await.get(&row.name).copied();
+        view(row, size.unwrap_or(0))
+    }
+
     /// A VM's snapshots, oldest first, and the one its disk came from.
     pub async fn snapshots(&self, entry: &VmEntry) -> Result<(Vec<Snapshot>, Option<String>)> {
         let rows = self.core().store.snapshots(entry.id)?;
@@ -198,8 +202,7 @@ impl VmEngine {
     /// One snapshot of a VM.
     pub async fn snapshot(&self, entry: &VmEntry, name: &str) -> Result<Snapshot> {
         let row = self.snapshot_row(entry, name)?;
-        let sizes = self.snapshot_sizes(entry).await;
-        Ok(view(&row, sizes.get(name).copied().unwrap_or(0)))
+        Ok(self.snapshot_view(entry, &row).await)
     }
 
     fn snapshot_row(&self, entry: &VmEntry, name: &str) -> Result<SnapshotRow> {
@@ -220,6 +223,33 @@ impl VmEngine {
         Ok(())
     }
 
+    /// Claims the VM for a snapshot job `kind`, records the job, and asks
+    /// `decide` (given the status, the VM held) whether QEMU does the work;
+    /// a refusal is recorded on the job and answered.
+    fn begin_snapshot_job(
+        &self,
+        entry: &Arc<VmEntry>,
+        kind: &str,
+        requester: &Requester,
+        decide: impl FnOnce(VmStatus) -> Result<bool>,
+    ) -> Result<Begun> {
+        let job_id = Uuid::new_v4();
+        let guard = self.claim(entry, job_id, kind)?;
+        let (handle, ctx) = self.vm_job(job_id, kind, entry, requester)?;
+        match decide(entry.status()) {
+            Ok(live) => Ok(Begun {
+                guard,
+                handle,
+                ctx,
+                live,
+            }),
+            Err(e) => {
+                drop(guard);
+                self.core().refused(handle, e)
+            }
+        }
+    }
+
     /// Takes a snapshot: of the disk of a stopped VM, or of a running or
     /// paused one (with its memory when asked). A job.
     pub fn create_snapshot(
@@ -228,7 +258,7 @@ impl VmEngine {
         req: CreateSnapshotRequest,
         requester: &Requester,
     ) -> Result<Submitted<Snapshot>> {
-        if !valid_name(&req.name) {
+        if !is_dns_label(&req.name) {
             return Err(EngineError::Invalid(format!(
                 "Invalid snapshot name {:?}: a DNS label (a-z, 0-9, '-', at most 63).",
                 req.name
@@ -240,40 +270,30 @@ impl VmEngine {
                 "A description has at most 1024 characters.".into(),
             ));
         }
-        let job_id = Uuid::new_v4();
-        let guard = self.claim(entry, job_id, "vm.snapshot")?;
-        let (handle, ctx) = self.vm_job(job_id, "vm.snapshot", entry, requester)?;
-        let refuse = |e| self.core().refused(handle.clone(), e);
-        if self.core().store.snapshot(entry.id, &req.name)?.is_some() {
-            drop(guard);
-            return refuse(EngineError::Conflict(format!(
-                "snapshot {} already exists",
-                req.name
-            )));
-        }
-        let status = entry.status();
-        let live = match status {
-            VmStatus::Stopped if req.memory => {
-                drop(guard);
-                return refuse(EngineError::Conflict(
-                    "a stopped VM has no memory to save: take a disk-only snapshot".into(),
-                ));
-            }
-            VmStatus::Stopped => false,
-            VmStatus::Running | VmStatus::Paused => true,
-            other => {
-                drop(guard);
-                return refuse(EngineError::Conflict(format!(
-                    "cannot snapshot a VM that is {}",
-                    other.as_str()
+        let exists = self.core().store.snapshot(entry.id, &req.name)?.is_some();
+        let b = self.begin_snapshot_job(entry, "vm.snapshot", requester, |status| {
+            if exists {
+                return Err(EngineError::Conflict(format!(
+                    "snapshot {} already exists",
+                    req.name
                 )));
             }
-        };
+            match status {
+                VmStatus::Stopped if req.memory => Err(EngineError::Conflict(
+                    "a stopped VM has no memory to save: take a disk-only snapshot".into(),
+                )),
+                VmStatus::Stopped => Ok(false),
+                VmStatus::Running | VmStatus::Paused => Ok(true),
+                other => Err(EngineError::Conflict(format!(
+                    "cannot snapshot a VM that is {}",
+                    other.as_str()
+                ))),
+            }
+        })?;
         let engine = self.clone();
         let entry = entry.clone();
-        Ok(self.inner.core.spawn_job(handle, None, async move {
-            let _guard = guard;
-            let _ctx = ctx;
+        Ok(self.inner.core.spawn_job(b.handle, None, async move {
+            let (_guard, _ctx) = (b.guard, b.ctx);
             let rec = entry.record();
             let row = SnapshotRow {
                 vm: entry.id,
@@ -283,14 +303,12 @@ impl VmEngine {
                 created: crate::clock::unix_now(),
                 vm_state: req.memory,
             };
-            if live {
-                let rt = entry.runtime().ok_or_else(|| {
-                    EngineError::Conflict("the VM's QEMU is gone".into())
-                })?;
-                engine.snapshot_take_live(&rt, &req.name, req.memory).await?;
+            if b.live {
+                let rt = live_runtime(&entry)?;
+                engine.snapshot_take_live(&rt, &row.name, req.memory).await?;
             } else {
                 engine
-                    .snapshot_offline(&rec.disk_file, &req.name, OfflineOp::Take)
+                    .snapshot_offline(&rec.disk_file, &row.name, OfflineOp::Take)
                     .await?;
             }
             // The snapshot is in the image: record it, or take it back out.
@@ -302,8 +320,12 @@ impl VmEngine {
                 .and_then(|_| engine.set_current(&entry, Some(row.name.clone())));
             if let Err(e) = recorded {
                 let undo = match entry.runtime() {
-                    Some(rt) if live => engine.snapshot_drop_live(&rt, &row.name).await,
-                    _ => engine.snapshot_offline(&rec.disk_file, &row.name, OfflineOp::Drop).await,
+                    Some(rt) if b.live => engine.snapshot_drop_live(&rt, &row.name).await,
+                    _ => {
+                        engine
+                            .snapshot_offline(&rec.disk_file, &row.name, OfflineOp::Drop)
+                            .await
+                    }
                 };
                 if let Err(u) = undo {
                     tracing::error!(error = %u, snapshot = %row.name, "cannot take back a snapshot that was not recorded");
@@ -311,8 +333,7 @@ impl VmEngine {
                 let _ = engine.core().store.delete_snapshot(entry.id, &row.name);
                 return Err(e);
             }
-            let size = engine.snapshot_sizes(&entry).await.get(&row.name).copied().unwrap_or(0);
-            Ok(view(&row, size))
+            Ok(engine.snapshot_view(&entry, &row).await)
         }))
     }
 
@@ -326,48 +347,29 @@ impl VmEngine {
         requester: &Requester,
     ) -> Result<Submitted<Snapshot>> {
         let row = self.snapshot_row(entry, name)?;
-        let job_id = Uuid::new_v4();
-        let guard = self.claim(entry, job_id, "vm.revert")?;
-        let (handle, ctx) = self.vm_job(job_id, "vm.revert", entry, requester)?;
-        let status = entry.status();
-        let live = match (status, row.vm_state) {
-            (VmStatus::Running | VmStatus::Paused, true) => true,
-            (VmStatus::Stopped, false) => false,
-            (VmStatus::Stopped, true) => {
-                drop(guard);
-                return self.core().refused(
-                    handle,
-                    EngineError::Conflict(format!(
-                        "snapshot {name} holds the guest's memory: start the VM, then revert"
-                    )),
-                );
+        let memory = row.vm_state;
+        let b = self.begin_snapshot_job(entry, "vm.revert", requester, |status| {
+            match (status, memory) {
+                (VmStatus::Running | VmStatus::Paused, true) => Ok(true),
+                (VmStatus::Stopped, false) => Ok(false),
+                (VmStatus::Stopped, true) => Err(EngineError::Conflict(format!(
+                    "snapshot {name} holds the guest's memory: start the VM, then revert"
+                ))),
+                (VmStatus::Running | VmStatus::Paused, false) => Err(EngineError::Conflict(
+                    format!("snapshot {name} is of the disk only: stop the VM, then revert"),
+                )),
+                (other, _) => Err(EngineError::Conflict(format!(
+                    "cannot revert a VM that is {}",
+                    other.as_str()
+                ))),
             }
-            (VmStatus::Running | VmStatus::Paused, false) => {
-                drop(guard);
-                return self.core().refused(
-                    handle,
-                    EngineError::Conflict(format!(
-                        "snapshot {name} is of the disk only: stop the VM, then revert"
-                    )),
-                );
-            }
-            (other, _) => {
-                drop(guard);
-                return self.core().refused(
-                    handle,
-                    EngineError::Conflict(format!("cannot revert a VM that is {}", other.as_str())),
-                );
-            }
-        };
+        })?;
         let engine = self.clone();
         let entry = entry.clone();
-        Ok(self.inner.core.spawn_job(handle, None, async move {
-            let _guard = guard;
-            let _ctx = ctx;
-            if live {
-                let rt = entry
-                    .runtime()
-                    .ok_or_else(|| EngineError::Conflict("the VM's QEMU is gone".into()))?;
+        Ok(self.inner.core.spawn_job(b.handle, None, async move {
+            let (_guard, _ctx) = (b.guard, b.ctx);
+            if b.live {
+                let rt = live_runtime(&entry)?;
                 engine.snapshot_load_live(&rt, &row.name).await?;
             } else {
                 engine
@@ -375,13 +377,7 @@ impl VmEngine {
                     .await?;
             }
             engine.set_current(&entry, Some(row.name.clone()))?;
-            let size = engine
-                .snapshot_sizes(&entry)
-                .await
-                .get(&row.name)
-                .copied()
-                .unwrap_or(0);
-            Ok(view(&row, size))
+            Ok(engine.snapshot_view(&entry, &row).await)
         }))
     }
 
@@ -394,53 +390,47 @@ impl VmEngine {
         requester: &Requester,
     ) -> Result<Submitted<Snapshot>> {
         let row = self.snapshot_row(entry, name)?;
-        let job_id = Uuid::new_v4();
-        let guard = self.claim(entry, job_id, "vm.snapshot-delete")?;
-        let (handle, ctx) = self.vm_job(job_id, "vm.snapshot-delete", entry, requester)?;
-        let live = match entry.status() {
-            VmStatus::Stopped => false,
-            VmStatus::Running | VmStatus::Paused => true,
-            other => {
-                drop(guard);
-                return self.core().refused(
-                    handle,
-                    EngineError::Conflict(format!(
+        let b =
+            self.begin_snapshot_job(
+                entry,
+                "vm.snapshot-delete",
+                requester,
+                |status| match status {
+                    VmStatus::Stopped => Ok(false),
+                    VmStatus::Running | VmStatus::Paused => Ok(true),
+                    other => Err(EngineError::Conflict(format!(
                         "cannot delete a snapshot of a VM that is {}",
                         other.as_str()
-                    )),
-                );
-            }
-        };
+                    ))),
+                },
+            )?;
         let engine = self.clone();
         let entry = entry.clone();
-        Ok(self.inner.core.spawn_job(handle, None, async move {
-            let _guard = guard;
-            let _ctx = ctx;
-            let size = engine
-                .snapshot_sizes(&entry)
-                .await
-                .get(&row.name)
-                .copied()
-                .unwrap_or(0);
-            if live {
-                let rt = entry
-                    .runtime()
-                    .ok_or_else(|| EngineError::Conflict("the VM's QEMU is gone".into()))?;
+        Ok(self.inner.core.spawn_job(b.handle, None, async move {
+            let (_guard, _ctx) = (b.guard, b.ctx);
+            // Its size is read while it is still in the image.
+            let answer = engine.snapshot_view(&entry, &row).await;
+            if b.live {
+                let rt = live_runtime(&entry)?;
                 engine.snapshot_drop_live(&rt, &row.name).await?;
             } else {
                 engine
                     .snapshot_offline(&entry.record().disk_file, &row.name, OfflineOp::Drop)
                     .await?;
             }
-            match engine.core().store.delete_snapshot(entry.id, &row.name) {
-                Ok(_) | Err(StoreError::NameTaken(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
+            engine.core().store.delete_snapshot(entry.id, &row.name)?;
             if entry.record().current_snapshot.as_deref() == Some(row.name.as_str()) {
                 let parent = (!row.parent.is_empty()).then(|| row.parent.clone());
                 engine.set_current(&entry, parent)?;
             }
-            Ok(view(&row, size))
+            Ok(answer)
         }))
     }
+}
+
+/// The QEMU of a VM a live snapshot step works on.
+fn live_runtime(entry: &VmEntry) -> Result<Arc<Runtime>> {
+    entry
+        .runtime()
+        .ok_or_else(|| EngineError::Conflict("the VM's QEMU is gone".into()))
 }

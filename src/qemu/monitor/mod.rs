@@ -223,8 +223,8 @@ impl Monitor {
         vmstate: &str,
         devices: &[&str],
     ) -> Result<(), QmpError> {
-        let args = json!({"job-id": job, "tag": tag, "vmstate": vmstate, "devices": devices});
-        self.run("snapshot-save", Some(args)).await
+        self.snapshot_vm_job("snapshot-save", job, tag, vmstate, devices)
+            .await
     }
 
     /// Starts a `snapshot-load` job: disks and guest state back to `tag`.
@@ -235,8 +235,21 @@ impl Monitor {
         vmstate: &str,
         devices: &[&str],
     ) -> Result<(), QmpError> {
+        self.snapshot_vm_job("snapshot-load", job, tag, vmstate, devices)
+            .await
+    }
+
+    /// `snapshot-save` and `snapshot-load` take the same arguments.
+    async fn snapshot_vm_job(
+        &self,
+        command: &'static str,
+        job: &str,
+        tag: &str,
+        vmstate: &str,
+        devices: &[&str],
+    ) -> Result<(), QmpError> {
         let args = json!({"job-id": job, "tag": tag, "vmstate": vmstate, "devices": devices});
-        self.run("snapshot-load", Some(args)).await
+        self.run(command, Some(args)).await
     }
 
     /// Starts a `snapshot-delete` job: drops `tag` from every node of `devices`.
