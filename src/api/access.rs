@@ -139,6 +139,12 @@ pub fn socket_caller(cred: &tokio::net::unix::UCred, group: Option<nix::unistd::
     }
 }
 
+/// Whether a call changes anything: its method is not GET, HEAD or
+/// OPTIONS. Such calls are audited and count against the write budget.
+pub fn is_mutating(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 /// What a route asks of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
@@ -326,7 +332,7 @@ pub async fn rate_limit(State(st): State<Arc<AccessState>>, req: Request, next: 
     let Some(caller) = req.extensions().get::<Caller>() else {
         return next.run(req).await;
     };
-    let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let write = is_mutating(req.method());
     let l = &st.limits;
     let budget = match (caller.transport, write) {
         (Transport::Tcp, false) => l.tcp_read,

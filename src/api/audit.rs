@@ -6,21 +6,17 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::extract::{Query, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::access::Caller;
+use super::access::{is_mutating, Caller};
 use super::error::{current_request_id, ApiError, ApiResult};
 use super::users::AuditActor;
 use crate::engine::Agent;
 use crate::model::{AuditEvent, AuditPage, ErrorBody};
 use crate::store::{AuditEntry, AuditQuery};
-
-fn is_mutating(m: &Method) -> bool {
-    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
-}
 
 /// The object a path acts on: the collection and the id after `/api/v1/`
 /// (`/api/v1/vms/web1/start` -> `vms/web1`).
