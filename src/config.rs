@@ -57,6 +57,10 @@ pub struct Config {
     pub image_dir: PathBuf,
     /// Further storage pools.
     pub storage_pools: Vec<PoolConfig>,
+    /// Directories under which pools made through the API may live (empty:
+    /// `<state_dir>/pools` only). A pool's directory is one of them plus
+    /// the pool's own path below it.
+    pub pool_parents: Vec<PathBuf>,
     pub qemu_binary: PathBuf,
     pub qemu_img_binary: PathBuf,
     pub accel: Accel,
@@ -156,6 +160,7 @@ impl Default for Config {
             run_dir: PathBuf::from("/run/libgo"),
             image_dir: PathBuf::from("/var/lib/libgo/images"),
             storage_pools: Vec::new(),
+            pool_parents: Vec::new(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             qemu_img_binary: PathBuf::from("qemu-img"),
             accel: Accel::Auto,
@@ -278,6 +283,15 @@ impl Config {
         pools
     }
 
+    /// Where pools made through the API may live.
+    pub fn pool_parents(&self) -> Vec<PathBuf> {
+        if self.pool_parents.is_empty() {
+            vec![self.state_dir.join("pools")]
+        } else {
+            self.pool_parents.clone()
+        }
+    }
+
     pub fn socket_mode_bits(&self) -> Result<u32, ConfigError> {
         u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
             .ok()
@@ -288,6 +302,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.socket_mode_bits()?;
         let mut names: Vec<&str> = Vec::new();
+        for parent in &self.pool_parents {
+            if !parent.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "pool_parents: {} is not an absolute path",
+                    parent.display()
+                )));
+            }
+        }
         for pool in self.storage_pools.iter() {
             if pool.name == "default" || names.contains(&pool.name.as_str()) {
                 return Err(ConfigError::Invalid(format!(

@@ -190,6 +190,43 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/api/v1/vms/{id}/performance", Min(Viewer)),
     ("GET", "/api/v1/vms/{id}/resources", Min(Viewer)),
     ("POST", "/api/v1/vms/{id}/{action}", Min(Operator)),
+    ("GET", "/api/v1/storage-pools", Min(Viewer)),
+    ("POST", "/api/v1/storage-pools", Min(Admin)),
+    ("GET", "/api/v1/storage-pools/{name}", Min(Viewer)),
+    ("DELETE", "/api/v1/storage-pools/{name}", Min(Admin)),
+    ("POST", "/api/v1/storage-pools/{name}/activate", Min(Admin)),
+    (
+        "POST",
+        "/api/v1/storage-pools/{name}/deactivate",
+        Min(Admin),
+    ),
+    ("GET", "/api/v1/storage-pools/{pool}/volumes", Min(Viewer)),
+    (
+        "POST",
+        "/api/v1/storage-pools/{pool}/volumes",
+        Min(Operator),
+    ),
+    (
+        "GET",
+        "/api/v1/storage-pools/{pool}/volumes/{name}",
+        Min(Viewer),
+    ),
+    (
+        "DELETE",
+        "/api/v1/storage-pools/{pool}/volumes/{name}",
+        Min(Operator),
+    ),
+    // A volume's bytes are a guest's data: operators only.
+    (
+        "GET",
+        "/api/v1/storage-pools/{pool}/volumes/{name}/content",
+        Min(Operator),
+    ),
+    (
+        "PUT",
+        "/api/v1/storage-pools/{pool}/volumes/{name}/content",
+        Min(Operator),
+    ),
     ("GET", "/api/v1/vms/{id}/snapshots", Min(Viewer)),
     ("POST", "/api/v1/vms/{id}/snapshots", Min(Operator)),
     ("GET", "/api/v1/vms/{id}/snapshots/{name}", Min(Viewer)),

@@ -17,6 +17,7 @@ pub mod page;
 pub mod render;
 pub mod respond;
 pub mod snapshots;
+pub mod storage;
 pub mod templates;
 pub mod tls;
 pub mod users;
@@ -129,6 +130,18 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/volumes/{id}" => get(containers::volume), delete(containers::remove_volume);
         "/instances" => get(containers::instances), post(containers::create_instance);
         "/instances/{id}/{action}" => post(containers::instance_action);
+        "/storage-pools" => get(storage::list), post(storage::create);
+        "/storage-pools/{name}" => get(storage::get), delete(storage::delete);
+        "/storage-pools/{name}/activate" => post(storage::activate);
+        "/storage-pools/{name}/deactivate" => post(storage::deactivate);
+        "/storage-pools/{pool}/volumes" => get(storage::volumes), post(storage::create_volume);
+        "/storage-pools/{pool}/volumes/{name}" => get(storage::volume), delete(storage::delete_volume);
+    }
+    // Volume content is streamed to and from the pool, bounded by its
+    // free space rather than by a body limit.
+    let mut content = Router::<AppState>::new();
+    routes! { content, seen, "/api/v1";
+        "/storage-pools/{pool}/volumes/{name}/content" => get(storage::download), put(storage::upload);
     }
     // Image tarballs (import, load, build contexts) may be large.
     let mut uploads = Router::<AppState>::new();
@@ -143,7 +156,9 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/openapi.json" => get(openapi::serve);
         "/metrics" => get(metrics::serve);
     }
-    let api = api.merge(uploads.layer(DefaultBodyLimit::max(MAX_UPLOAD)));
+    let api = api
+        .merge(uploads.layer(DefaultBodyLimit::max(MAX_UPLOAD)))
+        .merge(content.layer(DefaultBodyLimit::disable()));
     (top.nest("/api/v1", api), seen)
 }
 

@@ -43,12 +43,17 @@ use crate::engine::Agent;
         super::metrics::node_resources,
         super::snapshots::list, super::snapshots::create, super::snapshots::get,
         super::snapshots::delete, super::snapshots::revert,
+        super::storage::list, super::storage::create, super::storage::get, super::storage::delete,
+        super::storage::activate, super::storage::deactivate, super::storage::volumes,
+        super::storage::create_volume, super::storage::volume, super::storage::delete_volume,
+        super::storage::upload, super::storage::download,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
          (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),
          (name = "containers", description = "Containers through the Docker engine"), (name = "images", description = "Container images"),
          (name = "networks", description = "Container networks"), (name = "volumes", description = "Container volumes"),
          (name = "instances", description = "VMs and containers together"),
+         (name = "storage", description = "Storage pools, volumes and storage servers"),
          (name = "access", description = "Login, users, API tokens and the audit trail"),
          (name = "system", description = "Health, metrics, this document"))
 )]
@@ -73,6 +78,8 @@ pub const IMAGE_REF: &str = "^(sha256:[a-f0-9]{64}|(([a-z0-9]+(-[a-z0-9]+)*(\\.[
 /// A file in a storage pool: a name, or a relative path whose components
 /// do not start with `.` (`..` never leaves the pool).
 pub const POOL_FILE: &str = "^[^/\\x00.][^/\\x00]*(/[^/\\x00.][^/\\x00]*)*$";
+/// A volume: a file name that is never hidden, `..` or an option.
+pub const VOLUME_NAME: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$";
 /// A tag: 1 to 63 characters, no `,` and no control character.
 pub const TAG: &str = "^[^\\x00-\\x1f\\x7f-\\x9f,]{1,63}$";
 /// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
@@ -732,6 +739,7 @@ const JOB_ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/vms/{id}/snapshots"),
     ("delete", "/api/v1/vms/{id}/snapshots/{name}"),
     ("post", "/api/v1/vms/{id}/snapshots/{name}/revert"),
+    ("post", "/api/v1/storage-pools/{pool}/volumes"),
     ("post", "/api/v1/containers"),
     ("delete", "/api/v1/containers/{id}"),
     ("patch", "/api/v1/containers/{id}"),
@@ -825,6 +833,10 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
         "id" => pattern(ENGINE_NAME, 255),
         "task_id" => json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
         "name" if under("/api/v1/vms/") => pattern(DNS_LABEL, 63),
+        "name" if under("/api/v1/storage-pools/") && path.contains("/volumes/") => {
+            pattern(VOLUME_NAME, 255)
+        }
+        "name" | "pool" if under("/api/v1/storage-pools/") => pattern(DNS_LABEL, 63),
         "action" if under("/api/v1/vms/") => json!({"type": "string",
             "enum": ["start", "stop", "shutdown", "poweroff", "reboot", "reset", "pause", "resume"]}),
         "action" => {

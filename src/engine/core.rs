@@ -33,6 +33,8 @@ pub enum JobTarget {
     Template(uuid::Uuid),
     /// An image by reference (it has no id of its own before it exists).
     Image(String),
+    /// A volume, `pool/name` (volumes have no id).
+    Volume(String),
     /// Many items, one task each.
     Bulk,
 }
@@ -44,7 +46,7 @@ impl JobTarget {
             JobTarget::Vm(id) => Some(Target::Vm(*id)),
             JobTarget::Container(id) => Some(Target::Container(*id)),
             JobTarget::Template(id) => Some(Target::Template(*id)),
-            JobTarget::Image(_) | JobTarget::Bulk => None,
+            JobTarget::Image(_) | JobTarget::Volume(_) | JobTarget::Bulk => None,
         }
     }
 }
@@ -59,6 +61,8 @@ pub struct Core {
     pub node: String,
     /// Admission control, shared by both backends.
     pub admission: super::capacity::Admission,
+    /// The storage pools.
+    pub pools: super::pools::Pools,
 }
 
 /// A job that was started: its record at the start, and the task doing the

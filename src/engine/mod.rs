@@ -39,7 +39,12 @@ pub mod error;
 /// A testing aid: failures injected on purpose between the steps of a
 /// container create or a VM start.
 pub mod faults;
+/// The registry of storage pools.
+pub mod pools;
 pub mod sample;
+/// Storage pools and volumes: what they hold, and making, copying,
+/// importing and removing volumes.
+pub mod storage;
 pub mod vm;
 
 use std::path::Path;
@@ -69,6 +74,7 @@ pub struct Agent {
     core: Arc<Core>,
     pub vms: VmEngine,
     pub containers: ContainerEngine,
+    pub storage: storage::StorageEngine,
     pub bulk: bulk::Bulk,
 }
 
@@ -99,8 +105,10 @@ impl Agent {
         } else {
             cfg.node_name.clone()
         };
+        let pools = pools::Pools::load(&cfg, &store).context("loading the storage pools")?;
         let core = Arc::new(Core {
             admission: capacity::Admission::new(cfg.capacity.clone()),
+            pools,
             cfg,
             store,
             jobs,
@@ -111,6 +119,7 @@ impl Agent {
         let containers = ContainerEngine::new(core.clone());
         let agent = Agent {
             bulk: bulk::Bulk::new(core.clone(), vms.clone()),
+            storage: storage::StorageEngine::open(core.clone(), vms.clone()),
             core,
             vms,
             containers,

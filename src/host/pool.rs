@@ -15,6 +15,94 @@ pub enum PoolError {
     NotAFile { what: &'static str, given: String },
 }
 
+/// Whether `name` can name a volume: a plain file name of letters, digits,
+/// `.`, `_` and `-`, not starting with `.` or `-` (so never hidden, never
+/// `..`, never an option), at most 255 bytes.
+pub fn valid_volume_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 255
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A filesystem's size, what is used and what an unprivileged writer may
+/// still take, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Space {
+    pub capacity: u64,
+    pub allocated: u64,
+    pub available: u64,
+}
+
+/// The space of the filesystem holding `dir`.
+pub fn space(dir: &Path) -> std::io::Result<Space> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    let unit = st.fragment_size() as u64;
+    let capacity = st.blocks() as u64 * unit;
+    Ok(Space {
+        capacity,
+        allocated: capacity.saturating_sub(st.blocks_free() as u64 * unit),
+        available: st.blocks_available() as u64 * unit,
+    })
+}
+
+/// Why a directory cannot hold a new pool.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlaceError {
+    #[error("path must be an absolute path without `.` or `..`: {0}")]
+    NotNormal(String),
+    #[error("path must be below one of {allowed}: {given}")]
+    OutsideParents { given: String, allowed: String },
+    #[error("path goes through a symbolic link: {0}")]
+    Symlink(String),
+    #[error("path exists and is not a directory: {0}")]
+    NotADirectory(String),
+}
+
+/// Checks that `given` may be a new pool's directory: absolute, normal,
+/// strictly below one of `parents`, and with no symbolic link on the way
+/// (so it stays where it says it is).
+pub fn check_pool_dir(given: &str, parents: &[PathBuf]) -> Result<PathBuf, PlaceError> {
+    let path = Path::new(given);
+    let normal = path.is_absolute()
+        && !given.contains('\0')
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !given.ends_with('/')
+        && !given.contains("//");
+    if !normal {
+        return Err(PlaceError::NotNormal(given.to_owned()));
+    }
+    if !parents.iter().any(|p| path.starts_with(p) && path != p) {
+        return Err(PlaceError::OutsideParents {
+            given: given.to_owned(),
+            allowed: parents
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let mut at = PathBuf::new();
+    for c in path.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(PlaceError::Symlink(at.display().to_string()))
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(PlaceError::NotADirectory(at.display().to_string()))
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(path.to_owned())
+}
+
 /// Removes `.` and `..` without touching the filesystem.
 fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -139,6 +227,59 @@ mod tests {
         assert!(resolve(&pools, "fast/other.qcow2", "image").is_ok());
         // A symlink that stays inside the pools is fine.
         assert_eq!(resolve(&pools, "link-in", "image").unwrap(), base);
+    }
+
+    #[test]
+    fn volume_names_are_plain_file_names() {
+        for ok in ["base.qcow2", "a", "disk_1-x.raw", "_x"] {
+            assert!(valid_volume_name(ok), "{ok}");
+        }
+        let long = "a".repeat(256);
+        for bad in ["", ".", "..", ".hidden", "-o", "a/b", "a b", "a\0", &long] {
+            assert!(!valid_volume_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pool_dirs_stay_below_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("pools");
+        std::fs::create_dir(&parent).unwrap();
+        std::os::unix::fs::symlink("/etc", parent.join("link")).unwrap();
+        std::fs::write(parent.join("file"), "x").unwrap();
+        let parents = vec![parent.clone()];
+        let p = |s: &str| format!("{}/{s}", parent.display());
+        assert_eq!(check_pool_dir(&p("a"), &parents), Ok(parent.join("a")));
+        assert_eq!(check_pool_dir(&p("a/b"), &parents), Ok(parent.join("a/b")));
+        assert!(matches!(
+            check_pool_dir(&p("../x"), &parents),
+            Err(PlaceError::NotNormal(_))
+        ));
+        assert!(matches!(
+            check_pool_dir("rel", &parents),
+            Err(PlaceError::NotNormal(_))
+        ));
+        assert!(matches!(
+            check_pool_dir(&p("a/"), &parents),
+            Err(PlaceError::NotNormal(_))
+        ));
+        assert!(matches!(
+            check_pool_dir(parent.to_str().unwrap(), &parents),
+            Err(PlaceError::OutsideParents { .. })
+        ));
+        assert!(matches!(
+            check_pool_dir("/etc/x", &parents),
+            Err(PlaceError::OutsideParents { .. })
+        ));
+        assert!(matches!(
+            check_pool_dir(&p("link/x"), &parents),
+            Err(PlaceError::Symlink(_))
+        ));
+        assert!(matches!(
+            check_pool_dir(&p("file"), &parents),
+            Err(PlaceError::NotADirectory(_))
+        ));
+        assert!(space(&parent).unwrap().capacity > 0);
     }
 
     #[test]

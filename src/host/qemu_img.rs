@@ -46,6 +46,48 @@ pub struct InternalSnapshot {
     pub date_sec: i64,
 }
 
+/// `qemu-img info` answers kept per version of a file (its size and
+/// modification time), so a file is asked about once until it changes.
+#[derive(Default)]
+pub struct InfoCache {
+    seen: std::sync::Mutex<std::collections::HashMap<PathBuf, (FileStamp, ImageInfo)>>,
+}
+
+type FileStamp = (u64, std::time::SystemTime);
+
+impl InfoCache {
+    pub async fn info(&self, img: &QemuImg, path: &Path) -> Result<ImageInfo, ImgError> {
+        let stamp = std::fs::metadata(path)
+            .and_then(|m| Ok((m.len(), m.modified()?)))
+            .ok();
+        if let Some(stamp) = stamp {
+            if let Some((s, info)) = crate::sync::lock(&self.seen).get(path) {
+                if *s == stamp {
+                    return Ok(info.clone());
+                }
+            }
+        }
+        let info = img.info(path).await?;
+        if let Some(stamp) = stamp {
+            crate::sync::lock(&self.seen).insert(path.to_owned(), (stamp, info.clone()));
+        }
+        Ok(info)
+    }
+}
+
+/// One `qemu-img convert`.
+#[derive(Debug, Clone)]
+pub struct Convert<'a> {
+    pub src: &'a Path,
+    /// Given when known, so a raw file is never probed as something else.
+    pub src_format: Option<&'a str>,
+    pub dest: &'a Path,
+    /// `qcow2`, `raw`, `vmdk`, `vdi`.
+    pub format: &'a str,
+    /// Further arguments: `-c`, `-o subformat=streamOptimized`, `-l NAME`.
+    pub options: &'a [&'a str],
+}
+
 #[derive(Debug, Clone)]
 pub struct QemuImg {
     binary: PathBuf,
@@ -148,11 +190,35 @@ impl QemuImg {
         cancel: tokio_util::sync::CancellationToken,
         progress: impl Fn(f32),
     ) -> Result<(), ImgError> {
+        let job = Convert {
+            src: base,
+            src_format: None,
+            dest,
+            format: "qcow2",
+            options: &[],
+        };
+        self.convert(&job, cancel, progress).await
+    }
+
+    /// `qemu-img convert -p` as described by `job`, reporting qemu-img's
+    /// own progress and killing it when `cancel` fires (the caller removes
+    /// what it wrote).
+    pub async fn convert(
+        &self,
+        job: &Convert<'_>,
+        cancel: tokio_util::sync::CancellationToken,
+        progress: impl Fn(f32),
+    ) -> Result<(), ImgError> {
         use tokio::io::AsyncReadExt;
-        let mut child = Command::new(&self.binary)
-            .args(["convert", "-p", "-O", "qcow2"])
-            .arg(base)
-            .arg(dest)
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(["convert", "-p"]);
+        if let Some(f) = job.src_format {
+            cmd.args(["-f", f]);
+        }
+        cmd.args(["-O", job.format]).args(job.options);
+        let mut child = cmd
+            .arg(job.src)
+            .arg(job.dest)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -210,6 +276,24 @@ impl QemuImg {
                 stderr: stderr.trim().to_owned(),
             })
         }
+    }
+
+    /// A new empty image of `format` (`qcow2`, `raw`) and `bytes`.
+    pub async fn create(&self, dest: &Path, format: &str, bytes: u64) -> Result<(), ImgError> {
+        let size = bytes.to_string();
+        self.run(
+            "create",
+            &[
+                "create".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                format.as_ref(),
+                dest.as_os_str(),
+                size.as_ref(),
+            ],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Grows `image` to `bytes`.

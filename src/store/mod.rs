@@ -14,10 +14,12 @@ use uuid::Uuid;
 mod audit;
 mod auth;
 mod snapshots;
+mod storage;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord};
 pub use auth::{TokenRow, UserRow};
 pub use snapshots::SnapshotRow;
+pub use storage::PoolRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -129,6 +131,26 @@ const MIGRATIONS: &[&str] = &[
         created INTEGER NOT NULL,
         vm_state INTEGER NOT NULL,
         PRIMARY KEY (vm, name)
+     );",
+    // 6: storage pools (those made through the API, and the state of the
+    // configured ones) and what imported volumes described.
+    "CREATE TABLE storage_pools (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL,
+        host TEXT NOT NULL DEFAULT '',
+        target TEXT NOT NULL DEFAULT '',
+        active INTEGER NOT NULL,
+        configured INTEGER NOT NULL,
+        made_dir INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+     );
+     CREATE TABLE volume_hardware (
+        pool TEXT NOT NULL,
+        name TEXT NOT NULL,
+        vcpus INTEGER NOT NULL,
+        memory INTEGER NOT NULL,
+        PRIMARY KEY (pool, name)
      );",
 ];
 

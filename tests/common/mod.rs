@@ -451,6 +451,39 @@ pub async fn raw_request(
     request_on(stream, method, path, body, headers).await
 }
 
+/// A request whose body is bytes (an upload): status, headers, body.
+pub async fn send_bytes(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{path}"))
+        .header("host", "localhost")
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, bytes.to_vec()))
+}
+
 /// One HTTP/1.1 request over an open connection (Unix, TCP or TLS).
 pub async fn request_on<IO>(
     stream: IO,

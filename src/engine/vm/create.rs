@@ -33,7 +33,8 @@ impl VmEngine {
         if let Some(pin) = &spec.cpu_pinning {
             super::resources::check_pinning(pin)?;
         }
-        let pools = cfg.pools();
+        let pools = self.core().pools.active_dirs();
+        self.core().pools.check_named_active(&spec.base_image)?;
         let base_path = pool::resolve(&pools, &spec.base_image, "base image").map_err(pool_err)?;
         let boot_paths = match &spec.boot {
             None => None,
@@ -266,21 +267,7 @@ impl VmEngine {
         path: &Path,
     ) -> std::result::Result<crate::host::qemu_img::ImageInfo, crate::host::qemu_img::ImgError>
     {
-        let stamp = std::fs::metadata(path)
-            .and_then(|m| Ok((m.len(), m.modified()?)))
-            .ok();
-        if let Some(stamp) = stamp {
-            if let Some((s, info)) = crate::sync::lock(&self.inner.base_info).get(path) {
-                if *s == stamp {
-                    return Ok(info.clone());
-                }
-            }
-        }
-        let info = self.inner.img.info(path).await?;
-        if let Some(stamp) = stamp {
-            crate::sync::lock(&self.inner.base_info).insert(path.to_owned(), (stamp, info.clone()));
-        }
-        Ok(info)
+        self.inner.base_info.info(&self.inner.img, path).await
     }
 
     /// A request merged over its template: the request's fields win.

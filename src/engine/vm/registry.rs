@@ -18,7 +18,7 @@ use crate::engine::sample::Sample;
 use crate::host::cgroup::Cgroups;
 use crate::host::confine::{self, Identity, QemuUser, VmFile};
 use crate::host::pool::PoolError;
-use crate::host::qemu_img::{ImageInfo, QemuImg};
+use crate::host::qemu_img::QemuImg;
 use crate::model::{Target, Vm, VmStatus};
 use crate::page::{paginate, Page, PageRequest};
 use crate::qemu::argv::Accelerator;
@@ -121,16 +121,13 @@ pub struct VmShared {
     pub(crate) vms: RwLock<Registry>,
     /// `qemu-img info` of base images, by path, valid while the file's
     /// size and modification time stay the same.
-    pub(crate) base_info: Mutex<HashMap<PathBuf, (BaseStamp, ImageInfo)>>,
+    pub(crate) base_info: crate::host::qemu_img::InfoCache,
     /// Failures to inject on purpose into starts (a testing aid; empty
     /// unless `LIBGO_TEST_FAIL_STEP` was set when the daemon started).
     pub(crate) faults: FailSteps,
     /// The user QEMU runs as; None: QEMU runs as root (`qemu_user = ""`).
     pub(crate) qemu_user: Option<QemuUser>,
 }
-
-/// What identifies one version of a base image file.
-pub(crate) type BaseStamp = (u64, std::time::SystemTime);
 
 /// The QEMU backend. Cheap to clone.
 #[derive(Clone)]
@@ -279,7 +276,7 @@ impl VmEngine {
                 disk_cache,
                 cgroups,
                 vms: RwLock::new(Registry::default()),
-                base_info: Mutex::new(HashMap::new()),
+                base_info: Default::default(),
                 faults: FailSteps::from_env(),
                 qemu_user,
             }),
@@ -466,6 +463,31 @@ impl VmEngine {
     /// Every VM, oldest first.
     pub fn all(&self) -> Vec<Vm> {
         self.entries().iter().map(|e| self.to_api(e)).collect()
+    }
+
+    /// Every file a VM holds open or depends on, with the VM and how it
+    /// uses it: the base image of a linked clone (or of a VM still being
+    /// made), the boot kernel and initrd.
+    pub fn volume_users(&self) -> Vec<(PathBuf, crate::model::VolumeUser)> {
+        let mut out = Vec::new();
+        for e in self.entries() {
+            let r = lock(&e.rec);
+            let user = |role: &str| crate::model::VolumeUser {
+                id: r.id,
+                name: r.name.clone(),
+                role: role.into(),
+            };
+            if r.clone == crate::model::CloneMode::Linked || r.status == VmStatus::Creating {
+                out.push((r.base_path.clone(), user("base_image")));
+            }
+            if let Some(b) = &r.boot_paths {
+                out.push((b.kernel.clone(), user("kernel")));
+                if let Some(i) = &b.initrd {
+                    out.push((i.clone(), user("initrd")));
+                }
+            }
+        }
+        out
     }
 
     /// Every VM with its latest sample, from memory.

@@ -51,7 +51,7 @@ impl VmEngine {
         }
         // Files must be paths inside the pools; whether they exist is
         // checked when a VM is made from the template (they may come later).
-        let pools = cfg.pools();
+        let pools = self.core().pools.active_dirs();
         let in_pools = |given: &str, what: &'static str| {
             if given.chars().count() > 4096 {
                 return Err(EngineError::Invalid(format!(

@@ -1,0 +1,212 @@
+//! `/api/v1/storage-pools`: pools, their volumes and the volumes' content.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+
+use super::error::ApiResult;
+use super::extract::JsonBody;
+use super::respond::answer;
+use super::Caller;
+use crate::engine::Agent;
+use crate::model::{
+    CreatePoolRequest, CreateStorageVolumeRequest, ErrorBody, StoragePool, StoragePoolList,
+    StorageVolume, StorageVolumeList,
+};
+
+/// Every storage pool with its figures.
+#[utoipa::path(get, path = "/api/v1/storage-pools", tag = "storage", operation_id = "pools_list",
+    responses((status = 200, body = StoragePoolList)))]
+pub async fn list(State(agent): State<Agent>) -> Json<StoragePoolList> {
+    Json(StoragePoolList {
+        pools: agent.storage.pools().await,
+    })
+}
+
+/// Defines a pool: a directory (`dir`) or an iSCSI target (`iscsi`).
+#[utoipa::path(post, path = "/api/v1/storage-pools", tag = "storage", operation_id = "pools_create",
+    request_body = CreatePoolRequest,
+    responses((status = 201, body = StoragePool), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create(
+    State(agent): State<Agent>,
+    JsonBody(req): JsonBody<CreatePoolRequest>,
+) -> ApiResult<Response> {
+    let pool = agent.storage.create_pool(req).await?;
+    let location = format!("/api/v1/storage-pools/{}", pool.name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(pool),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/storage-pools/{name}", tag = "storage", operation_id = "pools_get",
+    params(("name" = String, Path, description = "Pool name")),
+    responses((status = 200, body = StoragePool), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn get(
+    State(agent): State<Agent>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<StoragePool>> {
+    Ok(Json(agent.storage.pool(&name).await?))
+}
+
+/// Forgets a pool made through the API (not one from the configuration
+/// file); refused while it holds volumes or a VM uses it.
+#[utoipa::path(delete, path = "/api/v1/storage-pools/{name}", tag = "storage", operation_id = "pools_delete",
+    params(("name" = String, Path, description = "Pool name")),
+    responses((status = 200, body = StoragePool), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(agent): State<Agent>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<StoragePool>> {
+    Ok(Json(agent.storage.delete_pool(&name).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/storage-pools/{name}/activate", tag = "storage", operation_id = "pools_activate",
+    params(("name" = String, Path, description = "Pool name")),
+    responses((status = 200, body = StoragePool), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn activate(
+    State(agent): State<Agent>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<StoragePool>> {
+    Ok(Json(agent.storage.activate(&name).await?))
+}
+
+/// Takes a pool out of use; refused while a VM or a job uses a volume.
+#[utoipa::path(post, path = "/api/v1/storage-pools/{name}/deactivate", tag = "storage", operation_id = "pools_deactivate",
+    params(("name" = String, Path, description = "Pool name")),
+    responses((status = 200, body = StoragePool), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn deactivate(
+    State(agent): State<Agent>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<StoragePool>> {
+    Ok(Json(agent.storage.deactivate(&name).await?))
+}
+
+/// The volumes of an active pool.
+#[utoipa::path(get, path = "/api/v1/storage-pools/{pool}/volumes", tag = "storage", operation_id = "volumes_list",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses((status = 200, body = StorageVolumeList), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn volumes(
+    State(agent): State<Agent>,
+    Path(pool): Path<String>,
+) -> ApiResult<Json<StorageVolumeList>> {
+    Ok(Json(StorageVolumeList {
+        volumes: agent.storage.volumes(&pool).await?,
+    }))
+}
+
+/// Makes a volume as a job: empty (`capacity`), a copy (`source`) or a
+/// qcow2 imported from a qcow2, raw, vmdk, vdi or OVA volume (`import`).
+#[utoipa::path(post, path = "/api/v1/storage-pools/{pool}/volumes", tag = "storage", operation_id = "volumes_create",
+    request_body = CreateStorageVolumeRequest,
+    params(("pool" = String, Path, description = "Pool name")),
+    responses((status = 201, body = StorageVolume), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_volume(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(pool): Path<String>,
+    JsonBody(req): JsonBody<CreateStorageVolumeRequest>,
+) -> ApiResult<Response> {
+    let location = format!("/api/v1/storage-pools/{pool}/volumes/{}", req.name);
+    let sub = agent
+        .storage
+        .create_volume(&pool, req, &caller.requester())
+        .await?;
+    let mut resp = answer(sub, &headers, StatusCode::CREATED).await?;
+    if resp.status() == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    Ok(resp)
+}
+
+#[utoipa::path(get, path = "/api/v1/storage-pools/{pool}/volumes/{name}", tag = "storage", operation_id = "volumes_get",
+    params(("pool" = String, Path, description = "Pool name"), ("name" = String, Path, description = "Volume name")),
+    responses((status = 200, body = StorageVolume), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn volume(
+    State(agent): State<Agent>,
+    Path((pool, name)): Path<(String, String)>,
+) -> ApiResult<Json<StorageVolume>> {
+    Ok(Json(agent.storage.volume(&pool, &name).await?))
+}
+
+/// Removes a volume no VM uses.
+#[utoipa::path(delete, path = "/api/v1/storage-pools/{pool}/volumes/{name}", tag = "storage", operation_id = "volumes_delete",
+    params(("pool" = String, Path, description = "Pool name"), ("name" = String, Path, description = "Volume name")),
+    responses((status = 200, body = StorageVolume), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_volume(
+    State(agent): State<Agent>,
+    Path((pool, name)): Path<(String, String)>,
+) -> ApiResult<Json<StorageVolume>> {
+    Ok(Json(agent.storage.delete_volume(&pool, &name).await?))
+}
+
+/// Streams the body into the volume (made, or replacing an unused one).
+#[utoipa::path(put, path = "/api/v1/storage-pools/{pool}/volumes/{name}/content", tag = "storage", operation_id = "volumes_upload",
+    params(("pool" = String, Path, description = "Pool name"), ("name" = String, Path, description = "Volume name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = StorageVolume, description = "Replaced"), (status = 201, body = StorageVolume, description = "Made"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn upload(
+    State(agent): State<Agent>,
+    Path((pool, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<Response> {
+    let (volume, made) = agent
+        .storage
+        .upload(&pool, &name, body.into_data_stream())
+        .await?;
+    if made {
+        let location = format!("/api/v1/storage-pools/{pool}/volumes/{name}");
+        Ok((
+            StatusCode::CREATED,
+            [(header::LOCATION, location)],
+            Json(volume),
+        )
+            .into_response())
+    } else {
+        Ok(Json(volume).into_response())
+    }
+}
+
+/// The volume's bytes as they are in the pool.
+#[utoipa::path(get, path = "/api/v1/storage-pools/{pool}/volumes/{name}/content", tag = "storage", operation_id = "volumes_download",
+    params(("pool" = String, Path, description = "Pool name"), ("name" = String, Path, description = "Volume name")),
+    responses((status = 200, description = "The volume's bytes", content_type = "application/octet-stream"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn download(
+    State(agent): State<Agent>,
+    Path((pool, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let d = agent.storage.download(&pool, &name).await?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(d.file, 256 << 10);
+    let mut resp = Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(d.len));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", d.volume.name)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
