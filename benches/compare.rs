@@ -107,6 +107,7 @@ fn launch_spec(
         console_socket: run.join("console.sock"),
         console_log: state.join("console.log"),
         throttle: None,
+        extra_disks: Vec::new(),
     }
 }
 

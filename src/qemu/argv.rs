@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::disks::{self, ExtraDisk};
+
 /// The accelerator QEMU will run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accelerator {
@@ -51,6 +53,10 @@ pub struct LaunchSpec {
     /// I/O limits of the root disk, set on the command line so the guest
     /// never runs a moment without them (none: unthrottled).
     pub throttle: Option<DriveThrottle>,
+    /// Disks besides the root disk and the seed, each on its own hot-plug
+    /// port in this order (`hp0` first). Their I/O limits are not on the
+    /// command line: see `disks::apply_limits`.
+    pub extra_disks: Vec<ExtraDisk>,
 }
 
 /// QEMU's per-drive I/O throttling (0 = no limit).
@@ -166,6 +172,47 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
         &format!("virtio-net-pci,netdev=net0,id=nic0,mac={}", spec.mac),
     ]);
     push(&["-device", "virtio-balloon-pci,id=balloon0"]);
+    // Hot-plug ports, and the extra disks given at start in the first ones.
+    // The ports take functions of slots 0x1c.. (as a real chipset's root
+    // ports do), out of the way of the devices above, whose addresses
+    // QEMU assigns in order and which therefore stay where they were.
+    // ACPI hot-plug (QEMU 7.2's default for q35, set here so a newer
+    // default cannot change it): the guest releases a disk at once, where
+    // native PCIe hot-plug waits 5 s for a second press of the attention
+    // button; and an unplug the guest missed (asked before its ACPI was
+    // up) completes at the next reset, where with native hot-plug it never
+    // does.
+    push(&[
+        "-global",
+        "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=on",
+    ]);
+    for n in 0..disks::HOTPLUG_PORTS.max(spec.extra_disks.len()) {
+        let (slot, function) = (0x1c + n / 8, n % 8);
+        let multifunction = if function == 0 {
+            ",multifunction=on"
+        } else {
+            ""
+        };
+        push(&[
+            "-device",
+            &format!(
+                "pcie-root-port,id={},bus=pcie.0,addr={slot:#x}.{function}{multifunction},chassis={},slot={}",
+                disks::port_id(n),
+                n + 1,
+                n + 1
+            ),
+        ]);
+    }
+    // `blockdev-add`'s and `device_add`'s own JSON: opened and attached
+    // exactly as a hot-plugged disk is.
+    for (n, disk) in spec.extra_disks.iter().enumerate() {
+        let (dev, node, port) = (disk.device_id(), disk.node_name(), disks::port_id(n));
+        push(&["-blockdev", &disk.image(&node).options().to_string()]);
+        push(&[
+            "-device",
+            &disk.device(&dev, &node, &port).options().to_string(),
+        ]);
+    }
     if let Some(boot) = &spec.boot {
         push(&["-kernel", &boot.kernel.to_string_lossy()]);
         if let Some(initrd) = &boot.initrd {
@@ -201,6 +248,7 @@ mod tests {
             console_socket: "/run/libgo/vms/x/console.sock".into(),
             console_log: "/var/lib/libgo/vms/x/console.log".into(),
             throttle: None,
+            extra_disks: Vec::new(),
         }
     }
 
@@ -306,5 +354,130 @@ mod tests {
             "{drive}"
         );
         assert!(!after(&build(&spec()), "-drive")[0].contains("throttling"));
+    }
+
+    fn extra(id: &str, format: crate::qemu::monitor::ImageFormat, read_only: bool) -> ExtraDisk {
+        ExtraDisk {
+            id: id.into(),
+            path: format!("/pool/{id},x.img").into(),
+            format,
+            read_only,
+            serial: format!("ser-{id}"),
+            io: Default::default(),
+            direct: true,
+        }
+    }
+
+    fn json_after(argv: &[String], flag: &str) -> Vec<serde_json::Value> {
+        after(argv, flag)
+            .into_iter()
+            .filter(|a| a.starts_with('{'))
+            .map(|a| serde_json::from_str(a).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn spare_hot_plug_ports_on_their_own_slots_with_acpi_hot_plug() {
+        let argv = build(&spec());
+        let ports: Vec<&str> = after(&argv, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("pcie-root-port,"))
+            .collect();
+        assert_eq!(ports.len(), disks::HOTPLUG_PORTS);
+        assert_eq!(
+            ports[0],
+            "pcie-root-port,id=hp0,bus=pcie.0,addr=0x1c.0,multifunction=on,chassis=1,slot=1"
+        );
+        assert_eq!(
+            ports[7],
+            "pcie-root-port,id=hp7,bus=pcie.0,addr=0x1c.7,chassis=8,slot=8"
+        );
+        assert_eq!(
+            after(&argv, "-global"),
+            vec!["ICH9-LPC.acpi-pci-hotplug-with-bridge-support=on"]
+        );
+        // Nothing else moved: no extra disk, no -blockdev.
+        assert!(after(&argv, "-blockdev").is_empty());
+        let first_port = argv
+            .iter()
+            .position(|a| a.starts_with("pcie-root-port"))
+            .unwrap();
+        let balloon = argv
+            .iter()
+            .position(|a| a == "virtio-balloon-pci,id=balloon0")
+            .unwrap();
+        assert!(
+            first_port > balloon,
+            "ports come after the auto-addressed devices"
+        );
+    }
+
+    #[test]
+    fn extra_disks_are_blockdev_nodes_on_their_own_ports() {
+        use crate::qemu::monitor::ImageFormat;
+        let mut s = spec();
+        s.extra_disks = vec![
+            extra("data", ImageFormat::Qcow2, false),
+            extra("iso", ImageFormat::Raw, true),
+        ];
+        s.extra_disks[1].direct = false;
+        let argv = build(&s);
+        let nodes = json_after(&argv, "-blockdev");
+        assert_eq!(
+            nodes[0],
+            serde_json::json!({
+                "driver": "qcow2", "node-name": "img-data", "read-only": false,
+                "discard": "unmap", "cache": {"direct": true, "no-flush": false},
+                "file": {"driver": "file", "filename": "/pool/data,x.img", "aio": "threads",
+                         "read-only": false, "discard": "unmap",
+                         "cache": {"direct": true, "no-flush": false}},
+            })
+        );
+        assert_eq!(nodes[1]["driver"], "raw");
+        assert_eq!(nodes[1]["read-only"], true);
+        assert_eq!(nodes[1]["file"]["read-only"], true);
+        assert_eq!(nodes[1]["cache"]["direct"], false);
+        let devices = json_after(&argv, "-device");
+        assert_eq!(
+            devices,
+            vec![
+                serde_json::json!({"driver": "virtio-blk-pci", "id": "disk-data", "drive": "img-data",
+                                   "bus": "hp0", "addr": "0", "serial": "ser-data"}),
+                serde_json::json!({"driver": "virtio-blk-pci", "id": "disk-iso", "drive": "img-iso",
+                                   "bus": "hp1", "addr": "0", "serial": "ser-iso"}),
+            ]
+        );
+        // Each device after its node and after the ports.
+        let pos = |needle: &str| argv.iter().position(|a| a.contains(needle)).unwrap();
+        assert!(pos("\"node-name\":\"img-data\"") < pos("\"id\":\"disk-data\""));
+        assert!(pos("id=hp7,") < pos("\"id\":\"disk-data\""));
+        // Still 8 ports: 6 spare.
+        assert_eq!(
+            after(&argv, "-device")
+                .iter()
+                .filter(|d| d.starts_with("pcie-root-port"))
+                .count(),
+            8
+        );
+    }
+
+    #[test]
+    fn more_disks_than_spare_ports_get_ports_on_the_next_slot() {
+        use crate::qemu::monitor::ImageFormat;
+        let mut s = spec();
+        s.extra_disks = (0..9)
+            .map(|i| extra(&format!("d{i}"), ImageFormat::Raw, false))
+            .collect();
+        let argv = build(&s);
+        let ports: Vec<&str> = after(&argv, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("pcie-root-port,"))
+            .collect();
+        assert_eq!(ports.len(), 9);
+        assert_eq!(
+            ports[8],
+            "pcie-root-port,id=hp8,bus=pcie.0,addr=0x1d.0,multifunction=on,chassis=9,slot=9"
+        );
+        assert_eq!(json_after(&argv, "-device")[8]["bus"], "hp8");
     }
 }

@@ -88,6 +88,7 @@ impl VmEngine {
                 .contains(&IoLayer::Qemu)
                 .then(|| drive_throttle(rec.io_limits.as_ref()))
                 .flatten(),
+            extra_disks: Vec::new(),
         }
     }
 

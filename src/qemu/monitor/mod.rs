@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::qmp::{Event, Qmp, QmpError};
 
@@ -25,26 +25,63 @@ pub const QUIT_DEADLINE: Duration = Duration::from_secs(2);
 /// a busy monitor must not hold up the caller for the default deadline.
 pub const QUERY_DEADLINE: Duration = Duration::from_secs(2);
 
+/// Events kept for a command that waits on one (`device_del`): more than
+/// QEMU sends in the time such a wait takes.
+const EVENT_BACKLOG: usize = 64;
+/// How often a wait without an event stream looks for the awaited state.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
 /// The typed monitor of one QEMU process. Cheap to clone; clones share the
 /// connection.
 #[derive(Debug, Clone)]
 pub struct Monitor {
     qmp: Qmp,
+    /// A copy of QEMU's events for the commands that wait on one; None for
+    /// a monitor made with [`Monitor::new`]. Weak: the copy ends (waiters
+    /// see it closed) when QEMU closes the socket.
+    events: Option<broadcast::WeakSender<Event>>,
 }
 
 impl Monitor {
+    /// A monitor without a copy of the events: the commands that wait on
+    /// one poll QEMU instead.
     pub fn new(qmp: Qmp) -> Monitor {
-        Monitor { qmp }
+        Monitor { qmp, events: None }
     }
 
     /// Connects to a QMP socket (see [`Qmp::connect`]); returns the monitor
     /// and QEMU's event stream, which ends when QEMU closes the socket.
+    ///
+    /// Every event also goes to the monitor's own copy first, so that
+    /// `device_del` can wait for its `DEVICE_DELETED` while the returned
+    /// stream has its one reader (the VM's watcher).
     pub async fn connect(
         path: &Path,
         timeout: Duration,
     ) -> Result<(Monitor, mpsc::Receiver<Event>), QmpError> {
-        let (qmp, events) = Qmp::connect(path, timeout).await?;
-        Ok((Monitor::new(qmp), events))
+        let (qmp, mut from_qemu) = Qmp::connect(path, timeout).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let (copy, _) = broadcast::channel(EVENT_BACKLOG);
+        let weak = copy.downgrade();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Some(ev) = from_qemu.recv().await {
+                // No subscriber only means nobody waits for an event now.
+                let _ = copy.send(ev.clone());
+                if let Some(t) = &tx {
+                    if t.send(ev).await.is_err() {
+                        tx = None; // nobody reads the stream; the copy goes on
+                    }
+                }
+            }
+        });
+        Ok((
+            Monitor {
+                qmp,
+                events: Some(weak),
+            },
+            rx,
+        ))
     }
 
     /// Runs a command whose answer carries nothing (`{}`).
@@ -281,15 +318,126 @@ impl Monitor {
         self.run("job-dismiss", Some(json!({"id": id}))).await
     }
 
-    // ---- Hot-plug (to come) -------------------------------------------
+    // ---- Hot-plug -----------------------------------------------------
     // Disks: `blockdev-add` then `device_add`; removal: `device_del`, wait
-    // for DEVICE_DELETED, then `blockdev-del`.
+    // for DEVICE_DELETED, then `blockdev-del` (see `qemu::disks`).
+
+    /// `blockdev-add` of a disk image: its format node named `image.node`
+    /// over an implicit `file` node, both removed by one `blockdev-del`.
+    pub async fn blockdev_add_image(&self, image: &ImageNode<'_>) -> Result<(), QmpError> {
+        self.run("blockdev-add", Some(image.options())).await
+    }
+
+    /// `device_add` of a virtio-blk PCI disk on a (root) port.
+    pub async fn device_add_virtio_blk(&self, dev: &VirtioBlk<'_>) -> Result<(), QmpError> {
+        self.run("device_add", Some(dev.options())).await
+    }
+
+    /// `device_del` of the device with qdev id `id`, then the wait for its
+    /// `DEVICE_DELETED` until `deadline` has passed (the whole call's).
+    ///
+    /// The guest must release the device: a guest that does not answer
+    /// leaves it in place with its unplug pending ([`Unplug::Pending`]);
+    /// QEMU then refuses a second `device_del` ("already in the process
+    /// of unplug"), which this takes as the same request and waits again.
+    /// An unknown id is QEMU's `DeviceNotFound` error. At the deadline one
+    /// more query (with [`QUERY_DEADLINE`]) makes sure the event was not
+    /// missed.
+    pub async fn device_del(&self, id: &str, deadline: Duration) -> Result<Unplug, QmpError> {
+        let end = tokio::time::Instant::now() + deadline;
+        // Listen before asking: the event may come with the answer.
+        let mut events = self
+            .events
+            .as_ref()
+            .and_then(broadcast::WeakSender::upgrade)
+            .map(|tx| tx.subscribe());
+        match self
+            .qmp
+            .execute_with_timeout("device_del", Some(json!({"id": id})), deadline)
+            .await
+        {
+            Ok(_) => {}
+            Err(QmpError::Command { desc, .. }) if desc.contains("in the process of unplug") => {}
+            Err(e) => return Err(e),
+        }
+        loop {
+            let Some(rx) = events.as_mut() else {
+                // No event stream: look for the device itself.
+                if !self.peripheral_exists(id).await? {
+                    return Ok(Unplug::Deleted);
+                }
+                if tokio::time::Instant::now() + POLL_INTERVAL > end {
+                    return Ok(Unplug::Pending);
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+                continue;
+            };
+            match tokio::time::timeout_at(end, rx.recv()).await {
+                Ok(Ok(ev)) if is_device_deleted(&ev, id) => return Ok(Unplug::Deleted),
+                Ok(Ok(_)) => {}
+                // Events were dropped: the one awaited may be among them.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    if !self.peripheral_exists(id).await? {
+                        return Ok(Unplug::Deleted);
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(QmpError::Disconnected),
+                Err(_) => {
+                    // One last look, in case the event was missed.
+                    return Ok(if self.peripheral_exists(id).await? {
+                        Unplug::Pending
+                    } else {
+                        Unplug::Deleted
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether a device with qdev id `id` exists (`qom-list` of
+    /// `/machine/peripheral`, with [`QUERY_DEADLINE`]).
+    pub async fn peripheral_exists(&self, id: &str) -> Result<bool, QmpError> {
+        let props = self.qom_list("/machine/peripheral").await?;
+        Ok(props
+            .iter()
+            .any(|p| p.name == id && p.kind.starts_with("child<")))
+    }
+
+    /// `qom-list`, with [`QUERY_DEADLINE`]: the properties (children
+    /// included) of the QOM object at `path`.
+    pub async fn qom_list(&self, path: &str) -> Result<Vec<QomProperty>, QmpError> {
+        self.ask(
+            "qom-list",
+            Some(json!({"path": path})),
+            Some(QUERY_DEADLINE),
+        )
+        .await
+    }
+
+    /// `query-pci`, with [`QUERY_DEADLINE`]: the devices of every root
+    /// bus, bridges (root ports) with the devices behind them. This is
+    /// QEMU's own model: a device whose unplug is pending is still there.
+    pub async fn query_pci(&self) -> Result<Vec<PciDevice>, QmpError> {
+        #[derive(Deserialize)]
+        struct PciBus {
+            devices: Vec<PciDevice>,
+        }
+        let buses: Vec<PciBus> = self.ask("query-pci", None, Some(QUERY_DEADLINE)).await?;
+        Ok(buses.into_iter().flat_map(|b| b.devices).collect())
+    }
 
     // ---- Display (to come) --------------------------------------------
     // `screendump` to a file the agent owns.
 
     // ---- Migration (to come) ------------------------------------------
     // `migrate-set-capabilities`, `migrate`, `query-migrate`.
+}
+
+/// Whether `ev` is the `DEVICE_DELETED` of the device with qdev id `id`
+/// (not that of one of its parts, e.g. `.../virtio-backend`, which has a
+/// path only).
+fn is_device_deleted(ev: &Event, id: &str) -> bool {
+    ev.name == "DEVICE_DELETED" && ev.data.get("device").and_then(Value::as_str) == Some(id)
 }
 
 /// Decodes a command's answer into its typed form.
@@ -451,6 +599,137 @@ pub enum BlockRef<'a> {
     NodeName(&'a str),
 }
 
+/// The format of a disk image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    /// QEMU's block driver name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+}
+
+/// A disk image opened as a format node over a `file` node: the arguments
+/// of `blockdev-add`, and (as JSON) of `-blockdev` on the command line, so
+/// that a disk given at start and one hot-plugged are opened alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageNode<'a> {
+    /// Node name of the format node (at most 31 characters, a letter
+    /// first); the file node is implicit and goes with it.
+    pub node: &'a str,
+    pub path: &'a Path,
+    pub format: ImageFormat,
+    pub read_only: bool,
+    /// O_DIRECT, as the root disk's `cache=none` (where the file system
+    /// has it); the page cache otherwise.
+    pub direct: bool,
+}
+
+impl ImageNode<'_> {
+    /// The options, as the root disk's `-drive ...,cache=none,aio=threads,
+    /// discard=unmap` sets them: writes are flushed (`no-flush` stays off).
+    pub fn options(&self) -> Value {
+        let cache = json!({"direct": self.direct, "no-flush": false});
+        json!({
+            "driver": self.format.as_str(),
+            "node-name": self.node,
+            "read-only": self.read_only,
+            "discard": "unmap",
+            "cache": cache,
+            "file": {
+                "driver": "file",
+                "filename": self.path.to_string_lossy(),
+                "aio": "threads",
+                "read-only": self.read_only,
+                "discard": "unmap",
+                "cache": cache,
+            },
+        })
+    }
+}
+
+/// A virtio-blk PCI disk: the arguments of `device_add`, and (as JSON) of
+/// `-device` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioBlk<'a> {
+    /// qdev id.
+    pub id: &'a str,
+    /// Node name of the image (`ImageNode::node`).
+    pub node: &'a str,
+    /// qdev id of the (root) port; the disk goes in its only slot.
+    pub port: &'a str,
+    /// What the guest reads in `/sys/block/vdX/serial` (virtio-blk keeps
+    /// 20 bytes); none when empty.
+    pub serial: &'a str,
+}
+
+impl VirtioBlk<'_> {
+    pub fn options(&self) -> Value {
+        // addr 0: on an occupied port QEMU then refuses, rather than
+        // putting the disk in a slot the guest never scans.
+        let mut o = json!({
+            "driver": "virtio-blk-pci",
+            "id": self.id,
+            "drive": self.node,
+            "bus": self.port,
+            "addr": "0",
+        });
+        if !self.serial.is_empty() {
+            o["serial"] = json!(self.serial);
+        }
+        o
+    }
+}
+
+/// What `device_del` came to within its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unplug {
+    /// `DEVICE_DELETED` arrived: the device is gone, its backend free.
+    Deleted,
+    /// The guest has not released the device: it is still there, its
+    /// unplug pending (a guest reset completes it).
+    Pending,
+}
+
+/// One property of a QOM object (`qom-list`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct QomProperty {
+    pub name: String,
+    /// e.g. `child<virtio-blk-pci>`, `link<bus>`, `bool`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// One PCI device (`query-pci`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PciDevice {
+    /// Bus number as the guest's firmware set it (0 before it ran).
+    pub bus: u32,
+    pub slot: u32,
+    pub function: u32,
+    /// qdev id; None for a device without one (the machine's own).
+    #[serde(default, deserialize_with = "non_empty")]
+    pub qdev_id: Option<String>,
+    /// For a bridge (a root port): what is behind it.
+    #[serde(rename = "pci_bridge", default)]
+    pub bridge: Option<PciBridge>,
+}
+
+/// The devices behind a PCI bridge (`query-pci`'s `pci_bridge`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PciBridge {
+    /// Absent when the bridge has none.
+    #[serde(default)]
+    pub devices: Vec<PciDevice>,
+}
+
 /// One QEMU background job (`query-jobs`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct QemuJob {
@@ -570,4 +849,4 @@ impl From<RawBlockStats> for BlockStats {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -455,3 +455,324 @@ async fn snapshot_jobs_name_their_nodes_and_are_read_back() {
     );
     assert_eq!(w[4], ("job-dismiss".into(), json!({"id": "snap-1"})));
 }
+
+// ---- Hot-plug ---------------------------------------------------------
+
+/// A fake QEMU whose answer to a command is `script`'s lines (events
+/// included), in order; a line `SLEEP <ms>` pauses before the rest. Records
+/// `CLOSE` hangs up. Records every command but `qmp_capabilities`. Returns the monitor from
+/// [`Monitor::connect`] (with its copy of the events).
+pub(crate) async fn scripted(
+    script: impl Fn(&Value) -> Vec<String> + Send + 'static,
+) -> (tempfile::TempDir, Monitor, Sent) {
+    let (dir, path, sent) = scripted_socket(script).await;
+    let (mon, _events) = Monitor::connect(&path, Duration::from_secs(2))
+        .await
+        .unwrap();
+    (dir, mon, sent)
+}
+
+async fn scripted_socket(
+    script: impl Fn(&Value) -> Vec<String> + Send + 'static,
+) -> (tempfile::TempDir, std::path::PathBuf, Sent) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let sent: Sent = Arc::default();
+    let log = sent.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+            .await
+            .unwrap();
+        let mut r = BufReader::new(r).lines();
+        while let Ok(Some(line)) = r.next_line().await {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["execute"] == "qmp_capabilities" {
+                w.write_all(format!("{}\n", ret(&v, json!({}))).as_bytes())
+                    .await
+                    .unwrap();
+                continue;
+            }
+            log.lock().unwrap().push(v.clone());
+            for out in script(&v) {
+                if out == "CLOSE" {
+                    return;
+                }
+                if let Some(ms) = out.strip_prefix("SLEEP ") {
+                    tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+                    continue;
+                }
+                if w.write_all(format!("{out}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (dir, path, sent)
+}
+
+pub(crate) fn error(v: &Value, class: &str, desc: &str) -> String {
+    json!({"error": {"class": class, "desc": desc}, "id": v["id"]}).to_string()
+}
+
+pub(crate) fn device_deleted(device: Option<&str>, path: &str) -> String {
+    let mut data = json!({"path": path});
+    if let Some(d) = device {
+        data["device"] = json!(d);
+    }
+    json!({"event": "DEVICE_DELETED", "data": data,
+           "timestamp": {"seconds": 1, "microseconds": 2}})
+    .to_string()
+}
+
+/// `qom-list /machine/peripheral` with these devices.
+pub(crate) fn peripherals(v: &Value, ids: &[&str]) -> String {
+    let mut props = vec![json!({"name": "type", "type": "string"})];
+    props.extend(
+        ids.iter()
+            .map(|id| json!({"name": id, "type": "child<virtio-blk-pci>"})),
+    );
+    ret(v, json!(props))
+}
+
+#[tokio::test]
+async fn image_nodes_and_disks_are_added_with_their_options() {
+    let (_d, mon, sent) =
+        monitor(vec![("blockdev-add", json!({})), ("device_add", json!({}))]).await;
+    let path = Path::new("/pool/a,b.qcow2");
+    mon.blockdev_add_image(&ImageNode {
+        node: "img-a",
+        path,
+        format: ImageFormat::Qcow2,
+        read_only: false,
+        direct: true,
+    })
+    .await
+    .unwrap();
+    mon.blockdev_add_image(&ImageNode {
+        node: "img-b",
+        path,
+        format: ImageFormat::Raw,
+        read_only: true,
+        direct: false,
+    })
+    .await
+    .unwrap();
+    mon.device_add_virtio_blk(&VirtioBlk {
+        id: "disk-a",
+        node: "img-a",
+        port: "hp3",
+        serial: "s-1",
+    })
+    .await
+    .unwrap();
+    mon.device_add_virtio_blk(&VirtioBlk {
+        id: "disk-b",
+        node: "img-b",
+        port: "hp4",
+        serial: "",
+    })
+    .await
+    .unwrap();
+    let w = wire(&sent);
+    assert_eq!(
+        w[0],
+        (
+            "blockdev-add".into(),
+            json!({
+                "driver": "qcow2", "node-name": "img-a", "read-only": false, "discard": "unmap",
+                "cache": {"direct": true, "no-flush": false},
+                "file": {"driver": "file", "filename": "/pool/a,b.qcow2", "aio": "threads",
+                         "read-only": false, "discard": "unmap",
+                         "cache": {"direct": true, "no-flush": false}},
+            })
+        )
+    );
+    assert_eq!(
+        (
+            &w[1].1["driver"],
+            &w[1].1["read-only"],
+            &w[1].1["file"]["read-only"]
+        ),
+        (&json!("raw"), &json!(true), &json!(true))
+    );
+    assert_eq!(w[1].1["cache"]["direct"], false);
+    assert_eq!(
+        w[2],
+        (
+            "device_add".into(),
+            json!({"driver": "virtio-blk-pci", "id": "disk-a", "drive": "img-a",
+                   "bus": "hp3", "addr": "0", "serial": "s-1"})
+        )
+    );
+    assert!(w[3].1.get("serial").is_none(), "no serial: none given");
+}
+
+#[tokio::test]
+async fn device_del_waits_for_the_device_s_own_deleted_event() {
+    let (_d, mon, sent) = scripted(|v| match v["execute"].as_str().unwrap() {
+        "device_del" => vec![
+            ret(v, json!({})),
+            // Its part, and another device: not what is awaited.
+            device_deleted(None, "/machine/peripheral/disk-a/virtio-backend"),
+            device_deleted(Some("disk-b"), "/machine/peripheral/disk-b"),
+            "SLEEP 300".into(),
+            device_deleted(Some("disk-a"), "/machine/peripheral/disk-a"),
+        ],
+        _ => vec![error(v, "CommandNotFound", "no")],
+    })
+    .await;
+    let t = std::time::Instant::now();
+    let r = mon.device_del("disk-a", Duration::from_secs(5)).await;
+    assert_eq!(r.unwrap(), Unplug::Deleted);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        wire(&sent),
+        vec![("device_del".into(), json!({"id": "disk-a"}))]
+    );
+}
+
+#[tokio::test]
+async fn a_device_the_guest_keeps_is_pending_at_the_deadline() {
+    let (_d, mon, sent) = scripted(|v| match v["execute"].as_str().unwrap() {
+        "device_del" => vec![ret(v, json!({}))],
+        "qom-list" => vec![peripherals(v, &["hp0", "disk-a"])],
+        _ => vec![error(v, "CommandNotFound", "no")],
+    })
+    .await;
+    let t = std::time::Instant::now();
+    let r = mon.device_del("disk-a", Duration::from_millis(400)).await;
+    assert_eq!(r.unwrap(), Unplug::Pending);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    // The last look at the device before giving up.
+    assert_eq!(
+        wire(&sent).last().unwrap(),
+        &("qom-list".into(), json!({"path": "/machine/peripheral"}))
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_device_del_waits_for_the_pending_one() {
+    let (_d, mon, _) = scripted(|v| match v["execute"].as_str().unwrap() {
+        "device_del" => vec![
+            error(
+                v,
+                "GenericError",
+                "Device disk-a is already in the process of unplug",
+            ),
+            "SLEEP 50".into(),
+            device_deleted(Some("disk-a"), "/machine/peripheral/disk-a"),
+        ],
+        _ => vec![error(v, "CommandNotFound", "no")],
+    })
+    .await;
+    let r = mon.device_del("disk-a", Duration::from_secs(5)).await;
+    assert_eq!(r.unwrap(), Unplug::Deleted);
+}
+
+#[tokio::test]
+async fn device_del_of_an_unknown_device_is_qemu_s_error() {
+    let (_d, mon, _) =
+        scripted(|v| vec![error(v, "DeviceNotFound", "Device 'disk-x' not found")]).await;
+    let e = mon
+        .device_del("disk-x", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, QmpError::Command { ref class, .. } if class == "DeviceNotFound"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_monitor_without_events_polls_for_the_device() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let looks = Arc::new(AtomicUsize::new(0));
+    let n = looks.clone();
+    let (_d, path, _) = scripted_socket(move |v| match v["execute"].as_str().unwrap() {
+        "device_del" => vec![ret(v, json!({}))],
+        // Gone at the third look.
+        "qom-list" if n.fetch_add(1, Ordering::SeqCst) < 2 => vec![peripherals(v, &["disk-a"])],
+        "qom-list" => vec![peripherals(v, &[])],
+        _ => vec![error(v, "CommandNotFound", "no")],
+    })
+    .await;
+    let (qmp, _events) = Qmp::connect(&path, Duration::from_secs(2)).await.unwrap();
+    let mon = Monitor::new(qmp);
+    let r = mon.device_del("disk-a", Duration::from_secs(5)).await;
+    assert_eq!(r.unwrap(), Unplug::Deleted);
+    assert_eq!(looks.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn the_event_stream_still_gets_every_event() {
+    let (_d, path, _) = scripted_socket(|v| {
+        vec![
+            ret(v, json!({})),
+            device_deleted(Some("disk-a"), "/machine/peripheral/disk-a"),
+        ]
+    })
+    .await;
+    let (mon, mut events) = Monitor::connect(&path, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        mon.device_del("disk-a", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Unplug::Deleted
+    );
+    let ev = events.recv().await.unwrap();
+    assert_eq!(ev.name, "DEVICE_DELETED");
+    assert_eq!(ev.data["device"], "disk-a");
+}
+
+#[tokio::test]
+async fn a_wait_ends_when_qemu_hangs_up() {
+    let (_d, mon, _) =
+        scripted(|v| vec![ret(v, json!({})), "SLEEP 100".into(), "CLOSE".into()]).await;
+    let t = std::time::Instant::now();
+    let r = mon.device_del("disk-a", Duration::from_secs(5)).await;
+    assert!(matches!(r, Err(QmpError::Disconnected)), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn query_pci_decodes_ports_and_what_is_behind_them() {
+    let dev = |slot: u32, function: u32, id: &str| {
+        json!({"bus": 0, "slot": slot, "function": function, "qdev_id": id,
+               "class_info": {"class": 256}, "id": {"vendor": 6900, "device": 4162,
+               "subsystem": 0, "subsystem-vendor": 0}, "regions": []})
+    };
+    let mut port0 = dev(28, 0, "hp0");
+    port0["pci_bridge"] = json!({"bus": {"number": 1, "secondary": 1, "subordinate": 1,
+        "io_range": {"base": 0, "limit": 0}, "memory_range": {"base": 0, "limit": 0},
+        "prefetchable_range": {"base": 0, "limit": 0}},
+        "devices": [dev(0, 0, "disk-a")]});
+    let mut port1 = dev(28, 1, "hp1");
+    port1["pci_bridge"] = json!({"bus": {"number": 0, "secondary": 0, "subordinate": 0,
+        "io_range": {"base": 0, "limit": 0}, "memory_range": {"base": 0, "limit": 0},
+        "prefetchable_range": {"base": 0, "limit": 0}}});
+    let answer = json!([{"bus": 0, "devices": [dev(0, 0, ""), dev(1, 0, "vd0"), port0, port1]}]);
+    let (_d, mon, _) = monitor(vec![("query-pci", answer)]).await;
+    let all = mon.query_pci().await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].qdev_id, None);
+    assert_eq!(all[1].qdev_id.as_deref(), Some("vd0"));
+    assert!(all[1].bridge.is_none());
+    let behind = &all[2].bridge.as_ref().unwrap().devices;
+    assert_eq!(behind[0].qdev_id.as_deref(), Some("disk-a"));
+    assert!(all[3].bridge.as_ref().unwrap().devices.is_empty());
+    assert_eq!((all[3].slot, all[3].function), (28, 1));
+}
