@@ -330,7 +330,8 @@ impl Jobs {
     }
 
     /// After a restart: jobs that were running when the daemon died failed.
-    pub fn fail_interrupted(&self) -> Result<usize, StoreError> {
+    /// Returns them.
+    pub fn fail_interrupted(&self) -> Result<Vec<Job>, StoreError> {
         let running: Vec<Job> = self.store.jobs_in_state(&["running", "queued"])?;
         for mut job in running.iter().cloned() {
             let msg = "interrupted: libgod stopped while the job ran".to_owned();
@@ -349,7 +350,7 @@ impl Jobs {
             self.store
                 .put_job(job.id, &job.kind, "failed", &job.created_at, &job)?;
         }
-        Ok(running.len())
+        Ok(running)
     }
 }
 
@@ -430,7 +431,7 @@ mod tests {
         let h = jobs
             .start(Uuid::new_v4(), "vm.start", None, "uid:0", specs(1))
             .unwrap();
-        assert_eq!(jobs.fail_interrupted().unwrap(), 1);
+        assert_eq!(jobs.fail_interrupted().unwrap().len(), 1);
         let job: Job = jobs.store.get_job(h.id()).unwrap().unwrap();
         assert_eq!(job.state, JobState::Failed);
         assert!(job.error.unwrap().contains("interrupted"));

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod audit;
 pub mod containers;
+pub mod disks;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -101,6 +102,10 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/vms/{id}/snapshots" => get(snapshots::list), post(snapshots::create);
         "/vms/{id}/snapshots/{name}" => get(snapshots::get), delete(snapshots::delete);
         "/vms/{id}/snapshots/{name}/revert" => post(snapshots::revert);
+        "/vms/{id}/export" => post(storage::export);
+        "/vms/{id}/disks" => get(disks::list), post(disks::attach);
+        "/vms/{id}/disks/{disk}" => get(disks::get), delete(disks::delete);
+        "/vms/{id}/disks/{disk}/detach" => post(disks::detach);
         "/vms/{id}/{action}" => post(vms::action);
         "/nodes/{node}/resources" => get(metrics::node_resources);
         "/jobs" => get(jobs::list), delete(jobs::bulk_cancel);

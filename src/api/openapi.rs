@@ -46,7 +46,9 @@ use crate::engine::Agent;
         super::storage::list, super::storage::create, super::storage::get, super::storage::delete,
         super::storage::activate, super::storage::deactivate, super::storage::volumes,
         super::storage::create_volume, super::storage::volume, super::storage::delete_volume,
-        super::storage::upload, super::storage::download,
+        super::storage::upload, super::storage::download, super::storage::export,
+        super::disks::list, super::disks::attach, super::disks::get, super::disks::delete,
+        super::disks::detach,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
          (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),
@@ -740,6 +742,10 @@ const JOB_ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/vms/{id}/snapshots/{name}"),
     ("post", "/api/v1/vms/{id}/snapshots/{name}/revert"),
     ("post", "/api/v1/storage-pools/{pool}/volumes"),
+    ("post", "/api/v1/vms/{id}/export"),
+    ("post", "/api/v1/vms/{id}/disks"),
+    ("delete", "/api/v1/vms/{id}/disks/{disk}"),
+    ("post", "/api/v1/vms/{id}/disks/{disk}/detach"),
     ("post", "/api/v1/containers"),
     ("delete", "/api/v1/containers/{id}"),
     ("patch", "/api/v1/containers/{id}"),
@@ -837,6 +843,7 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
             pattern(VOLUME_NAME, 255)
         }
         "name" | "pool" if under("/api/v1/storage-pools/") => pattern(DNS_LABEL, 63),
+        "disk" => pattern("^[a-z0-9]([-a-z0-9]{0,22}[a-z0-9])?$", 24),
         "action" if under("/api/v1/vms/") => json!({"type": "string",
             "enum": ["start", "stop", "shutdown", "poweroff", "reboot", "reset", "pause", "resume"]}),
         "action" => {

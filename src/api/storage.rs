@@ -8,12 +8,12 @@ use axum::{Extension, Json};
 
 use super::error::ApiResult;
 use super::extract::JsonBody;
-use super::respond::answer;
+use super::respond::answer_with;
 use super::Caller;
 use crate::engine::Agent;
 use crate::model::{
-    CreatePoolRequest, CreateStorageVolumeRequest, ErrorBody, StoragePool, StoragePoolList,
-    StorageVolume, StorageVolumeList,
+    CreatePoolRequest, CreateStorageVolumeRequest, ErrorBody, ExportVmRequest, StoragePool,
+    StoragePoolList, StorageVolume, StorageVolumeList,
 };
 
 /// Every storage pool with its figures.
@@ -119,18 +119,11 @@ pub async fn create_volume(
     Path(pool): Path<String>,
     JsonBody(req): JsonBody<CreateStorageVolumeRequest>,
 ) -> ApiResult<Response> {
-    let location = format!("/api/v1/storage-pools/{pool}/volumes/{}", req.name);
     let sub = agent
         .storage
         .create_volume(&pool, req, &caller.requester())
         .await?;
-    let mut resp = answer(sub, &headers, StatusCode::CREATED).await?;
-    if resp.status() == StatusCode::CREATED {
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-    }
-    Ok(resp)
+    answer_volume(sub, &headers).await
 }
 
 #[utoipa::path(get, path = "/api/v1/storage-pools/{pool}/volumes/{name}", tag = "storage", operation_id = "volumes_get",
@@ -207,6 +200,52 @@ pub async fn download(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(d.len));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", d.volume.name)) {
         h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+/// Exports the VM's disk (or a snapshot of it) as a volume: qcow2, raw,
+/// vmdk, vdi or an OVF 1.0 package (`ova`). A running VM is read from a
+/// snapshot taken for the purpose. A job with qemu-img's progress.
+#[utoipa::path(post, path = "/api/v1/vms/{id}/export", tag = "vms", operation_id = "vms_export",
+    request_body = ExportVmRequest,
+    params(("id" = String, Path, description = "VM id (UUID) or name")),
+    responses((status = 201, body = StorageVolume), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn export(
+    State(agent): State<Agent>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ExportVmRequest>,
+) -> ApiResult<Response> {
+    let entry = agent.vms.find(&id)?;
+    let sub = agent
+        .storage
+        .export_vm(&entry, req, &caller.requester())
+        .await?;
+    answer_volume(sub, &headers).await
+}
+
+/// Waits for (or hands back) a job that makes a volume; a 201 names the
+/// volume in `Location`.
+async fn answer_volume(
+    sub: crate::engine::Submitted<StorageVolume>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let made = std::sync::Mutex::new(None);
+    let mut resp = answer_with(sub, headers, StatusCode::CREATED, |v: StorageVolume| {
+        *crate::sync::lock(&made) = Some(format!(
+            "/api/v1/storage-pools/{}/volumes/{}",
+            v.pool, v.name
+        ));
+        v
+    })
+    .await?;
+    if let Some(l) = crate::sync::lock(&made).take() {
+        if let Ok(v) = HeaderValue::from_str(&l) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
     }
     Ok(resp)
 }

@@ -91,9 +91,9 @@ impl Agent {
         let events = EventBus::default();
         let jobs = Jobs::new(store.clone(), events.clone());
         let interrupted = jobs.fail_interrupted()?;
-        if interrupted > 0 {
+        if !interrupted.is_empty() {
             tracing::warn!(
-                interrupted,
+                interrupted = interrupted.len(),
                 "jobs interrupted by the last stop marked failed"
             );
         }
@@ -116,6 +116,19 @@ impl Agent {
             node,
         });
         let vms = VmEngine::open(core.clone(), Path::new("/")).await?;
+        // A snapshot step cut short may have left the image and the tree
+        // apart.
+        let cut: Vec<Uuid> = interrupted
+            .iter()
+            .filter(|j| {
+                j.kind.starts_with("vm.snapshot") || j.kind == "vm.export" || j.kind == "vm.revert"
+            })
+            .filter_map(|j| match j.target {
+                Some(Target::Vm(id)) => Some(id),
+                _ => None,
+            })
+            .collect();
+        vms.reconcile_snapshots(&cut).await;
         let containers = ContainerEngine::new(core.clone());
         let agent = Agent {
             bulk: bulk::Bulk::new(core.clone(), vms.clone()),

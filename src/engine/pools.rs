@@ -4,14 +4,17 @@
 //! kernels and disks in the active directory pools; the storage engine
 //! changes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
+
+use uuid::Uuid;
 
 use super::error::{EngineError, Result};
 use crate::config::{Config, PoolConfig};
 use crate::model::PoolType;
 use crate::store::{PoolRow, Store};
+use crate::sync::lock;
 
 /// One pool's definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,26 @@ impl PoolDef {
 
 pub struct Pools {
     defs: RwLock<BTreeMap<String, PoolDef>>,
+    /// Volumes held by a running job: (pool, volume) → (job, kind).
+    busy: Arc<Mutex<Holders>>,
+}
+
+/// Volumes held by running jobs: (pool, volume) → (job, kind).
+type Holders = HashMap<(String, String), (Uuid, String)>;
+
+/// Volumes held for a job until it ends.
+pub struct VolumeGuard {
+    busy: Arc<Mutex<Holders>>,
+    keys: Vec<(String, String)>,
+}
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.busy);
+        for k in &self.keys {
+            busy.remove(k);
+        }
+    }
 }
 
 impl Pools {
@@ -100,7 +123,39 @@ impl Pools {
         }
         Ok(Pools {
             defs: RwLock::new(defs),
+            busy: Arc::default(),
         })
+    }
+
+    /// Holds volumes `keys` (pool, name) for job `job` of type `kind`, or
+    /// says which job holds one.
+    pub fn claim(&self, keys: Vec<(String, String)>, job: Uuid, kind: &str) -> Result<VolumeGuard> {
+        let mut busy = lock(&self.busy);
+        for k in &keys {
+            if let Some((id, ty)) = busy.get(k) {
+                return Err(EngineError::Busy {
+                    what: format!("Volume {} of storage pool {}", k.1, k.0),
+                    job_id: *id,
+                    job_type: ty.clone(),
+                });
+            }
+        }
+        for k in &keys {
+            busy.insert(k.clone(), (job, kind.to_owned()));
+        }
+        drop(busy);
+        Ok(VolumeGuard {
+            busy: self.busy.clone(),
+            keys,
+        })
+    }
+
+    /// A job holding a volume of pool `pool`, if any: (volume, job, kind).
+    pub fn busy_in(&self, pool: &str) -> Option<(String, Uuid, String)> {
+        lock(&self.busy)
+            .iter()
+            .find(|((p, _), _)| p == pool)
+            .map(|((_, v), (j, k))| (v.clone(), *j, k.clone()))
     }
 
     pub fn get(&self, name: &str) -> Option<PoolDef> {

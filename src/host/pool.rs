@@ -103,6 +103,53 @@ pub fn check_pool_dir(given: &str, parents: &[PathBuf]) -> Result<PathBuf, Place
     Ok(path.to_owned())
 }
 
+/// Prefix of the hidden files of volumes being written.
+pub const PARTIAL: &str = ".libgo-";
+
+/// The hidden name a volume is written under.
+pub fn hidden(dir: &Path, job: uuid::Uuid, name: &str) -> PathBuf {
+    dir.join(format!("{PARTIAL}{}-{name}", job.simple()))
+}
+
+/// Makes a whole hidden file visible under `dest`, never over another:
+/// synced, then linked (which fails if `dest` exists), then unlinked.
+pub fn publish(tmp: &Path, dest: &Path) -> std::io::Result<PathBuf> {
+    let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
+    sync(tmp)?;
+    std::fs::hard_link(tmp, dest)?;
+    let _ = std::fs::remove_file(tmp);
+    if let Some(dir) = dest.parent() {
+        let _ = sync(dir);
+    }
+    Ok(dest.to_owned())
+}
+
+/// Removes the hidden files and directories interrupted writes left.
+pub fn remove_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(PARTIAL) {
+            continue;
+        }
+        let path = e.path();
+        let r = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        match r {
+            Ok(()) => {
+                tracing::warn!(file = %path.display(), "removed what an interrupted write left")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove a partial file")
+            }
+        }
+    }
+}
+
 /// Removes `.` and `..` without touching the filesystem.
 fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();

@@ -239,3 +239,52 @@ pub struct IscsiTarget {
 pub struct IscsiTargetList {
     pub targets: Vec<IscsiTarget>,
 }
+
+/// Formats a VM can be exported to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Qcow2,
+    Raw,
+    Vmdk,
+    Vdi,
+    /// An OVF 1.0 package: descriptor, streamOptimized VMDK, manifest.
+    Ova,
+}
+
+impl ExportFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Qcow2 => "qcow2",
+            ExportFormat::Raw => "raw",
+            ExportFormat::Vmdk => "vmdk",
+            ExportFormat::Vdi => "vdi",
+            ExportFormat::Ova => "ova",
+        }
+    }
+}
+
+/// `POST /api/v1/vms/{id}/export`: the VM's disk as a volume. A running VM
+/// is exported from a snapshot taken for the purpose (never a disk being
+/// written).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportVmRequest {
+    pub format: ExportFormat,
+    /// Compressed clusters (qcow2; vmdk as streamOptimized). An OVA's disk
+    /// is always compressed.
+    #[serde(default)]
+    pub compress: bool,
+    /// The pool of the result (default: `default`).
+    #[serde(default)]
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)]
+    pub pool: Option<String>,
+    /// The volume's name (default: `<vm>-<UTC time>.<format>`).
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$", max_length = 255)]
+    pub name: Option<String>,
+    /// Export this snapshot of the VM rather than its disk now.
+    #[serde(default)]
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)]
+    pub snapshot: Option<String>,
+}

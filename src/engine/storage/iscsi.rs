@@ -49,21 +49,4 @@ impl StorageEngine {
             def.name
         )))
     }
-
-    /// The descriptor and disk of an OVA, unpacked into `dest`.
-    pub(super) async fn unpack_ova(
-        &self,
-        _src: &std::path::Path,
-        _dest: &std::path::Path,
-    ) -> Result<(OvaSummary, std::path::PathBuf)> {
-        Err(EngineError::Invalid(
-            "OVA import is not available yet".into(),
-        ))
-    }
-}
-
-pub(super) struct OvaSummary {
-    pub name: String,
-    pub cpus: u32,
-    pub memory_mib: u64,
 }

@@ -8,28 +8,25 @@
 //! under their name in one step; what a crash leaves hidden is removed at
 //! the next start.
 
+mod export;
 mod iscsi;
 mod volumes;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use super::core::Core;
 use super::error::{EngineError, Result};
-use super::pools::PoolDef;
+use super::pools::{PoolDef, VolumeGuard};
 use super::vm::VmEngine;
 use crate::host::pool;
 use crate::host::qemu_img::{ImageInfo, InfoCache, QemuImg};
 use crate::model::{CreatePoolRequest, PoolState, PoolType, StoragePool, VolumeUser};
-use crate::sync::lock;
 
+pub use export::EXPORT_TAG_PREFIX;
 pub use volumes::Download;
-
-/// Prefix of the hidden files of volumes being written.
-const PARTIAL: &str = ".libgo-";
 
 /// The storage engine. Cheap to clone.
 #[derive(Clone)]
@@ -41,24 +38,7 @@ struct Inner {
     core: Arc<Core>,
     vms: VmEngine,
     img: QemuImg,
-    /// Volumes held by a running job: (pool, volume) → (job, kind).
-    busy: Mutex<HashMap<(String, String), (Uuid, String)>>,
     info: InfoCache,
-}
-
-/// Volumes held for a job until it ends.
-pub(crate) struct VolumeGuard {
-    inner: Arc<Inner>,
-    keys: Vec<(String, String)>,
-}
-
-impl Drop for VolumeGuard {
-    fn drop(&mut self) {
-        let mut busy = lock(&self.inner.busy);
-        for k in &self.keys {
-            busy.remove(k);
-        }
-    }
 }
 
 impl StorageEngine {
@@ -70,12 +50,11 @@ impl StorageEngine {
                 img: QemuImg::new(&core.cfg.qemu_img_binary),
                 core,
                 vms,
-                busy: Mutex::default(),
                 info: InfoCache::default(),
             }),
         };
         for def in engine.core().pools.dirs() {
-            remove_partials(&def.path);
+            pool::remove_partials(&def.path);
         }
         engine
     }
@@ -225,7 +204,7 @@ impl StorageEngine {
         self.core().store.delete_pool(name)?;
         self.core().pools.remove(name);
         if def.made_dir {
-            remove_partials(&def.path);
+            pool::remove_partials(&def.path);
             if let Err(e) = std::fs::remove_dir(&def.path) {
                 tracing::warn!(pool = name, error = %e, "pool directory left in place");
             }
@@ -276,14 +255,11 @@ impl StorageEngine {
 
     /// `Conflict` when a VM uses a volume of the pool or a job holds one.
     async fn check_unused(&self, def: &PoolDef) -> Result<()> {
-        if let Some(((_, vol), (job, kind))) = lock(&self.inner.busy)
-            .iter()
-            .find(|((p, _), _)| *p == def.name)
-        {
+        if let Some((vol, job, kind)) = self.core().pools.busy_in(&def.name) {
             return Err(EngineError::Busy {
                 what: format!("Volume {vol} of storage pool {}", def.name),
-                job_id: *job,
-                job_type: kind.clone(),
+                job_id: job,
+                job_type: kind,
             });
         }
         let users = self.users_in(def).await;
@@ -337,24 +313,7 @@ impl StorageEngine {
         job: Uuid,
         kind: &str,
     ) -> Result<VolumeGuard> {
-        let mut busy = lock(&self.inner.busy);
-        for k in &keys {
-            if let Some((id, ty)) = busy.get(k) {
-                return Err(EngineError::Busy {
-                    what: format!("Volume {} of storage pool {}", k.1, k.0),
-                    job_id: *id,
-                    job_type: ty.clone(),
-                });
-            }
-        }
-        for k in &keys {
-            busy.insert(k.clone(), (job, kind.to_owned()));
-        }
-        drop(busy);
-        Ok(VolumeGuard {
-            inner: self.inner.clone(),
-            keys,
-        })
+        self.core().pools.claim(keys, job, kind)
     }
 
     /// `qemu-img info` of `path`, asked once per version of the file.
@@ -389,31 +348,5 @@ fn bare(def: &PoolDef) -> StoragePool {
         volumes: 0,
         configured: def.configured,
         error: None,
-    }
-}
-
-/// Removes the hidden files and directories interrupted writes left.
-fn remove_partials(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().starts_with(PARTIAL) {
-            continue;
-        }
-        let path = e.path();
-        let r = match e.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-            _ => std::fs::remove_file(&path),
-        };
-        match r {
-            Ok(()) => {
-                tracing::warn!(file = %path.display(), "removed what an interrupted write left")
-            }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot remove a partial file")
-            }
-        }
     }
 }

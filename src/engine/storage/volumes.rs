@@ -10,11 +10,12 @@ use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use super::{StorageEngine, PARTIAL};
+use super::StorageEngine;
 use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::pools::PoolDef;
 use crate::host::pool;
+use crate::host::pool::hidden;
 use crate::host::qemu_img::Convert;
 use crate::model::{
     CreateStorageVolumeRequest, PoolType, StorageVolume, VolumeHardware, VolumeRef, VolumeState,
@@ -78,7 +79,7 @@ impl StorageEngine {
         Ok(def)
     }
 
-    fn check_name(name: &str) -> Result<()> {
+    pub(super) fn check_name(name: &str) -> Result<()> {
         if pool::valid_volume_name(name) {
             Ok(())
         } else {
@@ -106,7 +107,7 @@ impl StorageEngine {
     }
 
     /// Who uses which file (by real path).
-    fn users(&self) -> HashMap<PathBuf, Vec<VolumeUser>> {
+    pub(super) fn users(&self) -> HashMap<PathBuf, Vec<VolumeUser>> {
         let mut map: HashMap<PathBuf, Vec<VolumeUser>> = HashMap::new();
         for (path, user) in self.inner.vms.volume_users() {
             let real = path.canonicalize().unwrap_or(path);
@@ -115,7 +116,7 @@ impl StorageEngine {
         map
     }
 
-    async fn to_volume(
+    pub(super) async fn to_volume(
         &self,
         def: &PoolDef,
         name: &str,
@@ -336,7 +337,7 @@ impl StorageEngine {
         making: Making,
         ctx: &JobCtx,
     ) -> Result<StorageVolume> {
-        let tmp = hidden(def, ctx.handle.id(), name);
+        let tmp = hidden(&def.path, ctx.handle.id(), name);
         let mut rb = Rollback::new();
         let undo = tmp.clone();
         rb.push("remove the partial volume", move || {
@@ -366,7 +367,8 @@ impl StorageEngine {
             }
             Making::Import { src, format } if format == "ova" => {
                 let unpacked = tmp.with_extension("d");
-                let (system, disk) = self.unpack_ova(src, &unpacked).await?;
+                let unpacked_ova = self.unpack_ova(src, &unpacked).await?;
+                let (system, disk) = (unpacked_ova.system, unpacked_ova.disk_path);
                 ctx.log(format!(
                     "OVA {}: {} vCPUs, {} MiB",
                     system.name, system.cpus, system.memory_mib
@@ -394,7 +396,7 @@ impl StorageEngine {
             }
         }
         ctx.check()?;
-        let path = publish(&tmp, &def.path.join(name))?;
+        let path = publish_volume(&tmp, &def.path.join(name))?;
         rb.disarm();
         if let Some((vcpus, memory)) = hardware {
             self.core()
@@ -462,7 +464,7 @@ impl StorageEngine {
                 )));
             }
         }
-        let tmp = hidden(&def, id, name);
+        let tmp = hidden(&def.path, id, name);
         let r = write_body(&def, &tmp, body).await;
         if let Err(e) = r {
             let _ = std::fs::remove_file(&tmp);
@@ -476,7 +478,7 @@ impl StorageEngine {
             self.core().store.forget_volume(pool, name)?;
             dest
         } else {
-            publish(&tmp, &dest)?
+            publish_volume(&tmp, &dest)?
         };
         tracing::info!(pool, volume = name, "volume uploaded");
         let v = self.to_volume(&def, name, &path, &self.users()).await?;
@@ -541,28 +543,36 @@ impl StorageEngine {
     }
 }
 
-/// The hidden name a volume is written under.
-fn hidden(def: &PoolDef, job: Uuid, name: &str) -> PathBuf {
-    def.path.join(format!("{PARTIAL}{}-{name}", job.simple()))
+impl StorageEngine {
+    /// Checks an OVA (its manifest's digests included) and unpacks its
+    /// disk into `dest`.
+    async fn unpack_ova(&self, src: &Path, dest: &Path) -> Result<crate::host::ova::ImportedOva> {
+        let (src, dest) = (src.to_owned(), dest.to_owned());
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dest)?;
+            Ok::<_, std::io::Error>(crate::host::ova::read_ova(&src, &dest))
+        })
+        .await
+        .map_err(|e| EngineError::internal("reading the OVA", e))?
+        .map_err(|e| EngineError::internal("unpacking the OVA", e))?
+        .map_err(|e| match e {
+            crate::host::ova::OvaError::Invalid(m) => {
+                EngineError::Invalid(format!("Invalid parameter: the OVA: {m}."))
+            }
+            other => EngineError::internal("reading the OVA", other),
+        })
+    }
 }
 
-/// Makes a whole hidden file visible under `dest`, never over another:
-/// synced, then linked (which fails if `dest` exists), then unlinked.
-fn publish(tmp: &Path, dest: &Path) -> Result<PathBuf> {
-    let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
-    sync(tmp).map_err(|e| EngineError::internal(format!("syncing {}", tmp.display()), e))?;
-    std::fs::hard_link(tmp, dest).map_err(|e| {
+/// `pool::publish`, with the engine's errors: a name taken is a conflict.
+pub(super) fn publish_volume(tmp: &Path, dest: &Path) -> Result<PathBuf> {
+    crate::host::pool::publish(tmp, dest).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             EngineError::Conflict(format!("{} exists.", dest.display()))
         } else {
-            EngineError::internal(format!("linking {}", dest.display()), e)
+            EngineError::internal(format!("publishing {}", dest.display()), e)
         }
-    })?;
-    let _ = std::fs::remove_file(tmp);
-    if let Some(dir) = dest.parent() {
-        let _ = sync(dir);
-    }
-    Ok(dest.to_owned())
+    })
 }
 
 /// Writes a body to `tmp`, keeping a margin of the pool's free space.

@@ -115,6 +115,7 @@ impl VmEngine {
                 cloud_init: spec.user_data.is_some(),
                 qemu_gid: None,
                 current_snapshot: None,
+                disks: Vec::new(),
                 created_at: now.clone(),
                 updated_at: now,
             },

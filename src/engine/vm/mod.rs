@@ -3,6 +3,8 @@
 
 /// Creating a VM: a request resolved into a record, the disk cloned, the row committed.
 pub mod create;
+/// Extra disks: attached, hot-plugged, detached.
+pub mod disks;
 /// Every lifecycle rule: allowed actions, the transition table, recovery.
 pub mod lifecycle;
 /// A live QEMU process as the engine holds it.

@@ -172,6 +172,7 @@ impl VmEngine {
             None => self.kill_unattached(entry.id).await?,
         }
         self.remove_files(entry.id)?;
+        remove_owned_volumes(&entry.record());
         // The snapshots lived in the disk just removed.
         self.core().store.delete_snapshots(entry.id)?;
         self.core().store.delete_vm(entry.id)?;
@@ -199,5 +200,19 @@ impl VmEngine {
             }
         }
         Ok(())
+    }
+}
+
+/// Volumes made for a VM's disks go with it (attached existing volumes
+/// stay in their pools).
+pub(crate) fn remove_owned_volumes(rec: &super::record::VmRecord) {
+    for path in VmEngine::owned_volumes(rec) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "volume of a deleted VM left")
+            }
+        }
     }
 }

@@ -55,8 +55,37 @@ pub struct VmRecord {
     /// parent of the next one.
     #[serde(default)]
     pub current_snapshot: Option<String>,
+    /// Extra disks, in port order.
+    #[serde(default)]
+    pub disks: Vec<DiskRecord>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// Where an attach or detach stands: a step cut by a stop of the daemon is
+/// finished (detach) or undone (attach) at the next start.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskState {
+    Attaching,
+    Attached,
+    Detaching { delete_volume: bool },
+}
+
+/// An extra disk as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiskRecord {
+    pub name: String,
+    pub pool: String,
+    pub volume: String,
+    /// The volume's file.
+    pub path: PathBuf,
+    pub format: String,
+    pub read_only: bool,
+    pub io_limits: Option<IoLimits>,
+    /// The volume was made for this disk.
+    pub owned: bool,
+    pub state: DiskState,
 }
 
 impl VmRecord {

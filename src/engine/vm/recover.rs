@@ -35,6 +35,7 @@ impl VmEngine {
                     }
                     self.remove_cgroup(rec.id).await;
                     self.remove_files(rec.id)?;
+                    super::power::remove_owned_volumes(&rec);
                     self.core().store.delete_vm(rec.id)?;
                     tracing::info!(vm = %rec.id, status = rec.status.as_str(), "finished an interrupted create/delete");
                     continue;
@@ -75,6 +76,11 @@ impl VmEngine {
                 .map(|(e, pid, qmp)| self.adopt(e, pid, qmp)),
         )
         .await;
+        // Disk attaches and detaches cut short: undone or finished, once
+        // each QEMU is known.
+        for entry in self.entries_with_unsettled_disks() {
+            self.settle_disks(&entry).await;
+        }
         if n > 0 {
             tracing::info!(
                 guests = n,

@@ -451,7 +451,7 @@ impl VmEngine {
         write(&self.inner.vms).remove(id);
     }
 
-    fn entries(&self) -> Vec<Arc<VmEntry>> {
+    pub(crate) fn entries(&self) -> Vec<Arc<VmEntry>> {
         read(&self.inner.vms).by_created.values().cloned().collect()
     }
 
@@ -479,6 +479,9 @@ impl VmEngine {
             };
             if r.clone == crate::model::CloneMode::Linked || r.status == VmStatus::Creating {
                 out.push((r.base_path.clone(), user("base_image")));
+            }
+            for d in &r.disks {
+                out.push((d.path.clone(), user("disk")));
             }
             if let Some(b) = &r.boot_paths {
                 out.push((b.kernel.clone(), user("kernel")));

@@ -88,7 +88,7 @@ impl VmEngine {
                 .contains(&IoLayer::Qemu)
                 .then(|| drive_throttle(rec.io_limits.as_ref()))
                 .flatten(),
-            extra_disks: Vec::new(),
+            extra_disks: self.start_disks(rec),
         }
     }
 
@@ -277,6 +277,11 @@ impl VmEngine {
         if rec.network.mode == NetworkMode::Tap {
             set_link_up(&vm::tap_name(rec.id)).await?;
         }
+        // Extra disks' limits exist only once their devices do: set while
+        // the guest has not run yet.
+        crate::qemu::disks::apply_limits(&rt.monitor, &self.start_disks(rec))
+            .await
+            .map_err(|e| EngineError::internal("setting the extra disks' I/O limits", e))?;
         rt.monitor.cont().await.map_err(qmp_err("cont"))?;
         tracing::info!(
             vm = %rec.id,

@@ -428,6 +428,60 @@ impl VmEngine {
     }
 }
 
+impl VmEngine {
+    /// After a snapshot, revert, delete or export job was cut by a stop of
+    /// the daemon: the image's snapshots and the tree are made to agree
+    /// again. A snapshot in the image with no row (taken, never recorded;
+    /// an export's own) is dropped; a row whose snapshot is gone is
+    /// forgotten.
+    pub async fn reconcile_snapshots(&self, vms: &[Uuid]) {
+        for id in vms {
+            let Ok(entry) = self.find(&id.to_string()) else {
+                continue;
+            };
+            if let Err(e) = self.reconcile_one(&entry).await {
+                tracing::warn!(vm = %id, error = %e, "cannot reconcile the snapshots");
+            }
+        }
+    }
+
+    async fn reconcile_one(&self, entry: &Arc<VmEntry>) -> Result<()> {
+        let disk = entry.record().disk_file;
+        let in_image = self
+            .inner
+            .img
+            .info(&disk)
+            .await
+            .map_err(|e| EngineError::internal("reading the disk's snapshots", e))?
+            .snapshots;
+        let rows = self.core().store.snapshots(entry.id)?;
+        for s in &in_image {
+            if rows.iter().any(|r| r.name == s.name) {
+                continue;
+            }
+            match entry.runtime() {
+                Some(rt) => self.snapshot_drop_live(&rt, &s.name).await?,
+                None => {
+                    self.snapshot_offline(&disk, &s.name, OfflineOp::Drop)
+                        .await?
+                }
+            }
+            tracing::warn!(vm = %entry.id, snapshot = %s.name, "dropped a snapshot an interrupted job left in the image");
+        }
+        for r in &rows {
+            if !in_image.iter().any(|s| s.name == r.name) {
+                self.core().store.delete_snapshot(entry.id, &r.name)?;
+                tracing::warn!(vm = %entry.id, snapshot = %r.name, "forgot a snapshot the image no longer holds");
+                if entry.record().current_snapshot.as_deref() == Some(r.name.as_str()) {
+                    let parent = (!r.parent.is_empty()).then(|| r.parent.clone());
+                    self.set_current(entry, parent)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The QEMU of a VM a live snapshot step works on.
 fn live_runtime(entry: &VmEntry) -> Result<Arc<Runtime>> {
     entry
