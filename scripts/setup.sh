@@ -17,6 +17,11 @@ have genisoimage || need+=(genisoimage)
 have ip || need+=(iproute2)
 have dockerd || need+=(docker.io)
 have python3 || need+=(python3)
+# iSCSI: a userspace target (tgtd, tgtadm), libiscsi's initiator tools
+# (iscsi-ls, iscsi-readcapacity16, iscsi-inq) and QEMU's iscsi:// driver.
+have tgtd || need+=(tgt)
+have iscsi-ls || need+=(libiscsi-bin)
+dpkg -s qemu-block-extra >/dev/null 2>&1 || need+=(qemu-block-extra)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

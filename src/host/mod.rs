@@ -6,6 +6,7 @@ pub mod blockdev;
 pub mod cgroup;
 pub mod cloudinit;
 pub mod confine;
+pub mod iscsi;
 pub mod ova;
 pub mod pinning;
 pub mod pool;

@@ -3,6 +3,8 @@
 //! wait on the guest's own console markers (never on fixed sleeps).
 #![allow(dead_code)]
 
+pub mod tgt;
+
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
