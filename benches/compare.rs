@@ -93,6 +93,7 @@ fn launch_spec(
         memory_mib: 128,
         accel,
         disk: state.join("root.qcow2"),
+        disk_format: "qcow2".into(),
         disk_cache,
         mac,
         tap_fd: None,

@@ -60,6 +60,7 @@ impl Vm {
             memory_mib: 128,
             accel: Accelerator::Tcg,
             disk: root,
+            disk_format: "qcow2".into(),
             disk_cache: "none",
             mac: "52:54:00:12:34:56".into(),
             tap_fd: None,

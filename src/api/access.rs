@@ -226,6 +226,9 @@ pub const RULES: &[(&str, &str, Rule)] = &[
         "/api/v1/storage-pools/{pool}/volumes/{name}",
         Min(Operator),
     ),
+    ("GET", "/api/v1/storage-servers", Min(Viewer)),
+    ("GET", "/api/v1/storage-servers/{host}", Min(Viewer)),
+    ("GET", "/api/v1/storage-servers/{host}/targets", Min(Viewer)),
     // A volume's bytes are a guest's data: operators only.
     (
         "GET",

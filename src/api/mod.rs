@@ -141,6 +141,9 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/storage-pools/{name}/deactivate" => post(storage::deactivate);
         "/storage-pools/{pool}/volumes" => get(storage::volumes), post(storage::create_volume);
         "/storage-pools/{pool}/volumes/{name}" => get(storage::volume), delete(storage::delete_volume);
+        "/storage-servers" => get(storage::servers);
+        "/storage-servers/{host}" => get(storage::server);
+        "/storage-servers/{host}/targets" => get(storage::targets);
     }
     // Volume content is streamed to and from the pool, bounded by its
     // free space rather than by a body limit.

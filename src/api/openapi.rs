@@ -48,7 +48,7 @@ use crate::engine::Agent;
         super::storage::create_volume, super::storage::volume, super::storage::delete_volume,
         super::storage::upload, super::storage::download, super::storage::export,
         super::disks::list, super::disks::attach, super::disks::get, super::disks::delete,
-        super::disks::detach,
+        super::disks::detach, super::storage::servers, super::storage::server, super::storage::targets,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
          (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),
@@ -843,6 +843,10 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
             pattern(VOLUME_NAME, 255)
         }
         "name" | "pool" if under("/api/v1/storage-pools/") => pattern(DNS_LABEL, 63),
+        "host" => pattern(
+            "^([A-Za-z0-9.-]{1,253}|\\[[0-9A-Fa-f:.]{2,45}\\])(:[0-9]{1,5})?$",
+            261,
+        ),
         "disk" => pattern("^[a-z0-9]([-a-z0-9]{0,22}[a-z0-9])?$", 24),
         "action" if under("/api/v1/vms/") => json!({"type": "string",
             "enum": ["start", "stop", "shutdown", "poweroff", "reboot", "reset", "pause", "resume"]}),

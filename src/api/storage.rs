@@ -12,8 +12,9 @@ use super::respond::answer_with;
 use super::Caller;
 use crate::engine::Agent;
 use crate::model::{
-    CreatePoolRequest, CreateStorageVolumeRequest, ErrorBody, ExportVmRequest, StoragePool,
-    StoragePoolList, StorageVolume, StorageVolumeList,
+    CreatePoolRequest, CreateStorageVolumeRequest, ErrorBody, ExportVmRequest, IscsiTargetList,
+    StoragePool, StoragePoolList, StorageServer, StorageServerList, StorageVolume,
+    StorageVolumeList,
 };
 
 /// Every storage pool with its figures.
@@ -248,4 +249,38 @@ async fn answer_volume(
         }
     }
     Ok(resp)
+}
+
+/// The storage servers iSCSI pools use, each asked whether it answers.
+#[utoipa::path(get, path = "/api/v1/storage-servers", tag = "storage", operation_id = "servers_list",
+    responses((status = 200, body = StorageServerList)))]
+pub async fn servers(State(agent): State<Agent>) -> Json<StorageServerList> {
+    Json(StorageServerList {
+        servers: agent.storage.servers().await,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/storage-servers/{host}", tag = "storage", operation_id = "servers_get",
+    params(("host" = String, Path, description = "`host:port`, or `host` for port 3260")),
+    responses((status = 200, body = StorageServer), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn server(
+    State(agent): State<Agent>,
+    Path(host): Path<String>,
+) -> ApiResult<Json<StorageServer>> {
+    Ok(Json(agent.storage.server(&host).await?))
+}
+
+/// The targets a storage server offers, with their LUNs.
+#[utoipa::path(get, path = "/api/v1/storage-servers/{host}/targets", tag = "storage", operation_id = "servers_targets",
+    params(("host" = String, Path, description = "`host:port`, or `host` for port 3260")),
+    responses((status = 200, body = IscsiTargetList), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn targets(
+    State(agent): State<Agent>,
+    Path(host): Path<String>,
+) -> ApiResult<Json<IscsiTargetList>> {
+    Ok(Json(IscsiTargetList {
+        targets: agent.storage.server_targets(&host).await?,
+    }))
 }

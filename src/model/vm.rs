@@ -125,6 +125,10 @@ pub enum CloneMode {
     Linked,
     /// A full, independent copy.
     Full,
+    /// No copy: the VM runs on the volume itself (an iSCSI LUN, shared
+    /// storage, or a dir-pool volume no other VM uses), which is its
+    /// alone while it exists and stays in its pool when it is deleted.
+    Direct,
 }
 
 /// What a VM is made of. Every field is optional: a create request takes

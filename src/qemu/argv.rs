@@ -37,6 +37,8 @@ pub struct LaunchSpec {
     pub memory_mib: u64,
     pub accel: Accelerator,
     pub disk: PathBuf,
+    /// `qcow2` or `raw`.
+    pub disk_format: String,
     /// `none` (O_DIRECT) where the filesystem supports it.
     pub disk_cache: &'static str,
     pub mac: String,
@@ -143,8 +145,9 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
     push(&[
         "-drive",
         &format!(
-            "file={},if=none,id={DISK_DRIVE_ID},format=qcow2,cache={},aio=threads,discard=unmap{}",
+            "file={},if=none,id={DISK_DRIVE_ID},format={},cache={},aio=threads,discard=unmap{}",
             path(&spec.disk),
+            spec.disk_format,
             spec.disk_cache,
             spec.throttle.map(|t| t.options()).unwrap_or_default()
         ),
@@ -238,6 +241,7 @@ mod tests {
             memory_mib: 512,
             accel: Accelerator::Tcg,
             disk: "/var/lib/libgo/vms/x/root.qcow2".into(),
+            disk_format: "qcow2".into(),
             disk_cache: "none",
             mac: "52:54:00:aa:bb:cc".into(),
             tap_fd: None,

@@ -83,6 +83,18 @@ impl StorageEngine {
         let (handle, ctx) = vms.vm_job(job_id, "vm.export", entry, requester)?;
         let live = match entry.status() {
             VmStatus::Stopped => false,
+            VmStatus::Running | VmStatus::Paused
+                if req.snapshot.is_none() && !rec.snapshots_possible() =>
+            {
+                drop((vm_guard, vol_guard));
+                return self.core().refused(
+                    handle,
+                    EngineError::Conflict(format!(
+                        "VM {} runs on a {} volume, which cannot be snapshotted: stop it to export it.",
+                        rec.name, rec.disk_format
+                    )),
+                );
+            }
             VmStatus::Running | VmStatus::Paused => req.snapshot.is_none(),
             other => {
                 drop((vm_guard, vol_guard));
@@ -165,7 +177,7 @@ impl StorageEngine {
         }
         let job = Convert {
             src: &rec.disk_file,
-            src_format: Some("qcow2"),
+            src_format: Some(&rec.disk_format),
             dest: &out,
             format,
             options: &options,

@@ -20,7 +20,13 @@ pub struct CreatePlan {
     pub base_format: String,
     pub user_data: Option<String>,
     /// Room for the disk, promised until the create has finished.
-    pub(crate) disk_room: crate::engine::capacity::Permit,
+    pub(crate) disk_room: Option<crate::engine::capacity::Permit>,
+}
+
+/// A base image named in an iSCSI pool: the LUN's URL and size.
+struct LunBase {
+    url: String,
+    size: u64,
 }
 
 impl VmEngine {
@@ -35,7 +41,28 @@ impl VmEngine {
         }
         let pools = self.core().pools.active_dirs();
         self.core().pools.check_named_active(&spec.base_image)?;
-        let base_path = pool::resolve(&pools, &spec.base_image, "base image").map_err(pool_err)?;
+        let direct = spec.clone == CloneMode::Direct;
+        let lun = self.lun_base(&spec.base_image).await?;
+        if lun.is_some() && !direct {
+            return Err(EngineError::Invalid(format!(
+                "Invalid parameter: {} is an iSCSI LUN: a VM runs on it directly (clone \"direct\").",
+                spec.base_image
+            )));
+        }
+        let base_path = match &lun {
+            Some(l) => std::path::PathBuf::from(&l.url),
+            None => pool::resolve(&pools, &spec.base_image, "base image").map_err(pool_err)?,
+        };
+        if direct {
+            if let Some((_, u)) = self.volume_users().into_iter().find(|(p, _)| {
+                *p == base_path || p.canonicalize().ok().as_ref() == Some(&base_path)
+            }) {
+                return Err(EngineError::Conflict(format!(
+                    "{} is in use by VM {} ({}) as its {}; a VM runs directly only on a volume nothing else uses.",
+                    spec.base_image, u.name, u.id, u.role
+                )));
+            }
+        }
         let boot_paths = match &spec.boot {
             None => None,
             Some(b) => Some(ResolvedBoot {
@@ -48,20 +75,43 @@ impl VmEngine {
             }),
         };
         // QEMU opens these itself, as its own user.
-        self.check_readable(&base_path, "base_image")?;
+        if lun.is_none() && !direct {
+            self.check_readable(&base_path, "base_image")?;
+        }
         if let Some(b) = &boot_paths {
             self.check_readable(&b.kernel, "boot.kernel")?;
             if let Some(initrd) = &b.initrd {
                 self.check_readable(initrd, "boot.initrd")?;
             }
         }
-        let info = self.base_info(&base_path).await.map_err(|e| {
-            EngineError::Invalid(format!(
-                "base image {} is not a disk image: {e}",
-                spec.base_image
-            ))
-        })?;
-        if spec.disk_size.saturating_mul(GIB) < info.virtual_size {
+        let info = match &lun {
+            Some(l) => crate::host::qemu_img::ImageInfo {
+                format: "raw".into(),
+                virtual_size: l.size,
+                actual_size: l.size,
+                backing_file: None,
+                snapshots: Vec::new(),
+            },
+            None => self.base_info(&base_path).await.map_err(|e| {
+                EngineError::Invalid(format!(
+                    "base image {} is not a disk image: {e}",
+                    spec.base_image
+                ))
+            })?,
+        };
+        if direct && info.format != "qcow2" && info.format != "raw" {
+            return Err(EngineError::Invalid(format!(
+                "Invalid parameter: a VM runs directly on a qcow2 or raw volume; {} is {}.",
+                spec.base_image, info.format
+            )));
+        }
+        // A VM on its volume has the volume's size.
+        let disk_size = if direct {
+            info.virtual_size.div_ceil(GIB).max(1)
+        } else {
+            spec.disk_size
+        };
+        if !direct && spec.disk_size.saturating_mul(GIB) < info.virtual_size {
             return Err(EngineError::Invalid(format!(
                 "Invalid parameter: disk_size {} GiB is smaller than the base image ({} bytes, {:.2} GiB); disks only grow.",
                 spec.disk_size,
@@ -80,12 +130,16 @@ impl VmEngine {
         // The disk may grow to its whole virtual size (a full copy also
         // holds the base's data at once): that much must be free, beside
         // what creates under way were promised.
-        let disk_room = self.core().admission.reserve_disk(
-            id,
-            &format!("a disk of {} GiB", spec.disk_size),
-            &self.core().cfg.state_dir.join("vms"),
-            spec.disk_size.saturating_mul(GIB),
-        )?;
+        let disk_room = if direct {
+            None
+        } else {
+            Some(self.core().admission.reserve_disk(
+                id,
+                &format!("a disk of {} GiB", spec.disk_size),
+                &self.core().cfg.state_dir.join("vms"),
+                spec.disk_size.saturating_mul(GIB),
+            )?)
+        };
         let name = spec.name.clone().unwrap_or_else(|| {
             vm::generate_name(spec.template.as_deref().unwrap_or(&spec.base_image))
         });
@@ -99,11 +153,20 @@ impl VmEngine {
                 status_reason: None,
                 vcpus: spec.vcpus,
                 memory: spec.memory,
-                disk_size: spec.disk_size,
+                disk_size,
                 base_image: spec.base_image,
-                base_path,
+                base_path: base_path.clone(),
                 clone: spec.clone,
-                disk_file: dir.join("root.qcow2"),
+                disk_file: if direct {
+                    base_path.clone()
+                } else {
+                    dir.join("root.qcow2")
+                },
+                disk_format: if direct {
+                    info.format.clone()
+                } else {
+                    "qcow2".into()
+                },
                 mac_address: self.unique_mac(),
                 cpu_pinning: spec.cpu_pinning,
                 io_limits: spec.io_limits.filter(|l| *l != Default::default()),
@@ -181,11 +244,7 @@ impl VmEngine {
             });
         }
         ctx.progress(10);
-        let dir = rec
-            .disk_file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let dir = self.state_dir(rec.id);
         let gid = self.assign_gid(&entry)?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| EngineError::internal("creating the VM directory", e))?;
@@ -216,6 +275,9 @@ impl VmEngine {
                         e,
                     )
                 })?
+            }
+            CloneMode::Direct => {
+                ctx.log(format!("runs on {} itself", rec.base_path.display()));
             }
             CloneMode::Full => {
                 ctx.log(format!("full copy of {}", rec.base_path.display()));
@@ -269,6 +331,45 @@ impl VmEngine {
     ) -> std::result::Result<crate::host::qemu_img::ImageInfo, crate::host::qemu_img::ImgError>
     {
         self.inner.base_info.info(&self.inner.img, path).await
+    }
+
+    /// The LUN a base image names when it is `pool/lun-<n>` of an iSCSI
+    /// pool (asked of its storage server now).
+    async fn lun_base(&self, given: &str) -> Result<Option<LunBase>> {
+        let Some((pool, volume)) = given.split_once('/') else {
+            return Ok(None);
+        };
+        let Some(def) = self.core().pools.get(pool) else {
+            return Ok(None);
+        };
+        if def.kind != crate::model::PoolType::Iscsi {
+            return Ok(None);
+        }
+        let lun: u32 = volume
+            .strip_prefix("lun-")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                EngineError::NotFound(format!(
+                    "Volume not found: {volume} in storage pool {pool}."
+                ))
+            })?;
+        let portal = crate::host::iscsi::Portal::parse(&def.host)
+            .map_err(|e| EngineError::Invalid(format!("Invalid parameter: {e}.")))?;
+        let luns =
+            crate::host::iscsi::luns(&portal, &def.target, std::time::Duration::from_secs(5))
+                .await
+                .map_err(|e| {
+                    EngineError::Unavailable(format!("Storage server unavailable: {e}"))
+                })?;
+        let found = luns.iter().find(|l| l.id == lun).ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "Volume not found: {volume} in storage pool {pool}."
+            ))
+        })?;
+        Ok(Some(LunBase {
+            url: crate::host::iscsi::qemu_url(&portal, &def.target, lun),
+            size: found.size,
+        }))
     }
 
     /// A request merged over its template: the request's fields win.

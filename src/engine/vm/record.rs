@@ -34,6 +34,9 @@ pub struct VmRecord {
     pub base_path: PathBuf,
     pub clone: CloneMode,
     pub disk_file: PathBuf,
+    /// `qcow2`, or `raw` for a VM on a raw volume or LUN (`Direct`).
+    #[serde(default = "qcow2")]
+    pub disk_format: String,
     pub mac_address: String,
     pub cpu_pinning: Option<CpuPinning>,
     pub io_limits: Option<IoLimits>,
@@ -88,7 +91,16 @@ pub struct DiskRecord {
     pub state: DiskState,
 }
 
+fn qcow2() -> String {
+    "qcow2".into()
+}
+
 impl VmRecord {
+    /// Whether the root disk can hold internal snapshots.
+    pub fn snapshots_possible(&self) -> bool {
+        self.disk_format == "qcow2"
+    }
+
     pub fn to_api(&self, node: &str, pid: Option<u32>) -> Vm {
         Vm {
             id: self.id,

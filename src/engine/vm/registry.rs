@@ -480,6 +480,9 @@ impl VmEngine {
             if r.clone == crate::model::CloneMode::Linked || r.status == VmStatus::Creating {
                 out.push((r.base_path.clone(), user("base_image")));
             }
+            if r.clone == crate::model::CloneMode::Direct {
+                out.push((r.disk_file.clone(), user("disk")));
+            }
             for d in &r.disks {
                 out.push((d.path.clone(), user("disk")));
             }

@@ -363,7 +363,14 @@ impl VmEngine {
             }
         }
         if let Some(d) = req.disk_size {
-            let current = entry.record().disk_size;
+            let rec = entry.record();
+            if rec.clone == crate::model::CloneMode::Direct && d != rec.disk_size {
+                return Err(EngineError::Conflict(format!(
+                    "VM {} runs on its volume directly: grow the volume on its storage instead.",
+                    rec.name
+                )));
+            }
+            let current = rec.disk_size;
             if d < current {
                 return Err(EngineError::Conflict(format!(
                     "disk_size {d} GiB is smaller than the current {current} GiB; disks only grow."

@@ -66,6 +66,7 @@ impl VmEngine {
             memory_mib: rec.memory,
             accel: self.inner.accel,
             disk: rec.disk_file.clone(),
+            disk_format: rec.disk_format.clone(),
             disk_cache: self.inner.disk_cache,
             mac: rec.mac_address.clone(),
             tap_fd,

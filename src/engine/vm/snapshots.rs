@@ -233,6 +233,13 @@ impl VmEngine {
         requester: &Requester,
         decide: impl FnOnce(VmStatus) -> Result<bool>,
     ) -> Result<Begun> {
+        let rec = entry.record();
+        if !rec.snapshots_possible() {
+            return Err(EngineError::Conflict(format!(
+                "VM {} runs on a {} volume, which holds no snapshots.",
+                rec.name, rec.disk_format
+            )));
+        }
         let job_id = Uuid::new_v4();
         let guard = self.claim(entry, job_id, kind)?;
         let (handle, ctx) = self.vm_job(job_id, kind, entry, requester)?;
