@@ -16,6 +16,9 @@
 - The fuzzer's own credential (the API token in $FUZZ_TOKEN_ID) is not
   revoked by the fuzzer: a DELETE of that token addresses `fz-absent`
   instead (revoking tokens is covered by the security tests).
+- Nothing leaves this machine: the storage server of an iSCSI pool the
+  fuzzer defines is a loopback port where nothing listens (the pool is
+  refused with 503, as it would be for any server that is down).
 - An `Idempotency-Key` names one request: a schema-valid case gets a key
   of its own (the generated one plus a counter), as independent clients
   would; reusing a key for another request is 422 by design (the tests of
@@ -156,6 +159,8 @@ def map_case(context, case):
             head, sep, last = value.rpartition("/")
             mine = f"{head}{sep}fz-{last}"
             case.path_parameters["id"] = mine if len(mine) <= 255 else "fz-absent"
+    if path == "/api/v1/storage-pools" and isinstance(case.body, dict) and "host" in case.body:
+        case.body["host"] = "127.0.0.1:9"
     own = os.environ.get("FUZZ_TOKEN_ID")
     if own and path == "/api/v1/tokens/{id}" and case.method.upper() == "DELETE":
         if str((case.path_parameters or {}).get("id", "")) == own:
