@@ -15,6 +15,15 @@ use serde_json::{json, Value};
 
 const CMD: Duration = Duration::from_secs(120);
 
+fn hidden_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
 fn image_snapshots(disk: &Path) -> Vec<String> {
     let out = Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
@@ -225,7 +234,7 @@ async fn a_running_vm_exported_as_ova_boots_again_from_its_import() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_being_exported_is_busy_and_a_stopped_export_is_the_disk() {
     let _slot = guest_slot().await;
-    let d = Daemon::start().await;
+    let mut d = Daemon::start().await;
     let vm = d.create_fixture_vm("busy", "").await;
     let id = vm["id"].as_str().unwrap().to_owned();
     let disk = vm["disk_file"].as_str().unwrap().to_owned();
@@ -287,6 +296,56 @@ async fn a_snapshot_being_exported_is_busy_and_a_stopped_export_is_the_disk() {
             .0,
         200
     );
+
+    // The daemon killed in the middle of a live export: after a restart
+    // nothing hidden is left in the pool, the export's snapshot is gone
+    // from the disk, the guest still runs and the job failed.
+    let (code, _, body) = d
+        .raw(
+            "POST",
+            &format!("/api/v1/vms/{id}/export"),
+            Some(json!({"format": "qcow2", "compress": true, "name": "cut.qcow2"}).to_string()),
+            &[("prefer", "respond-async")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 202);
+    let cut: Value = serde_json::from_slice(&body).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hidden_in(&d.image_dir()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the export never started writing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    d.kill(nix::sys::signal::Signal::SIGKILL);
+    d.spawn().await;
+    assert_eq!(hidden_in(&d.image_dir()), Vec::<String>::new());
+    // Finished just before the kill, it is whole; otherwise it is not there.
+    let finished = d.image_dir().join("cut.qcow2").exists();
+    if finished {
+        let check = Command::new("qemu-img")
+            .arg("check")
+            .arg(d.image_dir().join("cut.qcow2"))
+            .status();
+        assert!(check.unwrap().success());
+    }
+    assert_eq!(image_snapshots(Path::new(&disk)), Vec::<String>::new());
+    let (_, j) = d
+        .req(
+            "GET",
+            &format!("/api/v1/jobs/{}", cut["job"]["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        j["state"],
+        if finished { "succeeded" } else { "failed" },
+        "{j}"
+    );
+    let (_, now) = d.req("GET", &format!("/api/v1/vms/{id}"), None).await;
+    assert_eq!(now["status"], "running", "{now}");
 
     // Stopped: the export is the disk as it is.
     assert_eq!(

@@ -135,3 +135,59 @@ async fn memory_and_disk_snapshots_revert_what_the_guest_sees() {
     let store = libgo::store::Store::open(&d.state_dir().join("libgo.db")).unwrap();
     assert!(store.snapshots(id.parse().unwrap()).unwrap().is_empty());
 }
+
+/// The figures of a running 256 MiB guest: snapshot and revert with memory,
+/// a disk-only snapshot while it runs and its revert once stopped. Printed
+/// (`cargo test --test snapshots timings -- --nocapture`); each is a job
+/// waited for through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timings_of_a_256_mib_guest() {
+    let _slot = guest_slot().await;
+    let d = Daemon::start().await;
+    let cmdline = format!("{} clocksource=hpet", common::fixture_cmdline());
+    let (code, vm) = d
+        .req(
+            "POST",
+            "/api/v1/vms",
+            Some(
+                json!({"name": "timed", "vcpus": 1, "memory": 256, "disk_size": 1,
+                        "base_image": "base.qcow2",
+                        "boot": {"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": cmdline}}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 201, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let snaps = format!("/api/v1/vms/{id}/snapshots");
+    assert_eq!(
+        post(&d, &format!("/api/v1/vms/{id}/start"), None).await.0,
+        200
+    );
+    d.wait_marker(&id, READY, 1, BOOT).await;
+    let timed = |code: u16, t: std::time::Instant, what: &str| {
+        assert!(code == 200 || code == 201, "{what}: {code}");
+        eprintln!(
+            "256 MiB guest, {what}: {:.0} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    };
+    let t = std::time::Instant::now();
+    let (code, _) = post(&d, &snaps, Some(json!({"name": "mem", "memory": true}))).await;
+    timed(code, t, "snapshot with memory (running)");
+    let t = std::time::Instant::now();
+    let (code, _) = post(&d, &snaps, Some(json!({"name": "disk"}))).await;
+    timed(code, t, "disk-only snapshot (running)");
+    let t = std::time::Instant::now();
+    let (code, _) = post(&d, &format!("{snaps}/mem/revert"), None).await;
+    timed(code, t, "revert with memory (running)");
+    assert!(uptime(&d, &id).await > 0.0);
+    assert_eq!(
+        post(&d, &format!("/api/v1/vms/{id}/poweroff"), None)
+            .await
+            .0,
+        200
+    );
+    let t = std::time::Instant::now();
+    let (code, _) = post(&d, &format!("{snaps}/disk/revert"), None).await;
+    timed(code, t, "disk-only revert (stopped)");
+}

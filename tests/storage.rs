@@ -95,7 +95,7 @@ async fn dir_pools_are_made_used_refused_while_in_use_and_removed() {
         json!({"name": "inner", "type": "dir", "path": format!("{}/sub", dir.display())}),
     ] {
         let (code, e) = create_pool(&d, bad.clone()).await;
-        assert!(code == 400 || code == 409, "{bad}: {code} {e}");
+        assert!(matches!(code, 400 | 403 | 409), "{bad}: {code} {e}");
         assert!(e["error"]["message"].is_string(), "{e}");
     }
     assert!(!Path::new("/etc/libgo-pool").exists());

@@ -389,6 +389,65 @@ fn io_limit(max: u64) -> Value {
     json!({"minimum": 0, "maximum": max, "not": {"const": 1}})
 }
 
+/// A property given with a value (not absent, not null).
+fn given(prop: &str, ty: &str) -> Value {
+    json!({"required": [prop], "properties": {prop: {"type": ty}}})
+}
+
+/// An absolute path whose components are never `.` or `..`.
+pub const ABSOLUTE_PATH: &str =
+    "^(/([^/\\x00.][^/\\x00]*|\\.[^/\\x00.][^/\\x00]*|\\.\\.[^/\\x00]+))+$";
+/// An iSCSI name, as `host::iscsi::valid_iqn` reads it.
+pub const ISCSI_NAME: &str = "^(iqn\\.[0-9]{4}-(0[1-9]|1[0-2])\\.[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*(:[a-z0-9.:-]+)?|eui\\.[0-9A-Fa-f]{16}|naa\\.([0-9A-Fa-f]{16}|[0-9A-Fa-f]{32}))$";
+
+/// The storage bodies whose fields go together: a pool's type decides
+/// which of path, host and target it takes; a volume is made from exactly
+/// one of capacity, source and import; a disk from exactly one of size and
+/// volume.
+fn constrain_storage(s: &mut Map<String, Value>, disk: &Value) {
+    refine(
+        s,
+        "CreatePoolRequest",
+        "path",
+        json!({"pattern": ABSOLUTE_PATH}),
+    );
+    refine(
+        s,
+        "CreatePoolRequest",
+        "target",
+        json!({"pattern": ISCSI_NAME}),
+    );
+    if let Some(pool) = s.get_mut("CreatePoolRequest") {
+        pool["oneOf"] = json!([
+            {"properties": {"type": {"const": "dir"}},
+             "not": {"anyOf": [given("host", "string"), given("target", "string")]}},
+            {"properties": {"type": {"const": "iscsi"}},
+             "allOf": [given("host", "string"), given("target", "string")],
+             "not": given("path", "string")},
+        ]);
+        pool["example"] = json!({"name": "fast", "type": "dir"});
+    }
+    refine(s, "CreateStorageVolumeRequest", "capacity", disk.clone());
+    if let Some(vol) = s.get_mut("CreateStorageVolumeRequest") {
+        vol["oneOf"] = json!([
+            given("capacity", "integer"),
+            given("source", "object"),
+            given("import", "object"),
+        ]);
+        // A format is for an empty volume.
+        vol["anyOf"] = json!([
+            {"not": given("format", "string")},
+            given("capacity", "integer"),
+        ]);
+        vol["example"] = json!({"name": "data.qcow2", "capacity": 20});
+    }
+    refine(s, "AttachDiskRequest", "size", disk.clone());
+    if let Some(d) = s.get_mut("AttachDiskRequest") {
+        d["oneOf"] = json!([given("size", "integer"), given("volume", "string")]);
+        d["example"] = json!({"name": "data", "size": 10});
+    }
+}
+
 fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
     let vcpus = int(1, l.max_vcpus.into());
     let memory = int(crate::engine::vm::record::MIN_MEMORY_MIB, l.max_memory_mib);
@@ -684,6 +743,8 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         json!({"description": "`POST /instances`: the body of `POST /vms` (one object) or of `POST /containers`, with its `backend`.",
                "oneOf": [vm, container]}),
     );
+
+    constrain_storage(s, &disk);
 
     let statuses: Vec<&str> = [
         400u16, 401, 403, 404, 405, 408, 409, 413, 422, 429, 500, 503,

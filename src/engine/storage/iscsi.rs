@@ -188,9 +188,10 @@ impl StorageEngine {
 
     /// One storage server, by `host:port` (or `host` for port 3260).
     pub async fn server(&self, host: &str) -> Result<StorageServer> {
+        // What does not read as a portal is no pool's server either.
         let key = Portal::parse(host)
             .map(|p| p.to_string())
-            .map_err(iscsi_err)?;
+            .unwrap_or_else(|_| host.to_owned());
         self.servers()
             .await
             .into_iter()

@@ -147,8 +147,18 @@ impl StorageEngine {
             Some(p) => p.clone(),
             None => parents[0].join(&req.name).display().to_string(),
         };
-        let path = pool::check_pool_dir(&given, &parents)
-            .map_err(|e| EngineError::Invalid(format!("Invalid parameter: {e}.")))?;
+        let path = pool::check_pool_dir(&given, &parents).map_err(|e| match e {
+            pool::PlaceError::NotNormal(_) => {
+                EngineError::Invalid(format!("Invalid parameter: {e}."))
+            }
+            // Well formed, but not where this agent keeps pools.
+            pool::PlaceError::OutsideParents { .. } => {
+                EngineError::Forbidden(format!("{e} (the agent's pool_parents)."))
+            }
+            pool::PlaceError::Symlink(_) | pool::PlaceError::NotADirectory(_) => {
+                EngineError::Conflict(format!("{e}."))
+            }
+        })?;
         for other in self.core().pools.dirs() {
             if path.starts_with(&other.path) || other.path.starts_with(&path) {
                 return Err(EngineError::Conflict(format!(
