@@ -72,6 +72,9 @@ def _why_unavailable(response) -> str:
         # Fair only while the engine is really absent: ask it now.
         sock = message.split(" at ", 1)[-1].split(":", 1)[0]
         return "docker-but-it-answers" if _docker_answers(sock) else "docker"
+    if message.startswith("Storage server unavailable"):
+        # The fuzzer's iSCSI pools point at a closed loopback port.
+        return "storage-server"
     if "registry" in message.lower():
         return "registry"
     return "other"

@@ -236,3 +236,77 @@ async fn disks_are_attached_hot_plugged_throttled_and_detached() {
     assert!(!d.image_dir().join("disky-keep.qcow2").exists());
     assert!(d.image_dir().join("slow.raw").exists());
 }
+
+/// The daemon dies right after QEMU got a hot-plugged disk, before the
+/// definition says it is attached; after a restart the attach is undone:
+/// the guest loses the disk, the definition has none, the volume made for
+/// it is gone. And one dies after a snapshot is in the image, before the
+/// tree has it: after a restart the image holds no such snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_or_a_snapshot_cut_by_a_crash_is_undone() {
+    let _slot = guest_slot().await;
+    let mut d = Daemon::start_with_env(
+        &[],
+        &[(
+            "LIBGO_TEST_FAIL_STEP",
+            "crashy=crash-after-hotplug,snappy=crash-after-snapshot",
+        )],
+    )
+    .await;
+    let vm = d.create_fixture_vm("crashy", "").await;
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let disks = format!("/api/v1/vms/{id}/disks");
+    assert_eq!(
+        d.req("POST", &format!("/api/v1/vms/{id}/start"), None)
+            .await
+            .0,
+        200
+    );
+    d.wait_marker(&id, READY, 1, BOOT).await;
+    let r = d
+        .try_req("POST", &disks, Some(json!({"name": "lost", "size": 1})))
+        .await;
+    assert!(r.is_err(), "the daemon answered: {r:?}");
+    d.kill(nix::sys::signal::Signal::SIGKILL);
+    d.spawn().await;
+    let (_, listed) = d.req("GET", &disks, None).await;
+    assert_eq!(listed["disks"], json!([]), "{listed}");
+    assert!(!guest_disks(&d, &id)
+        .await
+        .iter()
+        .any(|(_, s, _)| s == "lg-lost"));
+    assert!(!d.image_dir().join("crashy-lost.qcow2").exists());
+    assert_eq!(
+        d.req("POST", &format!("/api/v1/vms/{id}/poweroff"), None)
+            .await
+            .0,
+        200
+    );
+
+    let snap = d.create_fixture_vm("snappy", "").await;
+    let sid = snap["id"].as_str().unwrap().to_owned();
+    let r = d
+        .try_req(
+            "POST",
+            &format!("/api/v1/vms/{sid}/snapshots"),
+            Some(json!({"name": "half"})),
+        )
+        .await;
+    assert!(r.is_err(), "the daemon answered: {r:?}");
+    d.kill(nix::sys::signal::Signal::SIGKILL);
+    d.spawn().await;
+    let (_, snaps) = d
+        .req("GET", &format!("/api/v1/vms/{sid}/snapshots"), None)
+        .await;
+    assert_eq!(snaps["snapshots"], json!([]), "{snaps}");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(snap["disk_file"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(
+        info["snapshots"].as_array().is_none_or(|a| a.is_empty()),
+        "{info}"
+    );
+}

@@ -398,7 +398,7 @@ fn given(prop: &str, ty: &str) -> Value {
 pub const ABSOLUTE_PATH: &str =
     "^(/([^/\\x00.][^/\\x00]*|\\.[^/\\x00.][^/\\x00]*|\\.\\.[^/\\x00]+))+$";
 /// An iSCSI name, as `host::iscsi::valid_iqn` reads it.
-pub const ISCSI_NAME: &str = "^(iqn\\.[0-9]{4}-(0[1-9]|1[0-2])\\.[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*(:[a-z0-9.:-]+)?|eui\\.[0-9A-Fa-f]{16}|naa\\.([0-9A-Fa-f]{16}|[0-9A-Fa-f]{32}))$";
+pub const ISCSI_NAME: &str = "^(iqn\\.[0-9]{4}-(0[1-9]|1[0-2])\\.[a-z0-9-]+(\\.[a-z0-9-]+)*(:[a-z0-9.:-]+)?|eui\\.[0-9A-Fa-f]{16}|naa\\.([0-9A-Fa-f]{16}|[0-9A-Fa-f]{32}))$";
 
 /// The storage bodies whose fields go together: a pool's type decides
 /// which of path, host and target it takes; a volume is made from exactly

@@ -19,7 +19,10 @@
 //! `cancel-after-start` (a container create), `fail-after-adopt` (a
 //! container adoption, which is no job and cannot be cancelled), or
 //! `fail-after-cgroup`, `fail-after-spawn`, `fail-after-monitor`,
-//! `fail-after-pin`, `cancel-after-spawn` (a VM start). Only the container
+//! `fail-after-pin`, `cancel-after-spawn` (a VM start), `crash-after-hotplug`
+//! (a disk attach: QEMU has the disk, the definition says it is attaching)
+//! and `crash-after-snapshot` (a snapshot is in the image, not yet in the
+//! tree), where the daemon exits at once as if killed. Only the container
 //! or VM with a listed name is touched, and only by the operation its rule
 //! names, so a daemon that inherits the variable by mistake still runs
 //! everything else normally; the daemon logs a warning at start whenever
@@ -53,6 +56,10 @@ pub enum After {
     Monitor,
     /// VM start: the vCPU threads were pinned (or nothing was to pin).
     Pin,
+    /// Disk attach: the disk is plugged into the running QEMU.
+    Hotplug,
+    /// VM snapshot: the snapshot is in the disk image.
+    Snapshot,
 }
 
 impl After {
@@ -65,6 +72,8 @@ impl After {
             After::Spawn => "spawn",
             After::Monitor => "monitor",
             After::Pin => "pin",
+            After::Hotplug => "hotplug",
+            After::Snapshot => "snapshot",
         }
     }
 }
@@ -76,10 +85,12 @@ pub enum Fault {
     Fail,
     /// The job is cancelled there, as a client's `DELETE /jobs/{id}` would.
     Cancel,
+    /// The daemon exits there at once, as if it were killed.
+    Crash,
 }
 
 /// Every fault a rule may name, and what it does.
-pub const RULES: [(&str, After, Fault); 10] = [
+pub const RULES: [(&str, After, Fault); 12] = [
     ("fail-after-create", After::Create, Fault::Fail),
     ("fail-after-start", After::Start, Fault::Fail),
     ("cancel-after-create", After::Create, Fault::Cancel),
@@ -90,6 +101,8 @@ pub const RULES: [(&str, After, Fault); 10] = [
     ("fail-after-monitor", After::Monitor, Fault::Fail),
     ("fail-after-pin", After::Pin, Fault::Fail),
     ("cancel-after-spawn", After::Spawn, Fault::Cancel),
+    ("crash-after-hotplug", After::Hotplug, Fault::Crash),
+    ("crash-after-snapshot", After::Snapshot, Fault::Crash),
 ];
 
 /// The rules: container or VM name -> where and how its operation goes wrong.
@@ -163,8 +176,18 @@ impl FailSteps {
     /// through the job registry (the caller's next `ctx.check()` stops the
     /// operation, as after a client's cancel); a failure is returned.
     pub(crate) fn inject(&self, name: &str, step: After, jobs: &Jobs, ctx: &JobCtx) -> Result<()> {
-        if self.at(name, step) == Some(Fault::Cancel) {
-            jobs.cancel(ctx.handle.id())?;
+        match self.at(name, step) {
+            Some(Fault::Cancel) => {
+                jobs.cancel(ctx.handle.id())?;
+            }
+            Some(Fault::Crash) => {
+                tracing::error!(
+                    "{ENV}: the daemon exits after the {} step on {name}",
+                    step.as_str()
+                );
+                std::process::exit(137);
+            }
+            _ => {}
         }
         self.fail_after(name, step)
     }
@@ -226,6 +249,7 @@ mod tests {
             let verb = match fault {
                 Fault::Fail => "fail",
                 Fault::Cancel => "cancel",
+                Fault::Crash => "crash",
             };
             assert_eq!(name, format!("{verb}-after-{}", after.as_str()));
         }

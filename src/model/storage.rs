@@ -168,9 +168,9 @@ impl VolumeFormat {
 pub struct VolumeRef {
     /// Default: the pool of the request.
     #[serde(default)]
-    #[schema(max_length = 63)]
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 63)]
     pub pool: Option<String>,
-    #[schema(max_length = 255)]
+    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$", max_length = 255)]
     pub volume: String,
 }
 

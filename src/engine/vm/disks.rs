@@ -358,6 +358,13 @@ impl VmEngine {
             qdisks::hotplug(&rt.monitor, &extra, &port)
                 .await
                 .map_err(disk_err)?;
+            let vm_name = entry.record().name;
+            self.inner.faults.inject(
+                &vm_name,
+                crate::engine::faults::After::Hotplug,
+                &self.core().jobs,
+                ctx,
+            )?;
             ctx.log(format!(
                 "hot-plugged on {port} in {} ms",
                 t.elapsed().as_millis()

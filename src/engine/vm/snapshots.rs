@@ -300,7 +300,7 @@ impl VmEngine {
         let engine = self.clone();
         let entry = entry.clone();
         Ok(self.inner.core.spawn_job(b.handle, None, async move {
-            let (_guard, _ctx) = (b.guard, b.ctx);
+            let (_guard, ctx) = (b.guard, b.ctx);
             let rec = entry.record();
             let row = SnapshotRow {
                 vm: entry.id,
@@ -318,6 +318,12 @@ impl VmEngine {
                     .snapshot_offline(&rec.disk_file, &row.name, OfflineOp::Take)
                     .await?;
             }
+            engine.inner.faults.inject(
+                &rec.name,
+                crate::engine::faults::After::Snapshot,
+                &engine.core().jobs,
+                &ctx,
+            )?;
             // The snapshot is in the image: record it, or take it back out.
             let recorded = engine
                 .core()
