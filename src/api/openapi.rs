@@ -389,9 +389,18 @@ fn io_limit(max: u64) -> Value {
     json!({"minimum": 0, "maximum": max, "not": {"const": 1}})
 }
 
-/// A property given with a value (not absent, not null).
-fn given(prop: &str, ty: &str) -> Value {
-    json!({"required": [prop], "properties": {prop: {"type": ty}}})
+/// One way of filling a body whose fields go together: `given` must be
+/// there (with a value of its type), `absent` absent or null.
+fn variant(given: &[(&str, Value)], absent: &[&str]) -> Value {
+    let mut props = Map::new();
+    for (name, schema) in given {
+        props.insert((*name).into(), schema.clone());
+    }
+    for name in absent {
+        props.insert((*name).into(), json!({"type": "null"}));
+    }
+    let required: Vec<&str> = given.iter().map(|(n, _)| *n).collect();
+    json!({"required": required, "properties": props})
 }
 
 /// An absolute path whose components are never `.` or `..`.
@@ -402,8 +411,8 @@ pub const ISCSI_NAME: &str = "^(iqn\\.[0-9]{4}-(0[1-9]|1[0-2])\\.[a-z0-9-]+(\\.[
 
 /// The storage bodies whose fields go together: a pool's type decides
 /// which of path, host and target it takes; a volume is made from exactly
-/// one of capacity, source and import; a disk from exactly one of size and
-/// volume.
+/// one of capacity (with its format), source and import; a disk from
+/// exactly one of size and volume.
 fn constrain_storage(s: &mut Map<String, Value>, disk: &Value) {
     refine(
         s,
@@ -417,33 +426,41 @@ fn constrain_storage(s: &mut Map<String, Value>, disk: &Value) {
         "target",
         json!({"pattern": ISCSI_NAME}),
     );
+    let string = json!({"type": "string"});
+    let object = json!({"type": "object"});
+    let integer = json!({"type": "integer"});
     if let Some(pool) = s.get_mut("CreatePoolRequest") {
         pool["oneOf"] = json!([
-            {"properties": {"type": {"const": "dir"}},
-             "not": {"anyOf": [given("host", "string"), given("target", "string")]}},
-            {"properties": {"type": {"const": "iscsi"}},
-             "allOf": [given("host", "string"), given("target", "string")],
-             "not": given("path", "string")},
+            variant(&[("type", json!({"const": "dir"}))], &["host", "target"]),
+            variant(
+                &[
+                    ("type", json!({"const": "iscsi"})),
+                    ("host", string.clone()),
+                    ("target", string.clone())
+                ],
+                &["path"],
+            ),
         ]);
         pool["example"] = json!({"name": "fast", "type": "dir"});
     }
     refine(s, "CreateStorageVolumeRequest", "capacity", disk.clone());
     if let Some(vol) = s.get_mut("CreateStorageVolumeRequest") {
         vol["oneOf"] = json!([
-            given("capacity", "integer"),
-            given("source", "object"),
-            given("import", "object"),
-        ]);
-        // A format is for an empty volume.
-        vol["anyOf"] = json!([
-            {"not": given("format", "string")},
-            given("capacity", "integer"),
+            variant(&[("capacity", integer.clone())], &["source", "import"]),
+            variant(
+                &[("source", object.clone())],
+                &["capacity", "import", "format"]
+            ),
+            variant(&[("import", object)], &["capacity", "source", "format"]),
         ]);
         vol["example"] = json!({"name": "data.qcow2", "capacity": 20});
     }
     refine(s, "AttachDiskRequest", "size", disk.clone());
     if let Some(d) = s.get_mut("AttachDiskRequest") {
-        d["oneOf"] = json!([given("size", "integer"), given("volume", "string")]);
+        d["oneOf"] = json!([
+            variant(&[("size", integer)], &["volume"]),
+            variant(&[("volume", string)], &["size"]),
+        ]);
         d["example"] = json!({"name": "data", "size": 10});
     }
 }

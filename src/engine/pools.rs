@@ -33,7 +33,35 @@ pub struct PoolDef {
     pub created_at: String,
 }
 
+/// `Invalid` unless `name` can name a volume.
+pub fn check_volume_name(name: &str) -> Result<()> {
+    if crate::host::pool::valid_volume_name(name) {
+        return Ok(());
+    }
+    Err(EngineError::Invalid(format!(
+        "Invalid parameter: a volume name is a file name of letters, digits, '.', '_' and '-', not starting with '.' or '-' (at most 255), got {:?}.",
+        name.chars().take(300).collect::<String>()
+    )))
+}
+
 impl PoolDef {
+    /// The file of volume `name` of this dir pool: `NotFound`, or
+    /// `Invalid` for a name that is not a volume's or leads out of the pool.
+    pub fn volume_path(&self, name: &str) -> Result<PathBuf> {
+        check_volume_name(name)?;
+        let here = [PoolConfig {
+            name: self.name.clone(),
+            path: self.path.clone(),
+        }];
+        crate::host::pool::resolve(&here, name, "volume").map_err(|e| match e {
+            crate::host::pool::PoolError::NotFound { .. } => EngineError::NotFound(format!(
+                "Volume not found: {name} in storage pool {}.",
+                self.name
+            )),
+            other => EngineError::Invalid(format!("Invalid parameter: {other}.")),
+        })
+    }
+
     pub fn row(&self) -> PoolRow {
         PoolRow {
             name: self.name.clone(),

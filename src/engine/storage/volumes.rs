@@ -80,30 +80,7 @@ impl StorageEngine {
     }
 
     pub(super) fn check_name(name: &str) -> Result<()> {
-        if pool::valid_volume_name(name) {
-            Ok(())
-        } else {
-            Err(EngineError::Invalid(format!(
-                "Invalid parameter: a volume name is a file name of letters, digits, '.', '_' and '-', not starting with '.' or '-' (at most 255), got {:?}.",
-                name.chars().take(300).collect::<String>()
-            )))
-        }
-    }
-
-    /// The file of volume `name` of dir pool `def`.
-    fn volume_path(def: &PoolDef, name: &str) -> Result<PathBuf> {
-        Self::check_name(name)?;
-        let here = [crate::config::PoolConfig {
-            name: def.name.clone(),
-            path: def.path.clone(),
-        }];
-        pool::resolve(&here, name, "volume").map_err(|e| match e {
-            pool::PoolError::NotFound { .. } => EngineError::NotFound(format!(
-                "Volume not found: {name} in storage pool {}.",
-                def.name
-            )),
-            other => EngineError::Invalid(format!("Invalid parameter: {other}.")),
-        })
+        crate::engine::pools::check_volume_name(name)
     }
 
     /// Who uses which file (by real path).
@@ -178,7 +155,7 @@ impl StorageEngine {
         if def.kind == PoolType::Iscsi {
             return self.iscsi_volume(&def, name).await;
         }
-        let path = Self::volume_path(&def, name)?;
+        let path = def.volume_path(name)?;
         self.to_volume(&def, name, &path, &self.users()).await
     }
 
@@ -327,7 +304,7 @@ impl StorageEngine {
                 "Invalid parameter: storage pool {src_pool} is not a dir pool."
             )));
         }
-        Self::volume_path(&def, &r.volume)
+        def.volume_path(&r.volume)
     }
 
     async fn make(
@@ -456,7 +433,7 @@ impl StorageEngine {
         let dest = def.path.join(name);
         let existed = dest.symlink_metadata().is_ok();
         if existed {
-            let real = Self::volume_path(&def, name)?;
+            let real = def.volume_path(name)?;
             if let Some(u) = self.users().get(&real).and_then(|u| u.first()) {
                 return Err(EngineError::Conflict(format!(
                     "Volume {name} is in use by VM {} ({}) as its {}.",
@@ -493,7 +470,7 @@ impl StorageEngine {
                 "Invalid parameter: download an iSCSI LUN by exporting or copying it; {pool} is an iSCSI pool."
             )));
         }
-        let path = Self::volume_path(&def, name)?;
+        let path = def.volume_path(name)?;
         let volume = self.to_volume(&def, name, &path, &self.users()).await?;
         if let Some(u) = volume.used_by.iter().find(|u| u.role == "disk") {
             return Err(EngineError::Conflict(format!(
@@ -520,7 +497,7 @@ impl StorageEngine {
                 "Invalid parameter: the volumes of iSCSI pool {pool} are its target's LUNs; they are removed on the storage server."
             )));
         }
-        let path = Self::volume_path(&def, name)?;
+        let path = def.volume_path(name)?;
         let _guard = self.claim(
             vec![(pool.to_owned(), name.to_owned())],
             Uuid::new_v4(),

@@ -20,7 +20,7 @@ use crate::host::confine::{self, VmFile};
 use crate::host::pool;
 use crate::model::{AttachDiskRequest, Disk, IoLimits, PoolType, VmStatus};
 use crate::qemu::disks::{self as qdisks, DiskError, ExtraDisk, HOTPLUG_PORTS, MAX_ID_LEN};
-use crate::qemu::monitor::{ImageFormat, IoThrottle};
+use crate::qemu::monitor::ImageFormat;
 use crate::rollback::Rollback;
 use crate::sync::lock;
 
@@ -28,19 +28,7 @@ const GIB: u64 = 1 << 30;
 /// How long a guest has to release a disk being unplugged.
 const UNPLUG_DEADLINE: Duration = Duration::from_secs(30);
 
-/// QEMU's limits for a disk's `IoLimits`.
-fn throttle(l: Option<&IoLimits>) -> IoThrottle {
-    let l = l.cloned().unwrap_or_default();
-    let v = |x: Option<u64>| x.unwrap_or(0);
-    IoThrottle {
-        iops: v(l.iops),
-        read_iops: v(l.read_iops),
-        write_iops: v(l.write_iops),
-        bps: 0,
-        read_bps: v(l.read_bps),
-        write_bps: v(l.write_bps),
-    }
-}
+use super::resources::throttle;
 
 /// What the guest reads as the disk's serial (virtio-blk keeps 20 bytes).
 fn serial(name: &str) -> String {
@@ -210,16 +198,7 @@ impl VmEngine {
                         "Invalid parameter: {volume:?} is not a volume name."
                     )));
                 }
-                let here = [crate::config::PoolConfig {
-                    name: def.name.clone(),
-                    path: def.path.clone(),
-                }];
-                let path = pool::resolve(&here, volume, "volume").map_err(|e| match e {
-                    pool::PoolError::NotFound { .. } => EngineError::NotFound(format!(
-                        "Volume not found: {volume} in storage pool {pool_name}."
-                    )),
-                    other => EngineError::Invalid(format!("Invalid parameter: {other}.")),
-                })?;
+                let path = def.volume_path(volume)?;
                 let info = self
                     .inner
                     .base_info
@@ -497,15 +476,10 @@ impl VmEngine {
 
     /// Changes the VM's disk list and persists it.
     fn edit_disks(&self, entry: &VmEntry, f: impl FnOnce(&mut Vec<DiskRecord>)) -> Result<()> {
-        let mut rec = lock(&entry.rec);
-        f(&mut rec.disks);
-        rec.updated_at = crate::clock::now();
-        self.core()
-            .store
-            .update_vm(rec.id, rec.status.as_str(), &*rec)?;
-        drop(rec);
-        entry.touch();
-        Ok(())
+        self.edit_record(entry, |rec| {
+            f(&mut rec.disks);
+            rec.updated_at = crate::clock::now();
+        })
     }
 
     /// After a restart: an attach cut short is undone, a detach cut short

@@ -211,21 +211,24 @@ impl VmEngine {
             }
         }
         if layers.contains(&IoLayer::Qemu) {
-            let l = rec.io_limits.clone().unwrap_or_default();
-            let v = |x: Option<u64>| x.unwrap_or(0);
-            let limits = IoThrottle {
-                iops: v(l.iops),
-                read_iops: v(l.read_iops),
-                write_iops: v(l.write_iops),
-                bps: 0,
-                read_bps: v(l.read_bps),
-                write_bps: v(l.write_bps),
-            };
+            let limits = throttle(rec.io_limits.as_ref());
             rt.monitor
                 .set_io_throttle(DISK_QDEV, &limits)
                 .await
                 .map_err(qmp_err("block_set_io_throttle"))?;
         }
+        Ok(())
+    }
+
+    /// Edits the VM's record and persists it.
+    pub(crate) fn edit_record(&self, entry: &VmEntry, f: impl FnOnce(&mut VmRecord)) -> Result<()> {
+        let mut rec = lock(&entry.rec);
+        f(&mut rec);
+        self.core()
+            .store
+            .update_vm(rec.id, rec.status.as_str(), &*rec)?;
+        drop(rec);
+        entry.touch();
         Ok(())
     }
 
@@ -701,6 +704,20 @@ pub(crate) fn clock_ticks() -> u64 {
         .flatten()
         .map(|v| v as u64)
         .unwrap_or(100)
+}
+
+/// QEMU's throttle for some `IoLimits` (all 0: none).
+pub(crate) fn throttle(l: Option<&IoLimits>) -> IoThrottle {
+    let l = l.cloned().unwrap_or_default();
+    let v = |x: Option<u64>| x.unwrap_or(0);
+    IoThrottle {
+        iops: v(l.iops),
+        read_iops: v(l.read_iops),
+        write_iops: v(l.write_iops),
+        bps: 0,
+        read_bps: v(l.read_bps),
+        write_bps: v(l.write_bps),
+    }
 }
 
 #[cfg(test)]

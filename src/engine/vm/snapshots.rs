@@ -18,7 +18,6 @@ use crate::jobs::JobHandle;
 use crate::model::{CreateSnapshotRequest, Snapshot, VmStatus};
 use crate::qemu::argv::DISK_DRIVE_ID;
 use crate::store::SnapshotRow;
-use crate::sync::lock;
 
 /// How long a QEMU snapshot job may run before it is given up.
 const JOB_DEADLINE: Duration = Duration::from_secs(600);
@@ -213,14 +212,7 @@ impl VmEngine {
     }
 
     fn set_current(&self, entry: &VmEntry, name: Option<String>) -> Result<()> {
-        let mut rec = lock(&entry.rec);
-        rec.current_snapshot = name;
-        self.core()
-            .store
-            .update_vm(rec.id, rec.status.as_str(), &*rec)?;
-        drop(rec);
-        entry.touch();
-        Ok(())
+        self.edit_record(entry, |rec| rec.current_snapshot = name)
     }
 
     /// Claims the VM for a snapshot job `kind`, records the job, and asks
