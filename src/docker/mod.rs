@@ -90,6 +90,9 @@ impl DockerBackend {
             } => match status_code {
                 404 => DockerError::NotFound(format!("{what}: {message}")),
                 409 => DockerError::Conflict(format!("{what}: {message}")),
+                // What the engine keeps for itself (its predefined networks
+                // `bridge`, `host`, `none`, `default`): refused by its state.
+                403 => DockerError::Conflict(format!("{what}: {message}")),
                 // A valid request that meets the engine's state: a name or id
                 // prefix that several objects match, an image without a
                 // default command, an unpause of what is not paused.
