@@ -91,13 +91,15 @@ async fn pump(
     }
 }
 
+/// Sends the close frame after what is queued: a client that reads again
+/// within 30 s learns why it was dropped; one that never does is cut then.
 async fn close(socket: &mut WebSocket, reason: &str) {
     let frame = CloseFrame {
         code: TOO_SLOW,
         reason: reason.to_owned().into(),
     };
     let _ = tokio::time::timeout(
-        Duration::from_secs(1),
+        Duration::from_secs(30),
         socket.send(Message::Close(Some(frame))),
     )
     .await;
