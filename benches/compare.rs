@@ -107,6 +107,7 @@ fn launch_spec(
         qmp_socket: run.join("qmp.sock"),
         console_socket: run.join("console.sock"),
         console_log: state.join("console.log"),
+        vnc_socket: None,
         throttle: None,
         extra_disks: Vec::new(),
     }

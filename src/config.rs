@@ -84,6 +84,9 @@ pub struct Config {
     pub cgroup_parent: String,
     /// Milliseconds between performance samples of a running VM.
     pub sample_interval_ms: u64,
+    /// Bytes of a VM's recent serial console output replayed to a client
+    /// that attaches to its console.
+    pub console_history_bytes: usize,
     /// Items of a bulk job that run at once (0: the number of host cores).
     pub bulk_parallelism: usize,
     /// Finished jobs are kept this long.
@@ -175,6 +178,7 @@ impl Default for Config {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "libgo".into(),
             sample_interval_ms: 2000,
+            console_history_bytes: 64 * 1024,
             bulk_parallelism: 0,
             job_retention_hours: 168,
             docker_socket: PathBuf::from("/var/run/docker.sock"),

@@ -74,6 +74,7 @@ impl Vm {
             qmp_socket: dir.path().join("qmp.sock"),
             console_socket: dir.path().join("console.sock"),
             console_log: dir.path().join("console.log"),
+            vnc_socket: None,
             throttle: None,
             extra_disks: extra.clone(),
         };

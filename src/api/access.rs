@@ -190,6 +190,9 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/api/v1/vms/{id}/performance", Min(Viewer)),
     ("GET", "/api/v1/vms/{id}/resources", Min(Viewer)),
     ("POST", "/api/v1/vms/{id}/{action}", Min(Operator)),
+    // The console types into the guest; a screenshot only reads.
+    ("GET", "/api/v1/vms/{id}/console", Min(Operator)),
+    ("GET", "/api/v1/vms/{id}/screenshot", Min(Viewer)),
     ("POST", "/api/v1/vms/{id}/export", Min(Operator)),
     ("GET", "/api/v1/vms/{id}/disks", Min(Viewer)),
     ("POST", "/api/v1/vms/{id}/disks", Min(Operator)),

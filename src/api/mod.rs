@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod consoles;
 pub mod containers;
 pub mod disks;
 pub mod error;
@@ -106,6 +107,8 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/vms/{id}/disks" => get(disks::list), post(disks::attach);
         "/vms/{id}/disks/{disk}" => get(disks::get), delete(disks::delete);
         "/vms/{id}/disks/{disk}/detach" => post(disks::detach);
+        "/vms/{id}/console" => get(consoles::console);
+        "/vms/{id}/screenshot" => get(consoles::screenshot);
         "/vms/{id}/{action}" => post(vms::action);
         "/nodes/{node}/resources" => get(metrics::node_resources);
         "/jobs" => get(jobs::list), delete(jobs::bulk_cancel);

@@ -49,6 +49,7 @@ use crate::engine::Agent;
         super::storage::upload, super::storage::download, super::storage::export,
         super::disks::list, super::disks::attach, super::disks::get, super::disks::delete,
         super::disks::detach, super::storage::servers, super::storage::server, super::storage::targets,
+        super::consoles::console, super::consoles::screenshot,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
          (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),
@@ -933,6 +934,9 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
             "shutdown", "reboot", "poweroff", "resume"]})
         }
         "op" => json!({"type": "string", "enum": ["connect", "disconnect"]}),
+        "type" if path.ends_with("/console") => {
+            json!({"type": "string", "enum": ["serial", "vnc"], "default": "serial"})
+        }
         "limit" => json!({"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
         "page_token" => json!({"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}),
         "sort" if path == "/api/v1/templates" => json!({"type": "string",

@@ -179,6 +179,10 @@ pub struct VmSpec {
     pub network: Option<NetworkSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
+    /// A display (VGA, served over VNC on a Unix socket): a graphical
+    /// console and screenshots. Default false (headless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<bool>,
 }
 
 impl VmSpec {
@@ -196,6 +200,7 @@ impl VmSpec {
             boot: self.boot.or_else(|| base.boot.clone()),
             network: self.network.or_else(|| base.network.clone()),
             tags: self.tags.or_else(|| base.tags.clone()),
+            display: self.display.or(base.display),
         }
     }
 }
@@ -247,6 +252,12 @@ pub struct Vm {
     /// Whether the VM has cloud-init user data (served on a `cidata` drive).
     #[serde(default)]
     pub cloud_init: bool,
+    /// Whether the VM has a display (graphical console, screenshots).
+    #[serde(default)]
+    pub display: bool,
+    /// `/api/v1/vms/{id}/screenshot` when the VM has a display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screenshot: Option<String>,
     /// Process id of the VM's QEMU while it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,

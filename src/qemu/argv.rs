@@ -52,6 +52,9 @@ pub struct LaunchSpec {
     pub qmp_socket: PathBuf,
     pub console_socket: PathBuf,
     pub console_log: PathBuf,
+    /// A display: a standard VGA device whose screen is served over VNC on
+    /// this Unix socket (never a TCP port). None: headless.
+    pub vnc_socket: Option<PathBuf>,
     /// I/O limits of the root disk, set on the command line so the guest
     /// never runs a moment without them (none: unthrottled).
     pub throttle: Option<DriveThrottle>,
@@ -216,6 +219,12 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
             &disk.device(&dev, &node, &port).options().to_string(),
         ]);
     }
+    // Added last, so the devices above keep the addresses a headless
+    // guest sees. VNC only on the VM's own socket, never a TCP port.
+    if let Some(vnc) = &spec.vnc_socket {
+        push(&["-device", "VGA,id=video0"]);
+        push(&["-vnc", &format!("unix:{}", path(vnc))]);
+    }
     if let Some(boot) = &spec.boot {
         push(&["-kernel", &boot.kernel.to_string_lossy()]);
         if let Some(initrd) = &boot.initrd {
@@ -251,6 +260,7 @@ mod tests {
             qmp_socket: "/run/libgo/vms/x/qmp.sock".into(),
             console_socket: "/run/libgo/vms/x/console.sock".into(),
             console_log: "/var/lib/libgo/vms/x/console.log".into(),
+            vnc_socket: None,
             throttle: None,
             extra_disks: Vec::new(),
         }
@@ -298,6 +308,25 @@ mod tests {
         assert!(after(&argv, "-chardev")[0].contains("logfile=/var/lib/libgo/vms/x/console.log"));
         assert!(after(&argv, "-kernel").is_empty());
         assert_eq!(after(&argv, "-netdev"), vec!["user,id=net0"]);
+    }
+
+    #[test]
+    fn a_display_is_a_vga_device_served_on_a_unix_socket_only() {
+        let headless = build(&spec());
+        assert!(after(&headless, "-vnc").is_empty());
+        assert_eq!(after(&headless, "-vga"), vec!["none"]);
+        let mut s = spec();
+        s.vnc_socket = Some("/run/libgo/vms/x/vnc.sock".into());
+        let argv = build(&s);
+        assert_eq!(after(&argv, "-vnc"), vec!["unix:/run/libgo/vms/x/vnc.sock"]);
+        assert!(after(&argv, "-device").contains(&"VGA,id=video0"));
+        // The headless guest's devices keep their order (and addresses):
+        // the display is four arguments added after them.
+        let at = argv.iter().position(|a| a == "VGA,id=video0").unwrap() - 1;
+        let mut rest = argv.clone();
+        let added: Vec<String> = rest.drain(at..at + 4).collect();
+        assert_eq!(added[2], "-vnc");
+        assert_eq!(rest, headless);
     }
 
     #[test]

@@ -176,6 +176,7 @@ impl VmEngine {
                 tags: spec.tags,
                 template: spec.template,
                 cloud_init: spec.user_data.is_some(),
+                display: spec.display,
                 qemu_gid: None,
                 current_snapshot: None,
                 disks: Vec::new(),
@@ -404,6 +405,7 @@ impl VmEngine {
             network: spec.network.unwrap_or_default(),
             tags: spec.tags.unwrap_or_default(),
             user_data: spec.user_data,
+            display: spec.display.unwrap_or(false),
             template,
         })
     }

@@ -1,6 +1,8 @@
 //! The QEMU backend: VMs created from base images, run as detached QEMU
 //! processes driven over QMP, re-adopted when the daemon restarts.
 
+/// The serial console hub, the display's VNC socket, screenshots.
+pub mod console;
 /// Creating a VM: a request resolved into a record, the disk cloned, the row committed.
 pub mod create;
 /// Extra disks: attached, hot-plugged, detached.

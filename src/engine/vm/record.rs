@@ -49,6 +49,9 @@ pub struct VmRecord {
     /// A NoCloud `cidata.iso` (user data) sits beside the disk.
     #[serde(default)]
     pub cloud_init: bool,
+    /// A display device (VGA, VNC on a Unix socket in the run directory).
+    #[serde(default)]
+    pub display: bool,
     /// The group of the VM's files and of its QEMU (from the private range
     /// `qemu_gid_base`); given at create, or at the first start of a VM
     /// made before QEMU was confined.
@@ -122,6 +125,10 @@ impl VmRecord {
             tags: self.tags.clone(),
             template: self.template.clone(),
             cloud_init: self.cloud_init,
+            display: self.display,
+            screenshot: self
+                .display
+                .then(|| format!("/api/v1/vms/{}/screenshot", self.id)),
             pid,
             created_at: self.created_at.clone(),
             updated_at: self.updated_at.clone(),
@@ -227,6 +234,8 @@ pub struct CreateSpec {
     pub tags: Vec<String>,
     pub user_data: Option<String>,
     pub template: Option<String>,
+    /// A display device (`VmSpec::display`).
+    pub display: bool,
 }
 
 /// cloud-init user data longer than this (in characters) is refused.
@@ -364,6 +373,7 @@ mod tests {
             network: NetworkSpec::default(),
             tags: vec![],
             user_data: None,
+            display: false,
             template: None,
         }
     }

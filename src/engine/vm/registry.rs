@@ -127,6 +127,8 @@ pub struct VmShared {
     pub(crate) faults: FailSteps,
     /// The user QEMU runs as; None: QEMU runs as root (`qemu_user = ""`).
     pub(crate) qemu_user: Option<QemuUser>,
+    /// Serial console hubs of the VMs with console clients.
+    pub(crate) consoles: Arc<super::console::Consoles>,
 }
 
 /// The QEMU backend. Cheap to clone.
@@ -279,6 +281,7 @@ impl VmEngine {
                 base_info: Default::default(),
                 faults: FailSteps::from_env(),
                 qemu_user,
+                consoles: Default::default(),
             }),
         };
         {

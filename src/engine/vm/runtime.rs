@@ -82,6 +82,7 @@ impl VmEngine {
             qmp_socket: files.qmp.clone(),
             console_socket: files.console.clone(),
             console_log: self.console_log(rec.id),
+            vnc_socket: rec.display.then(|| files.dir.join("vnc.sock")),
             throttle: self
                 .core()
                 .cfg

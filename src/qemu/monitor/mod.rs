@@ -24,6 +24,8 @@ pub const QUIT_DEADLINE: Duration = Duration::from_secs(2);
 /// Deadline of the queries made while serving a read (config, samples):
 /// a busy monitor must not hold up the caller for the default deadline.
 pub const QUERY_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a `screendump` may take.
+pub const SCREENDUMP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Events kept for a command that waits on one (`device_del`): more than
 /// QEMU sends in the time such a wait takes.
@@ -426,8 +428,18 @@ impl Monitor {
         Ok(buses.into_iter().flat_map(|b| b.devices).collect())
     }
 
-    // ---- Display (to come) --------------------------------------------
-    // `screendump` to a file the agent owns.
+    // ---- Display ------------------------------------------------------
+
+    /// `screendump` of the primary display as a PNG into `path`, with
+    /// [`SCREENDUMP_DEADLINE`] (QEMU encodes the PNG on its main thread). QEMU writes the file itself, with its own
+    /// credentials: `path` must be in a directory it may write to.
+    pub async fn screendump_png(&self, path: &Path) -> Result<(), QmpError> {
+        let args = json!({"filename": path.to_string_lossy(), "format": "png"});
+        self.qmp
+            .execute_with_timeout("screendump", Some(args), SCREENDUMP_DEADLINE)
+            .await
+            .map(drop)
+    }
 
     // ---- Migration (to come) ------------------------------------------
     // `migrate-set-capabilities`, `migrate`, `query-migrate`.

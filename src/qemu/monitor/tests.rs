@@ -776,3 +776,28 @@ async fn query_pci_decodes_ports_and_what_is_behind_them() {
     assert!(all[3].bridge.as_ref().unwrap().devices.is_empty());
     assert_eq!((all[3].slot, all[3].function), (28, 1));
 }
+
+#[tokio::test]
+async fn screendump_asks_for_a_png_file() {
+    let (_d, mon, sent) = monitor(vec![("screendump", json!({}))]).await;
+    mon.screendump_png(Path::new("/run/libgo/vms/x/screen.png"))
+        .await
+        .unwrap();
+    assert_eq!(
+        wire(&sent),
+        vec![(
+            "screendump".to_owned(),
+            json!({"filename": "/run/libgo/vms/x/screen.png", "format": "png"})
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_screendump_without_a_display_is_a_command_error() {
+    let (_d, mon, _sent) = monitor(vec![]).await;
+    let e = mon
+        .screendump_png(Path::new("/tmp/none.png"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, QmpError::Command { .. }), "{e:?}");
+}
