@@ -5,6 +5,7 @@
 
 mod access;
 mod capacity;
+mod cloud_init;
 mod common;
 mod container;
 mod disk;
@@ -17,6 +18,7 @@ mod vm;
 
 pub use access::*;
 pub use capacity::*;
+pub use cloud_init::*;
 pub use common::*;
 pub use container::*;
 pub use disk::*;
