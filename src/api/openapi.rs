@@ -50,9 +50,12 @@ use crate::engine::Agent;
         super::disks::list, super::disks::attach, super::disks::get, super::disks::delete,
         super::disks::detach, super::storage::servers, super::storage::server, super::storage::targets,
         super::consoles::console, super::consoles::screenshot,
+        super::groups::list, super::groups::create, super::groups::get, super::groups::put,
+        super::groups::delete, super::groups::members, super::groups::create_vm,
+        super::groups::start, super::groups::stop,
     ),
     tags((name = "vms", description = "Virtual machines"), (name = "jobs", description = "Jobs: every mutating call, with tasks"),
-         (name = "templates", description = "Reusable VM defaults"), (name = "events", description = "WebSocket event stream"),
+         (name = "templates", description = "Reusable VM defaults"), (name = "groups", description = "Named sets of VMs"), (name = "events", description = "WebSocket event stream"),
          (name = "containers", description = "Containers through the Docker engine"), (name = "images", description = "Container images"),
          (name = "networks", description = "Container networks"), (name = "volumes", description = "Container volumes"),
          (name = "instances", description = "VMs and containers together"),
@@ -837,6 +840,9 @@ const JOB_ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/images/{id}/push"),
     ("post", "/api/v1/instances"),
     ("post", "/api/v1/instances/{id}/{action}"),
+    ("post", "/api/v1/groups/{name}/vms"),
+    ("post", "/api/v1/groups/{name}/start"),
+    ("post", "/api/v1/groups/{name}/stop"),
 ];
 
 /// Bulk operations: always 202 with the job.
@@ -917,7 +923,8 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
         "id" if under("/api/v1/images/") => pattern(IMAGE_REF, 200),
         "id" => pattern(ENGINE_NAME, 255),
         "task_id" => json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
-        "name" if under("/api/v1/vms/") => pattern(DNS_LABEL, 63),
+        "name" if under("/api/v1/vms/") || under("/api/v1/groups/") => pattern(DNS_LABEL, 63),
+        "delete_vms" => json!({"type": "boolean", "default": false}),
         "name" if under("/api/v1/storage-pools/") && path.contains("/volumes/") => {
             pattern(VOLUME_NAME, 255)
         }

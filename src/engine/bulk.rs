@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::core::{Core, JobCtx, JobTarget, Requester};
+use super::core::{Core, JobCtx, JobTarget, Requester, Submitted};
 use super::error::{EngineError, Result};
 use super::vm::VmEngine;
 use crate::jobs::TaskSpec;
@@ -24,6 +24,11 @@ pub struct Bulk {
 pub const MAX_ITEMS: usize = 100;
 
 impl Bulk {
+    /// The VM engine the tasks act on.
+    pub(crate) fn vms(&self) -> &VmEngine {
+        &self.vms
+    }
+
     pub(crate) fn new(core: Arc<Core>, vms: VmEngine) -> Bulk {
         Bulk { core, vms }
     }
@@ -54,6 +59,22 @@ impl Bulk {
         items: Vec<(String, I)>,
         work: F,
     ) -> Result<Job>
+    where
+        I: Send + 'static,
+        F: Fn(Bulk, I, JobCtx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Target>>> + Send + 'static,
+    {
+        self.run_tasks(kind, requester, items, work).map(|s| s.job)
+    }
+
+    /// `run_bulk`, answering the job's work too, for a caller that waits.
+    pub(crate) fn run_tasks<I, F, Fut>(
+        &self,
+        kind: &str,
+        requester: &Requester,
+        items: Vec<(String, I)>,
+        work: F,
+    ) -> Result<Submitted<()>>
     where
         I: Send + 'static,
         F: Fn(Bulk, I, JobCtx) -> Fut + Send + Sync + 'static,
@@ -109,7 +130,7 @@ impl Bulk {
                 _ => Err(EngineError::failed(format!("{failed} of {n} tasks failed"))),
             }
         });
-        Ok(sub.job)
+        Ok(sub)
     }
 
     /// Creates every VM of `items`.

@@ -27,6 +27,7 @@
 //!   `container::ContainerActionDone`, `update`, `delete`, `adopt`,
 //!   `exec`, `logs`, `stats`, images, networks, volumes.
 //! - `bulk::Bulk`: many creates, deletes or cancels as one job.
+//! - `groups::Groups`: named sets of VMs, started and stopped as one job.
 //!
 //! Every job carries a `JobTarget` and the `Requester` who asked.
 
@@ -39,6 +40,7 @@ pub mod error;
 /// A testing aid: failures injected on purpose between the steps of a
 /// container create or a VM start.
 pub mod faults;
+pub mod groups;
 /// The registry of storage pools.
 pub mod pools;
 pub mod sample;
@@ -76,6 +78,7 @@ pub struct Agent {
     pub containers: ContainerEngine,
     pub storage: storage::StorageEngine,
     pub bulk: bulk::Bulk,
+    pub groups: groups::Groups,
 }
 
 impl Agent {
@@ -130,8 +133,10 @@ impl Agent {
             .collect();
         vms.reconcile_snapshots(&cut).await;
         let containers = ContainerEngine::new(core.clone());
+        let bulk = bulk::Bulk::new(core.clone(), vms.clone());
         let agent = Agent {
-            bulk: bulk::Bulk::new(core.clone(), vms.clone()),
+            groups: groups::Groups::new(core.clone(), vms.clone(), bulk.clone()),
+            bulk,
             storage: storage::StorageEngine::open(core.clone(), vms.clone()),
             core,
             vms,

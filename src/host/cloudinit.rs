@@ -1,5 +1,6 @@
 //! cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` holding
-//! `meta-data` and `user-data`, built with genisoimage.
+//! `meta-data`, `user-data` and, when given, `network-config`, built with
+//! genisoimage.
 
 use std::path::Path;
 
@@ -13,6 +14,13 @@ pub enum SeedError {
     Failed(String),
 }
 
+/// The files of a seed.
+pub struct Seed<'a> {
+    pub meta_data: &'a str,
+    pub user_data: &'a str,
+    pub network_config: Option<&'a str>,
+}
+
 /// Writes `dest` (an ISO) with the given instance id, hostname and user data.
 pub async fn build_seed(
     dest: &Path,
@@ -20,23 +28,51 @@ pub async fn build_seed(
     hostname: &str,
     user_data: &str,
 ) -> Result<(), SeedError> {
+    let meta_data = format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\n");
+    write_seed(
+        dest,
+        &Seed {
+            meta_data: &meta_data,
+            user_data,
+            network_config: None,
+        },
+    )
+    .await
+}
+
+/// Writes `dest` (an ISO) with the given files. The ISO is made beside it
+/// and renamed over it, so a QEMU holding the old one keeps reading it.
+pub async fn write_seed(dest: &Path, seed: &Seed<'_>) -> Result<(), SeedError> {
     let staging = dest.with_extension("d");
+    let fresh = dest.with_extension("new");
+    let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
-    std::fs::write(
-        staging.join("meta-data"),
-        format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\n"),
-    )?;
-    std::fs::write(staging.join("user-data"), user_data)?;
+    std::fs::write(staging.join("meta-data"), seed.meta_data)?;
+    std::fs::write(staging.join("user-data"), seed.user_data)?;
+    let mut files = vec![staging.join("user-data"), staging.join("meta-data")];
+    if let Some(n) = seed.network_config {
+        std::fs::write(staging.join("network-config"), n)?;
+        files.push(staging.join("network-config"));
+    }
     let out = tokio::process::Command::new("genisoimage")
         .arg("-quiet")
         .arg("-output")
-        .arg(dest)
+        .arg(&fresh)
         .args(["-volid", "cidata", "-joliet", "-rock"])
-        .arg(staging.join("user-data"))
-        .arg(staging.join("meta-data"))
+        .args(&files)
         .output()
         .await;
     let _ = std::fs::remove_dir_all(&staging);
+    let out = match out {
+        Ok(o) if o.status.success() => {
+            std::fs::rename(&fresh, dest)?;
+            Ok(o)
+        }
+        other => {
+            let _ = std::fs::remove_file(&fresh);
+            other
+        }
+    };
     match out {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SeedError::Missing),
         Err(e) => Err(SeedError::Io(e)),

@@ -5,9 +5,11 @@
 
 mod access;
 mod capacity;
+mod cloud_init;
 mod common;
 mod container;
 mod disk;
+mod group;
 mod job;
 mod snapshot;
 mod storage;
@@ -17,9 +19,11 @@ mod vm;
 
 pub use access::*;
 pub use capacity::*;
+pub use cloud_init::*;
 pub use common::*;
 pub use container::*;
 pub use disk::*;
+pub use group::*;
 pub use job::*;
 pub use snapshot::*;
 pub use storage::*;

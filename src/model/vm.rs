@@ -150,9 +150,17 @@ pub struct VmSpec {
     pub base_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone: Option<CloneMode>,
-    /// cloud-init user data, served to the guest on a NoCloud `cidata` drive.
+    /// cloud-init user data, served to the guest on a NoCloud `cidata` drive:
+    /// the short form of `cloud_init.user_data` (which wins when both are given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    /// cloud-init: `user_data`, `meta_data`, `network_config`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::common::object"
+    )]
+    pub cloud_init: Option<super::CloudInit>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -186,15 +194,44 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
+    /// The cloud-init configuration, the short form `user_data` folded in.
+    pub fn cloud_init(&self) -> Option<super::CloudInit> {
+        match (&self.cloud_init, &self.user_data) {
+            (None, None) => None,
+            (c, u) => {
+                let mut c = c.clone().unwrap_or_default();
+                if c.user_data.is_none() {
+                    c.user_data = u.clone();
+                }
+                Some(c)
+            }
+        }
+    }
+
     /// This spec with its gaps filled from `base` (this spec's fields win).
     pub fn or(self, base: &VmSpec) -> VmSpec {
+        // The short form stays as given until a `cloud_init` object is
+        // involved; then both sides are merged per file.
+        let (cloud_init, user_data) = if self.cloud_init.is_none() && base.cloud_init.is_none() {
+            (
+                None,
+                self.user_data.clone().or_else(|| base.user_data.clone()),
+            )
+        } else {
+            let merged = match (self.cloud_init(), base.cloud_init()) {
+                (Some(mine), Some(theirs)) => Some(mine.or(&theirs)),
+                (mine, theirs) => mine.or(theirs),
+            };
+            (merged, None)
+        };
         VmSpec {
             vcpus: self.vcpus.or(base.vcpus),
             memory: self.memory.or(base.memory),
             disk_size: self.disk_size.or(base.disk_size),
             base_image: self.base_image.or_else(|| base.base_image.clone()),
             clone: self.clone.or(base.clone),
-            user_data: self.user_data.or_else(|| base.user_data.clone()),
+            cloud_init,
+            user_data,
             cpu_pinning: self.cpu_pinning.or_else(|| base.cpu_pinning.clone()),
             io_limits: self.io_limits.or_else(|| base.io_limits.clone()),
             boot: self.boot.or_else(|| base.boot.clone()),
@@ -435,6 +472,11 @@ pub struct PatchVmRequest {
     pub io_limits: Option<Option<IoLimits>>,
     #[serde(default)]
     pub tags: Option<Vec<String>>,
+    /// Replaces the cloud-init configuration and rewrites the seed (`null`
+    /// removes it); the guest reads it at its next start.
+    #[serde(default, deserialize_with = "super::common::double_object")]
+    #[schema(value_type = Option<super::CloudInit>)]
+    pub cloud_init: Option<Option<super::CloudInit>>,
     /// `running`, `stopped` or `paused`.
     #[serde(default)]
     pub status: Option<VmStatus>,

@@ -13,11 +13,13 @@ use uuid::Uuid;
 
 mod audit;
 mod auth;
+mod groups;
 mod snapshots;
 mod storage;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord};
 pub use auth::{TokenRow, UserRow};
+pub use groups::GroupRow;
 pub use snapshots::SnapshotRow;
 pub use storage::PoolRow;
 
@@ -152,6 +154,21 @@ const MIGRATIONS: &[&str] = &[
         memory INTEGER NOT NULL,
         PRIMARY KEY (pool, name)
      );",
+    // 7: VM groups and their members (a member row goes with its VM).
+    "CREATE TABLE vm_groups (
+        name TEXT PRIMARY KEY,
+        description TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+     );
+     CREATE TABLE vm_group_members (
+        grp TEXT NOT NULL REFERENCES vm_groups(name) ON DELETE CASCADE,
+        vm TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (grp, vm)
+     );
+     CREATE INDEX vm_group_members_vm ON vm_group_members(vm);",
 ];
 
 pub struct Store {

@@ -18,7 +18,7 @@ use crate::rollback::Rollback;
 pub struct CreatePlan {
     pub rec: VmRecord,
     pub base_format: String,
-    pub user_data: Option<String>,
+    pub cloud_init: Option<crate::model::CloudInit>,
     /// Room for the disk, promised until the create has finished.
     pub(crate) disk_room: Option<crate::engine::capacity::Permit>,
 }
@@ -175,7 +175,8 @@ impl VmEngine {
                 network: spec.network,
                 tags: spec.tags,
                 template: spec.template,
-                cloud_init: spec.user_data.is_some(),
+                cloud_init: spec.cloud_init.is_some(),
+                cloud_init_config: spec.cloud_init.clone(),
                 display: spec.display,
                 qemu_gid: None,
                 current_snapshot: None,
@@ -184,7 +185,7 @@ impl VmEngine {
                 updated_at: now,
             },
             base_format: info.format,
-            user_data: spec.user_data,
+            cloud_init: spec.cloud_init,
             disk_room,
         })
     }
@@ -220,7 +221,7 @@ impl VmEngine {
         let CreatePlan {
             rec,
             base_format,
-            user_data,
+            cloud_init,
             disk_room: _disk_room,
         } = plan;
         let store = &self.core().store;
@@ -305,15 +306,8 @@ impl VmEngine {
                 .await
                 .map_err(|e| EngineError::internal("Failed to resize the disk", e))?;
         }
-        if let Some(user_data) = &user_data {
-            crate::host::cloudinit::build_seed(
-                &dir.join("cidata.iso"),
-                &rec.id.to_string(),
-                &rec.name,
-                user_data,
-            )
-            .await
-            .map_err(|e| EngineError::internal("Failed to write the cloud-init seed", e))?;
+        if let Some(c) = &cloud_init {
+            self.write_seed(&rec, c).await?;
         }
         let rec = entry.record();
         self.own_files(&rec, gid)?;
@@ -323,6 +317,28 @@ impl VmEngine {
         rb.disarm();
         ctx.log("created");
         Ok(self.to_api(&entry))
+    }
+
+    /// Writes the VM's `cidata.iso` from its cloud-init configuration:
+    /// `instance-id` the VM's id and `local-hostname` its name unless the
+    /// meta data gives them.
+    pub(crate) async fn write_seed(
+        &self,
+        rec: &VmRecord,
+        c: &crate::model::CloudInit,
+    ) -> Result<()> {
+        let meta_data = c.meta_data_file(&rec.id.to_string(), &rec.name);
+        let network_config = c.network_config_file();
+        crate::host::cloudinit::write_seed(
+            &self.state_dir(rec.id).join("cidata.iso"),
+            &crate::host::cloudinit::Seed {
+                meta_data: &meta_data,
+                user_data: c.user_data.as_deref().unwrap_or_default(),
+                network_config: network_config.as_deref(),
+            },
+        )
+        .await
+        .map_err(|e| EngineError::internal("Failed to write the cloud-init seed", e))
     }
 
     /// `qemu-img info` of a base image, asked once per version of the file.
@@ -392,6 +408,7 @@ impl VmEngine {
                 "{f} is required: neither the request nor template {t} gives it."
             )),
         };
+        let cloud_init = spec.cloud_init();
         Ok(CreateSpec {
             name: req.name,
             vcpus: spec.vcpus.ok_or_else(|| missing("vcpus"))?,
@@ -404,7 +421,7 @@ impl VmEngine {
             boot: spec.boot,
             network: spec.network.unwrap_or_default(),
             tags: spec.tags.unwrap_or_default(),
-            user_data: spec.user_data,
+            cloud_init,
             display: spec.display.unwrap_or(false),
             template,
         })

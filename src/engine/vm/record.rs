@@ -52,6 +52,9 @@ pub struct VmRecord {
     /// A display device (VGA, VNC on a Unix socket in the run directory).
     #[serde(default)]
     pub display: bool,
+    /// What the seed was made from (absent for VMs made before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init_config: Option<crate::model::CloudInit>,
     /// The group of the VM's files and of its QEMU (from the private range
     /// `qemu_gid_base`); given at create, or at the first start of a VM
     /// made before QEMU was confined.
@@ -232,7 +235,7 @@ pub struct CreateSpec {
     pub boot: Option<BootSpec>,
     pub network: NetworkSpec,
     pub tags: Vec<String>,
-    pub user_data: Option<String>,
+    pub cloud_init: Option<crate::model::CloudInit>,
     pub template: Option<String>,
     /// A display device (`VmSpec::display`).
     pub display: bool,
@@ -264,14 +267,32 @@ pub fn validate_create(req: &CreateSpec, b: &Bounds) -> Result<()> {
             }
         }
     }
-    if req
-        .user_data
+    if let Some(c) = &req.cloud_init {
+        validate_cloud_init(c)?;
+    }
+    Ok(())
+}
+
+/// Each file of a seed is at most `MAX_USER_DATA` characters.
+pub fn validate_cloud_init(c: &crate::model::CloudInit) -> Result<()> {
+    let too_long = |what: &str| {
+        Err(EngineError::Invalid(format!(
+            "Invalid parameter: {what} must be at most {MAX_USER_DATA} characters."
+        )))
+    };
+    if c.user_data
         .as_ref()
         .is_some_and(|u| u.chars().count() > MAX_USER_DATA)
     {
-        return invalid(format!(
-            "user_data must be at most {MAX_USER_DATA} characters."
-        ));
+        return too_long("user_data");
+    }
+    if c.meta_data_file("", "").chars().count() > MAX_USER_DATA {
+        return too_long("cloud_init.meta_data");
+    }
+    if c.network_config_file()
+        .is_some_and(|n| n.chars().count() > MAX_USER_DATA)
+    {
+        return too_long("cloud_init.network_config");
     }
     Ok(())
 }
@@ -372,7 +393,7 @@ mod tests {
             boot: None,
             network: NetworkSpec::default(),
             tags: vec![],
-            user_data: None,
+            cloud_init: None,
             display: false,
             template: None,
         }
@@ -400,9 +421,15 @@ mod tests {
         assert!(bad(|r| r.name = Some("Bad_Name".into())));
         assert!(bad(|r| r.name = Some(Uuid::new_v4().to_string())));
         assert!(bad(|r| r.tags = vec!["".into()]));
-        assert!(bad(|r| r.user_data = Some("x".repeat(MAX_USER_DATA + 1))));
+        assert!(bad(|r| r.cloud_init = Some(crate::model::CloudInit {
+            user_data: Some("x".repeat(MAX_USER_DATA + 1)),
+            ..Default::default()
+        })));
         // Lengths are in characters, as the OpenAPI document counts them.
-        assert!(!bad(|r| r.user_data = Some("é".repeat(MAX_USER_DATA))));
+        assert!(!bad(|r| r.cloud_init = Some(crate::model::CloudInit {
+            user_data: Some("é".repeat(MAX_USER_DATA)),
+            ..Default::default()
+        })));
         assert!(!bad(|r| r.tags = vec!["é".repeat(63)]));
         assert!(bad(|r| r.tags = vec!["é".repeat(64)]));
         assert!(bad(|r| r.tags = vec!["a\u{85}b".into()]));

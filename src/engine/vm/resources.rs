@@ -355,6 +355,9 @@ impl VmEngine {
         if let Some(tags) = &req.tags {
             vm::validate_tags(tags)?;
         }
+        if let Some(Some(c)) = &req.cloud_init {
+            vm::validate_cloud_init(c)?;
+        }
         if let Some(Some(l)) = &req.io_limits {
             vm::validate_io_limits(l)?;
         }
@@ -532,6 +535,25 @@ impl VmEngine {
                 change("tags", Applies::Live);
             }
         }
+        if let Some(c) = &req.cloud_init {
+            // The seed is rewritten now (beside a running QEMU's, which
+            // keeps the one it opened); the guest reads it at its next start.
+            if *c != rec.cloud_init_config || c.is_some() != rec.cloud_init {
+                let seed = self.state_dir(rec.id).join("cidata.iso");
+                match c {
+                    Some(c) => self.write_seed(&rec, c).await?,
+                    None => match std::fs::remove_file(&seed) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(EngineError::internal("removing the cloud-init seed", e))
+                        }
+                        _ => {}
+                    },
+                }
+                rec.cloud_init = c.is_some();
+                rec.cloud_init_config = c.clone();
+                change("cloud_init", Applies::NextStart);
+            }
+        }
         if !changes.is_empty() {
             self.store_config(entry, &rec)?;
         }
@@ -568,6 +590,8 @@ impl VmEngine {
         rec.cpu_pinning = new.cpu_pinning.clone();
         rec.io_limits = new.io_limits.clone();
         rec.tags = new.tags.clone();
+        rec.cloud_init = new.cloud_init;
+        rec.cloud_init_config = new.cloud_init_config.clone();
         rec.updated_at = crate::clock::now();
         entry.touch();
         self.inner

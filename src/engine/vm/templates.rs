@@ -49,6 +49,9 @@ impl VmEngine {
                 vm::MAX_USER_DATA
             ));
         }
+        if let Some(c) = &t.spec.cloud_init {
+            vm::validate_cloud_init(c)?;
+        }
         // Files must be paths inside the pools; whether they exist is
         // checked when a VM is made from the template (they may come later).
         let pools = self.core().pools.active_dirs();
