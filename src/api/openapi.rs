@@ -766,6 +766,20 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
     );
 
     constrain_storage(s, &disk);
+    refine(
+        s,
+        "CreateGroupRequest",
+        "name",
+        json!({"pattern": DNS_LABEL, "maxLength": 63}),
+    );
+    for body in ["CreateGroupRequest", "UpdateGroupRequest"] {
+        refine(
+            s,
+            body,
+            "vms",
+            json!({"items": {"type": "string", "pattern": VM_KEY, "maxLength": 63}}),
+        );
+    }
 
     let statuses: Vec<&str> = [
         400u16, 401, 403, 404, 405, 408, 409, 413, 422, 429, 500, 503,
@@ -1000,7 +1014,10 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     }
 
     // Bodies.
-    if path.ends_with("/{action}") {
+    if path.ends_with("/{action}")
+        || path == "/api/v1/groups/{name}/start"
+        || path == "/api/v1/groups/{name}/stop"
+    {
         o.insert(
             "requestBody".into(),
             json!({"required": false, "description": "Optional; an empty body is `{}`.",
