@@ -168,7 +168,7 @@ set +e
             timeout --kill-after=10 $((max_time + 60)) "$st" --config-file "$PWD/schemathesis.toml" \
             run "$url/openapi.json" \
             --checks all \
-            --exclude-operation-id stream --exclude-operation-id exec_ws --exclude-operation-id console \
+            --exclude-operation-id stream --exclude-operation-id exec_ws --exclude-operation-id vms_console \
             --max-time "$max_time" \
             --max-examples "$max_examples" \
             --workers 1 \

@@ -657,7 +657,7 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
     let container_vcpus = int(1, host_cpus);
     refine(s, c, "vcpus", container_vcpus.clone());
     refine(s, c, "memory", int(6, l.max_memory_mib));
-    refine(s, c, "tags", tags);
+    refine(s, c, "tags", tags.clone());
     refine(
         s,
         c,
@@ -772,7 +772,15 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         "name",
         json!({"pattern": DNS_LABEL, "maxLength": 63}),
     );
+    if let Some(export) = s.get_mut("ExportVmRequest") {
+        // Raw and vdi have no compressed form.
+        export["anyOf"] = json!([
+            {"properties": {"compress": {"const": false}}},
+            {"properties": {"format": {"enum": ["qcow2", "vmdk", "ova"]}}},
+        ]);
+    }
     for body in ["CreateGroupRequest", "UpdateGroupRequest"] {
+        refine(s, body, "tags", tags.clone());
         refine(
             s,
             body,
