@@ -140,6 +140,8 @@ async fn relay_vnc(mut socket: WebSocket, stream: tokio::net::UnixStream) {
     }
 }
 
+/// Sends the close frame after what is queued: a client that reads again
+/// within 30 s learns why it was dropped; one that never does is cut then.
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     if reason.is_empty() {
         return;
@@ -149,7 +151,7 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
         reason: reason.to_owned().into(),
     };
     let _ = tokio::time::timeout(
-        Duration::from_secs(1),
+        Duration::from_secs(30),
         socket.send(Message::Close(Some(frame))),
     )
     .await;
