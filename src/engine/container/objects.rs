@@ -582,14 +582,16 @@ fn registry_error(e: EngineError) -> EngineError {
 }
 
 /// A path inside a build context: components of `[A-Za-z0-9_.-]` that do
-/// not start with `.` or `-`, joined by `/` (at most 4096).
+/// not start with `.` or `-`, each at most 255 (a file name), joined by
+/// `/` (at most 4096).
 pub fn is_context_path(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 4096
         && p.split('/').all(|c| {
-            c.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            c.len() <= 255
+                && c.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && c.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         })
