@@ -133,23 +133,7 @@ pub async fn create_vm(
         .groups
         .create_vm(&name, req, &caller.requester())
         .await?;
-    if wants_async(&headers) {
-        return Ok(accepted(sub.job, sub.vm));
-    }
-    track(&sub.job);
-    let job_id = sub.job.id;
-    let vm = sub.outcome().await?;
-    let location = format!("/api/v1/vms/{}", vm.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(CreatedVm {
-            vm,
-            message: "VM successfully created in the group.".into(),
-            job_id,
-        }),
-    )
-        .into_response())
+    super::vms::answer_created_vm(sub, &headers, "VM successfully created in the group.").await
 }
 
 /// One job, one task per member; synchronous: 200 with the finished job

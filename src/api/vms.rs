@@ -100,7 +100,17 @@ pub async fn create(
     let req: CreateVmRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid(format!("Invalid request body: {e}")))?;
     let sub = agent.vms.create(req, &caller.requester()).await?;
-    if wants_async(&headers) {
+    answer_created_vm(sub, &headers, "VM successfully created and storage cloned.").await
+}
+
+/// The answer to a VM create: 202 with the job under `Prefer:
+/// respond-async`, else 201 with the VM, its `Location` and `message`.
+pub(crate) async fn answer_created_vm(
+    sub: crate::engine::Submitted<crate::model::Vm>,
+    headers: &HeaderMap,
+    message: &str,
+) -> ApiResult<Response> {
+    if wants_async(headers) {
         return Ok(accepted(sub.job, sub.vm));
     }
     track(&sub.job);
@@ -112,7 +122,7 @@ pub async fn create(
         [(axum::http::header::LOCATION, location)],
         Json(CreatedVm {
             vm,
-            message: "VM successfully created and storage cloned.".into(),
+            message: message.into(),
             job_id,
         }),
     )
