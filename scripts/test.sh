@@ -40,6 +40,9 @@ else
     failed=$((failed + 1))
     fuzz="FAILED (target/fuzz-api.log)"
     status=1
+    # The CI keeps only this output: show what schemathesis found.
+    sed -n '/^=* *FAILURES/,/^=* *SUMMARY/p' target/fuzz-api/schemathesis.log 2>/dev/null | cut -c1-300 | head -120
+    grep -E '^  [a-z_]+: [1-9]' target/fuzz-api/summary.txt 2>/dev/null
 fi
 grep -E '^(requests sent|status histogram|time taken|result):' target/fuzz-api/summary.txt 2>/dev/null || tail -20 target/fuzz-api.log
 echo "api fuzzing: $fuzz"

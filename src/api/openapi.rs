@@ -983,7 +983,7 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
         "since" => json!({"type": "integer", "minimum": 0, "maximum": i32::MAX}),
         "tail" => json!({"type": "string", "pattern": "^(all|[0-9]{1,9})$"}),
         "image" | "tag" if under("/api/v1/images/") => pattern(IMAGE_NAME, 200),
-        "dockerfile" => json!({"type": "string", "maxLength": 4096, "default": "Dockerfile",
+        "dockerfile" => json!({"type": "string", "maxLength": 1024, "default": "Dockerfile",
             "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,254})*$"}),
         _ => return None,
     })

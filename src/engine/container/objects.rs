@@ -583,10 +583,11 @@ fn registry_error(e: EngineError) -> EngineError {
 
 /// A path inside a build context: components of `[A-Za-z0-9_.-]` that do
 /// not start with `.` or `-`, each at most 255 (a file name), joined by
-/// `/` (at most 4096).
+/// `/`, at most 1024 in all: the engine opens it below its own build
+/// directory, and the whole must stay under the kernel's 4096 (`PATH_MAX`).
 pub fn is_context_path(p: &str) -> bool {
     !p.is_empty()
-        && p.len() <= 4096
+        && p.len() <= 1024
         && p.split('/').all(|c| {
             c.len() <= 255
                 && c.bytes()
@@ -644,5 +645,20 @@ mod tests {
             split_ref("localhost:5000/bb"),
             ("localhost:5000/bb".into(), "latest".into())
         );
+    }
+
+    #[test]
+    fn context_paths() {
+        assert!(is_context_path("Dockerfile"));
+        assert!(is_context_path("build/Dockerfile.dev"));
+        assert!(!is_context_path(""));
+        assert!(!is_context_path("../Dockerfile"));
+        assert!(!is_context_path("/Dockerfile"));
+        assert!(!is_context_path(&"a".repeat(256)));
+        // Components that are each a valid file name but add up past what
+        // the engine can open below its build directory.
+        let deep = vec!["a".repeat(255); 5].join("/");
+        assert!(!is_context_path(&deep));
+        assert!(is_context_path(&vec!["a".repeat(255); 4].join("/")));
     }
 }
