@@ -345,6 +345,7 @@ async fn container_lifecycle_logs_exec_stats_and_limits() {
     for body in [
         json!({"image": ""}),
         json!({"image": IMAGE, "name": "Bad_Name"}),
+        json!({"image": IMAGE, "name": "x"}),
         json!({"image": IMAGE, "restart_policy": "sometimes"}),
         json!({"image": IMAGE, "labels": {"io.libgo.id": "x"}}),
         json!({"image": IMAGE, "cpu_pinning": {"cores": [999]}}),

@@ -67,6 +67,9 @@ pub struct ApiDoc;
 
 /// A VM or template name: a DNS label.
 pub const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// A DNS label the engine also takes as a container or volume name (at
+/// least 2 characters).
+const ENGINE_LABEL: &str = "^[a-z0-9][-a-z0-9]{0,61}[a-z0-9]$";
 /// A UUID in its hyphenated form.
 pub const UUID: &str =
     "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
@@ -645,7 +648,13 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
 
     // Containers and what the engine holds next to them.
     let c = "CreateContainerRequest";
-    refine(s, c, "name", json!({"pattern": DNS_LABEL, "maxLength": 63}));
+    // A DNS label of at least 2 characters: the engine's rule for names.
+    refine(
+        s,
+        c,
+        "name",
+        json!({"pattern": ENGINE_LABEL, "maxLength": 63}),
+    );
     refine(
         s,
         c,
@@ -737,7 +746,7 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         s,
         "CreateVolumeRequest",
         "name",
-        json!({"pattern": "^[a-z0-9][-a-z0-9]{0,61}[a-z0-9]$", "maxLength": 63}),
+        json!({"pattern": ENGINE_LABEL, "maxLength": 63}),
     );
     refine(
         s,

@@ -190,6 +190,11 @@ impl ContainerEngine {
     ) -> Result<Submitted<Container>> {
         if let Some(name) = &req.name {
             vm::validate_name(name)?;
+            if name.len() < 2 {
+                return Err(EngineError::Invalid(
+                    "Invalid parameter: a container name has at least 2 characters.".into(),
+                ));
+            }
         }
         vm::validate_tags(&req.tags)?;
         if req.image.is_empty() {
