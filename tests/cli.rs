@@ -237,8 +237,8 @@ async fn a_vm_is_driven_through_its_life_by_the_cli() {
     // Stop, then delete; the deleted VM is a 404 with the server's message.
     let stopped = cli.ok(&["vm", "stop", "cli1", "--timeout", "30"]);
     assert_eq!(stopped.trim(), "cli1: stopped");
-    // An action the lifecycle refuses (pause of a stopped VM) is a failed
-    // job: exit 1 with the job's error.
+    // An action the lifecycle refuses (pause of a stopped VM): 409, and
+    // recorded as a failed job; exit 1 with the reason.
     let stderr = cli.fails(1, &["vm", "pause", "cli1"]);
     let (_, jobs) = d.req("GET", "/api/v1/jobs?type=vm.pause", None).await;
     let failed = &jobs["jobs"][0];
@@ -458,4 +458,128 @@ fn completions_and_man_pages_are_generated() {
     // Every command's help has examples.
     let help = cli.ok(&["vm", "snapshot", "create", "--help"]);
     assert!(help.contains("Examples:"), "{help}");
+}
+
+/// The client library on its own: a job followed to its end through the
+/// event stream with its progress, the server's error body in
+/// `ClientError::Api`, and a bulk create through the CLI.
+#[tokio::test]
+async fn the_client_follows_jobs_and_carries_the_error_body() {
+    use libgo::client::{Client, ClientError, ListQuery};
+    use libgo::model::{CreateVmRequest, JobState, VmSpec};
+
+    let d = Daemon::start().await;
+    let client = Client::new(
+        format!("unix://{}", d.socket.display()).parse().unwrap(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(client.health().await.unwrap().node, d.node);
+
+    let mut events = client.events(&["vm.created"], None).await.unwrap();
+    let req = CreateVmRequest {
+        name: Some("full1".into()),
+        template: None,
+        spec: VmSpec {
+            vcpus: Some(1),
+            memory: Some(64),
+            disk_size: Some(1),
+            base_image: Some("base.qcow2".into()),
+            clone: Some(libgo::model::CloneMode::Full),
+            ..Default::default()
+        },
+    };
+    let accepted = client.create_vm_async(&req).await.unwrap();
+    assert_eq!(accepted.vm.as_ref().unwrap().name, "full1");
+    let mut seen = Vec::new();
+    let job = client
+        .follow_job(accepted.job.id, |p| seen.push(p))
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(seen.last(), Some(&100), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.kind.as_str(), ev.name.as_deref()),
+        ("vm.created", Some("full1"))
+    );
+
+    // A second VM of that name: 409 with the server's body.
+    match client.create_vm(&req).await {
+        Err(ClientError::Api { status, body }) => {
+            assert_eq!(status, 409);
+            assert_eq!(body.error.code, 409);
+            assert_eq!(body.error.status, "RESOURCE_CONFLICT");
+            assert!(body.error.request_id.starts_with("req-"), "{body:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A job that fails is an error carrying the job: a bulk create whose
+    // second item names a base image that does not exist.
+    let mut bad = req.clone();
+    bad.name = Some("full3".into());
+    bad.spec.base_image = Some("missing.qcow2".into());
+    let mut good = req.clone();
+    good.name = Some("full2".into());
+    good.spec.clone = None;
+    let accepted = client.create_vms(&[good, bad]).await.unwrap();
+    match client.follow_job(accepted.job.id, |_| {}).await {
+        Err(ClientError::JobFailed {
+            state,
+            message,
+            job,
+            ..
+        }) => {
+            assert_eq!(state, "failed");
+            assert_eq!(message, "1 of 2 tasks failed");
+            assert!(
+                job.tasks[1]
+                    .error
+                    .as_deref()
+                    .unwrap()
+                    .contains("missing.qcow2"),
+                "{job:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    client.delete_vm("full2").await.unwrap();
+
+    // Bulk create through the CLI: NAME-1 … NAME-N, one job.
+    let cfg = tempfile::tempdir().unwrap();
+    let cli = local(&d, cfg.path());
+    let out = cli.ok(&[
+        "vm",
+        "create",
+        "bulk",
+        "--count",
+        "2",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--disk-size",
+        "1",
+        "--base-image",
+        "base.qcow2",
+        "-f",
+        "csv",
+    ]);
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(names, ["bulk-1", "bulk-2"], "{out}");
+    let list = client
+        .vms(&ListQuery::default().filter("sort", "name"))
+        .await
+        .unwrap();
+    assert_eq!(list.total_count, 3);
+    assert_eq!(list.vms[0].name, "bulk-1");
 }

@@ -59,40 +59,88 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Virtual machines.
-    #[command(subcommand, visible_alias = "vms")]
+    #[command(
+        subcommand,
+        visible_alias = "vms",
+        after_help = "Examples:\n  libgo vm list\n  libgo vm create web1 --template small\n  libgo vm start web1\n  libgo vm console web1"
+    )]
     Vm(vm::VmCmd),
     /// Containers (and their engine volumes).
-    #[command(subcommand, visible_alias = "containers")]
+    #[command(
+        subcommand,
+        visible_alias = "containers",
+        after_help = "Examples:\n  libgo container list\n  libgo container create alpine:3 --name app1 --start -- sleep 1000\n  libgo container exec app1 -- ls /"
+    )]
     Container(resources::ContainerCmd),
     /// VM templates.
-    #[command(subcommand, visible_alias = "templates")]
+    #[command(
+        subcommand,
+        visible_alias = "templates",
+        after_help = "Examples:\n  libgo template list\n  libgo template create small --vcpus 1 --memory 512 --disk-size 5 --base-image debian-12.qcow2"
+    )]
     Template(resources::TemplateCmd),
     /// Container images.
-    #[command(subcommand, visible_alias = "images")]
+    #[command(
+        subcommand,
+        visible_alias = "images",
+        after_help = "Examples:\n  libgo image list\n  libgo image pull alpine:3"
+    )]
     Image(resources::ImageCmd),
     /// Container networks.
-    #[command(subcommand, visible_alias = "networks")]
+    #[command(
+        subcommand,
+        visible_alias = "networks",
+        after_help = "Examples:\n  libgo network list\n  libgo network create backend"
+    )]
     Network(resources::NetworkCmd),
     /// Volumes of storage pools (disk images).
-    #[command(subcommand, visible_alias = "volumes")]
+    #[command(
+        subcommand,
+        visible_alias = "volumes",
+        after_help = "Examples:\n  libgo volume list\n  libgo volume create data.qcow2 --size 20"
+    )]
     Volume(resources::VolumeCmd),
     /// Storage pools.
-    #[command(subcommand, visible_alias = "pools")]
+    #[command(
+        subcommand,
+        visible_alias = "pools",
+        after_help = "Examples:\n  libgo pool list\n  libgo pool show default"
+    )]
     Pool(resources::PoolCmd),
     /// Jobs: what mutating calls run as.
-    #[command(subcommand, visible_alias = "jobs")]
+    #[command(
+        subcommand,
+        visible_alias = "jobs",
+        after_help = "Examples:\n  libgo job list --state running\n  libgo job wait 9e1f…"
+    )]
     Job(resources::JobCmd),
     /// Groups of VMs.
-    #[command(subcommand, visible_alias = "groups")]
+    #[command(
+        subcommand,
+        visible_alias = "groups",
+        after_help = "Examples:\n  libgo group create web --vm web1 --vm web2\n  libgo group start web"
+    )]
     Group(resources::GroupCmd),
     /// Users of the TCP listener.
-    #[command(subcommand, visible_alias = "users")]
+    #[command(
+        subcommand,
+        visible_alias = "users",
+        after_help = "Examples:\n  libgo user list\n  echo 's3cret-pass' | libgo user create alice --role operator"
+    )]
     User(resources::UserCmd),
     /// API tokens.
-    #[command(subcommand, visible_alias = "tokens")]
+    #[command(
+        subcommand,
+        visible_alias = "tokens",
+        after_help = "Examples:\n  libgo token create aggregator --role viewer\n  libgo token list"
+    )]
     Token(resources::TokenCmd),
     /// Agents this CLI talks to.
-    #[command(subcommand, visible_alias = "remotes")]
+    #[command(
+        subcommand,
+        visible_alias = "remotes",
+        after_help = "Examples:\n  libgo remote add prod https://node1:8443 --token lgo_…\n  libgo remote list\n  libgo remote switch prod"
+    )]
     Remote(remote::RemoteCmd),
     /// The agent: version, node, accelerator, capacity.
     #[command(after_help = "Examples:\n  libgo info\n  libgo info --remote prod --format yaml")]
@@ -455,7 +503,7 @@ mod tests {
     fn every_command_has_examples() {
         fn walk(c: &clap::Command, path: &str) {
             let path = format!("{path} {}", c.get_name());
-            if c.get_subcommands().next().is_none() || c.get_name() == "libgo" {
+            if c.get_name() != "help" {
                 let help = c
                     .get_after_help()
                     .map(|h| h.to_string())

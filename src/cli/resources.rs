@@ -72,7 +72,7 @@ const ENGINE_VOLUME_VIEW: View = View {
     ],
     id: "name",
 };
-const VOLUME_VIEW: View = View {
+pub const VOLUME_VIEW: View = View {
     cols: &[
         ("POOL", "pool"),
         ("NAME", "name"),

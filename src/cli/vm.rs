@@ -255,10 +255,18 @@ pub enum VmCmd {
         output: PathBuf,
     },
     /// Snapshots of a VM.
-    #[command(subcommand, visible_alias = "snapshots")]
+    #[command(
+        subcommand,
+        visible_alias = "snapshots",
+        after_help = "Examples:\n  libgo vm snapshot list web1\n  libgo vm snapshot create web1 before-upgrade"
+    )]
     Snapshot(SnapshotCmd),
     /// Extra disks of a VM.
-    #[command(subcommand, visible_alias = "disks")]
+    #[command(
+        subcommand,
+        visible_alias = "disks",
+        after_help = "Examples:\n  libgo vm disk list web1\n  libgo vm disk attach web1 --name data --size 20"
+    )]
     Disk(DiskCmd),
     /// Copy a VM's disk into a volume (qcow2, raw, vmdk, vdi, ova).
     #[command(after_help = "Examples:
@@ -538,27 +546,37 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
             snapshot,
         } => {
             let (c, name) = ctx.target(&name)?;
+            // The volume's name is chosen here when not given (the agent's
+            // own pattern, `<vm>-<UTC time>.<format>`), so that the result
+            // can be shown once the job is done.
+            let volume = match volume {
+                Some(v) => v,
+                None => {
+                    let vm = c.vm(&name).await?;
+                    let now = time::OffsetDateTime::now_utc().format(
+                        time::macros::format_description!(
+                            "[year][month][day]T[hour][minute][second]Z"
+                        ),
+                    )?;
+                    format!("{}-{now}.{format}", vm.name)
+                }
+            };
             let req = ExportVmRequest {
                 format: serde_json::from_value(Value::String(format))?,
                 compress,
-                pool,
-                name: volume,
+                pool: pool.clone(),
+                name: Some(volume.clone()),
                 snapshot,
             };
             let accepted = c.export_vm_async(&name, &req).await?;
-            if let Some(job) = ctx.job(&c, accepted, &format!("export {name}")).await? {
-                // The volume is named in the job's log; show the pool's newest.
-                let line = job
-                    .tasks
-                    .iter()
-                    .flat_map(|t| t.log.iter())
-                    .last()
-                    .cloned()
-                    .unwrap_or_default();
-                ctx.out.say(&format!("Exported {name}. {line}"));
-                if ctx.out.format != super::Format::Table {
-                    ctx.out.one(&to_value(&job), &super::resources::JOB_VIEW);
-                }
+            if ctx
+                .job(&c, accepted, &format!("export {name}"))
+                .await?
+                .is_some()
+            {
+                let pool = pool.unwrap_or_else(|| "default".into());
+                let vol = c.pool_volume(&pool, &volume).await?;
+                ctx.out.one(&to_value(&vol), &super::resources::VOLUME_VIEW);
             }
         }
     }
