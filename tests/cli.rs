@@ -215,6 +215,47 @@ async fn a_vm_is_driven_through_its_life_by_the_cli() {
     };
     assert!(status.success(), "console exited {status}");
 
+    // On a terminal: raw mode while attached, Ctrl-a q detaches, and the
+    // terminal is as it was afterwards.
+    {
+        use nix::sys::termios::{tcgetattr, LocalFlags};
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let before = tcgetattr(&pty.slave).unwrap();
+        assert!(before.local_flags.contains(LocalFlags::ICANON));
+        let end = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().unwrap());
+        let mut child = cli
+            .cmd(&["vm", "console", "cli1"])
+            .stdin(end(&pty.slave))
+            .stdout(end(&pty.slave))
+            .stderr(end(&pty.slave))
+            .spawn()
+            .unwrap();
+        let mut master = std::fs::File::from(pty.master);
+        let mut reader = Reader::new(master.try_clone().unwrap());
+        reader.until(&["type Ctrl-a q to detach"], Duration::from_secs(30));
+        let raw = tcgetattr(&pty.slave).unwrap();
+        assert!(!raw
+            .local_flags
+            .intersects(LocalFlags::ICANON | LocalFlags::ECHO));
+        master.write_all(b"ttytag echo tty-$((1+1))\n").unwrap();
+        reader.until(&["tty-2\n", "LIBGO-DONE ttytag 0"], Duration::from_secs(60));
+        master.write_all(&[0x01, b'q']).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "Ctrl-a q did not detach");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "console exited {status}");
+        reader.until(&["Detached from cli1."], Duration::from_secs(5));
+        let after = tcgetattr(&pty.slave).unwrap();
+        assert_eq!(after.local_flags, before.local_flags);
+        assert_eq!(after.input_flags, before.input_flags);
+        assert_eq!(after.output_flags, before.output_flags);
+    }
+
     // A snapshot of the running VM.
     let snap: Value =
         serde_json::from_str(&cli.ok(&["vm", "snapshot", "create", "cli1", "s1", "-f", "json"]))

@@ -78,8 +78,9 @@ pub async fn attach(client: &Client, vm: &str, linger: Duration) -> anyhow::Resu
     let (mut tx, mut rx) = ws.split();
     let tty = std::io::stdin().is_terminal();
     let _raw = if tty {
+        let raw = RawMode::enter()?;
         eprint!("Connected to the serial console of {vm}; type Ctrl-a q to detach.\r\n");
-        Some(RawMode::enter()?)
+        Some(raw)
     } else {
         None
     };
