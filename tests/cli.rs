@@ -377,6 +377,35 @@ async fn a_tls_remote_is_pinned_and_a_wrong_pin_is_refused() {
     );
     assert!(stderr.contains("Error:"), "{stderr}");
 
+    // On a terminal the question is asked: no keeps nothing.
+    let answer = |reply: &[u8]| {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let end = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().unwrap());
+        let mut child = cli
+            .cmd(&["remote", "add", "asked", &url, "--token", secret])
+            .stdin(end(&pty.slave))
+            .stdout(end(&pty.slave))
+            .stderr(end(&pty.slave))
+            .spawn()
+            .unwrap();
+        let mut master = std::fs::File::from(pty.master);
+        let mut reader = Reader::new(master.try_clone().unwrap());
+        reader.until(
+            &[&fp, "Trust this certificate? (y/n)"],
+            Duration::from_secs(30),
+        );
+        master.write_all(reply).unwrap();
+        let status = child.wait().unwrap();
+        (status.code(), reader)
+    };
+    let (code, mut reader) = answer(b"n\n");
+    assert_eq!(code, Some(1));
+    reader.until(&["not trusted"], Duration::from_secs(5));
+    assert!(!cfg.path().join("config.toml").exists());
+    let (code, _) = answer(b"y\n");
+    assert_eq!(code, Some(0));
+    cli.ok(&["remote", "remove", "asked"]);
+
     // Accepted: pinned, in a file only its owner reads.
     let out = cli.run(&[
         "remote",
