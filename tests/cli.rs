@@ -289,6 +289,24 @@ async fn a_vm_is_driven_through_its_life_by_the_cli() {
         stderr.starts_with("Error: ") && stderr.contains(why),
         "{stderr} vs {why}"
     );
+    // Export names its volume, shown once the job is done.
+    let vol: Value = serde_json::from_str(&cli.ok(&[
+        "vm",
+        "export",
+        "cli1",
+        "--disk-format",
+        "qcow2",
+        "--name",
+        "cli1.qcow2",
+        "-f",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (vol["pool"].as_str(), vol["name"].as_str()),
+        (Some("default"), Some("cli1.qcow2"))
+    );
+    assert!(d.image_dir().join("cli1.qcow2").exists());
     assert_eq!(cli.ok(&["vm", "delete", "cli1", "-q"]), "");
     let (code, gone) = d.req("GET", "/api/v1/vms/cli1", None).await;
     assert_eq!(code, 404);
@@ -652,4 +670,76 @@ async fn the_client_follows_jobs_and_carries_the_error_body() {
         .unwrap();
     assert_eq!(list.total_count, 3);
     assert_eq!(list.vms[0].name, "bulk-1");
+}
+
+/// Containers through the CLI (needs dockerd on /var/run/docker.sock): an
+/// image imported from a tarball, a container created and started, a
+/// command run in it with its exit code, its logs, stop and delete.
+#[tokio::test]
+async fn a_container_is_driven_by_the_cli() {
+    let d = Daemon::start().await;
+    let cfg = tempfile::tempdir().unwrap();
+    let cli = local(&d, cfg.path());
+    let image = format!("libgo-cli-test:{}", std::process::id());
+    let name = format!("cli-ct-{}", std::process::id());
+    let tar = cfg.path().join("rootfs.tar");
+    std::fs::write(
+        &tar,
+        common::busybox_rootfs_tar(&["sh", "echo", "sleep", "cat"]),
+    )
+    .unwrap();
+
+    let img: Value = serde_json::from_str(&cli.ok(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        &image,
+        "-f",
+        "json",
+    ]))
+    .unwrap();
+    assert!(img["id"].as_str().unwrap().starts_with("sha256:"), "{img}");
+    let ct: Value = serde_json::from_str(&cli.ok(&[
+        "container",
+        "create",
+        &image,
+        "--name",
+        &name,
+        "--start",
+        "-f",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        "echo hello-from-ct; sleep 1000",
+    ]))
+    .unwrap();
+    assert_eq!(ct["status"], "running", "{ct}");
+    let listed = cli.ok(&["container", "ls", "-q"]);
+    assert!(
+        listed.lines().any(|l| l == ct["id"].as_str().unwrap()),
+        "{listed}"
+    );
+
+    let out = cli.ok(&["container", "exec", &name, "--", "cat", "/etc/hostname"]);
+    assert!(!out.trim().is_empty());
+    let code = cli
+        .run(&["container", "exec", &name, "--", "sh", "-c", "exit 7"])
+        .status
+        .code();
+    assert_eq!(code, Some(7), "exec exits with the command's code");
+    let logs = cli.ok(&["container", "logs", &name]);
+    assert!(logs.contains("hello-from-ct"), "{logs}");
+
+    // Delete of a running container wants --force: the server's 409.
+    let stderr = cli.fails(1, &["container", "rm", &name]);
+    assert!(stderr.starts_with("Error: "), "{stderr}");
+    assert_eq!(
+        cli.ok(&["container", "stop", &name, "--timeout", "1"])
+            .trim(),
+        format!("{name}: stopped")
+    );
+    cli.ok(&["container", "rm", &name]);
+    cli.fails(1, &["container", "show", &name]);
+    cli.ok(&["image", "rm", &image, "--force"]);
 }

@@ -80,7 +80,7 @@ impl Output {
                 for i in items {
                     t.add_row(view.cols.iter().map(|(_, p)| cell(field(i, p))));
                 }
-                self.write(&t.to_string());
+                self.write(&render(t));
             }
         }
     }
@@ -92,15 +92,13 @@ impl Output {
         }
         match self.format {
             Format::Table => {
+                let mut rows = Vec::new();
+                flatten("", item, &mut rows);
                 let mut t = table();
-                if let Value::Object(map) = item {
-                    for (k, v) in map {
-                        t.add_row(vec![format!("{k}:"), cell(v)]);
-                    }
-                } else {
-                    t.add_row(vec![cell(item)]);
+                for (k, v) in rows {
+                    t.add_row(vec![format!("{k}:"), v]);
                 }
-                self.write(&t.to_string());
+                self.write(&render(t));
             }
             _ => self.list_one(item, view),
         }
@@ -127,6 +125,39 @@ fn table() -> Table {
     t.load_style(NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled);
     t
+}
+
+/// The table's lines, columns two spaces apart, without trailing blanks.
+fn render(mut t: Table) -> String {
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+    }
+    t.to_string()
+        .lines()
+        .map(|l| l.trim_end().to_owned() + "\n")
+        .collect()
+}
+
+/// An object's fields as `a.b.c` rows; lists of plain values joined.
+fn flatten(prefix: &str, v: &Value, rows: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, x) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, x, rows);
+            }
+        }
+        Value::Array(a) if a.iter().any(|x| x.is_object() || x.is_array()) => {
+            for (i, x) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), x, rows);
+            }
+        }
+        _ => rows.push((prefix.to_owned(), cell(v))),
+    }
 }
 
 fn csv_text(items: &[Value], view: &View) -> String {
@@ -156,6 +187,21 @@ mod tests {
             cols: &[("NAME", "name"), ("TAGS", "tags")],
             id: "name",
         };
-        assert_eq!(csv_text(&[v], &view), "name,tags\n\"a,b\",\"x,y\"\n");
+        assert_eq!(
+            csv_text(std::slice::from_ref(&v), &view),
+            "name,tags\n\"a,b\",\"x,y\"\n"
+        );
+        let mut rows = Vec::new();
+        flatten(
+            "",
+            &json!({"a": {"b": 1}, "l": [{"x": 2}], "t": ["p", "q"]}),
+            &mut rows,
+        );
+        let keys: Vec<(&str, &str)> = rows.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(keys, [("a.b", "1"), ("l[0].x", "2"), ("t", "p,q")]);
+        let mut t = table();
+        t.set_header(["NAME", "X"]);
+        t.add_row(["long-name", ""]);
+        assert_eq!(render(t), "NAME       X\nlong-name\n");
     }
 }

@@ -270,12 +270,13 @@ pub enum VmCmd {
     Disk(DiskCmd),
     /// Copy a VM's disk into a volume (qcow2, raw, vmdk, vdi, ova).
     #[command(after_help = "Examples:
-  libgo vm export web1 --format ova
-  libgo vm export web1 --format qcow2 --compress --pool backups --name web1.qcow2")]
+  libgo vm export web1 --disk-format ova
+  libgo vm export web1 --disk-format qcow2 --compress --pool backups --name web1.qcow2")]
     Export {
         name: String,
-        #[arg(long, value_parser = ["qcow2", "raw", "vmdk", "vdi", "ova"])]
-        format: String,
+        /// The volume's format.
+        #[arg(long = "disk-format", value_parser = ["qcow2", "raw", "vmdk", "vdi", "ova"])]
+        disk_format: String,
         #[arg(long)]
         compress: bool,
         #[arg(long)]
@@ -539,7 +540,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
         VmCmd::Disk(d) => disk(ctx, d).await?,
         VmCmd::Export {
             name,
-            format,
+            disk_format: format,
             compress,
             pool,
             volume,
