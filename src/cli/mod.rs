@@ -518,6 +518,33 @@ mod tests {
     }
 
     #[test]
+    fn no_command_shadows_a_global_option() {
+        fn walk(c: &clap::Command, globals: &[String]) {
+            for a in c.get_arguments() {
+                assert!(
+                    !globals.contains(&a.get_id().to_string()),
+                    "{} redefines --{}",
+                    c.get_name(),
+                    a.get_id()
+                );
+            }
+            for s in c.get_subcommands() {
+                walk(s, globals);
+            }
+        }
+        let root = Cli::command();
+        let globals: Vec<String> = root
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(globals.contains(&"format".to_owned()));
+        for s in root.get_subcommands() {
+            walk(s, &globals);
+        }
+    }
+
+    #[test]
     fn assignments_nest_and_type_their_values() {
         let v = assignments(
             &[
