@@ -638,6 +638,27 @@ async fn the_client_follows_jobs_and_carries_the_error_body() {
     }
     client.delete_vm("full2").await.unwrap();
 
+    // Volume content up and down, as streams of bytes.
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let vol = client
+        .upload_pool_volume("default", "blob.raw", content.clone())
+        .await
+        .unwrap();
+    assert_eq!((vol.name.as_str(), vol.allocation > 0), ("blob.raw", true));
+    let resp = client
+        .download_pool_volume("default", "blob.raw")
+        .await
+        .unwrap();
+    let got = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(got == content, "the content came back changed");
+    match client.download_pool_volume("default", "nope.raw").await {
+        Err(e) => assert_eq!(e.status(), Some(404), "{e}"),
+        Ok(r) => panic!("{}", r.status()),
+    }
+
     // Bulk create through the CLI: NAME-1 … NAME-N, one job.
     let cfg = tempfile::tempdir().unwrap();
     let cli = local(&d, cfg.path());

@@ -414,6 +414,10 @@ impl Client {
             .await
     }
 
+    pub async fn job_task(&self, id: Uuid, task: u32) -> Result<Task> {
+        self.get(&format!("/api/v1/jobs/{id}/tasks/{task}")).await
+    }
+
     pub async fn cancel_job(&self, id: Uuid) -> Result<Job> {
         self.bare(Method::DELETE, &format!("/api/v1/jobs/{id}"))
             .await
@@ -449,6 +453,15 @@ impl Client {
 
     pub async fn delete_template(&self, id: &str) -> Result<Template> {
         self.bare(Method::DELETE, &format!("/api/v1/templates/{}", s(id)))
+            .await
+    }
+
+    /// Bulk delete of templates (ids or names): always a job.
+    pub async fn delete_templates(&self, ids: &[String]) -> Result<Accepted> {
+        let body = BulkDeleteTemplates {
+            template_ids: ids.to_vec(),
+        };
+        self.submit(Method::DELETE, "/api/v1/templates", Some(&body))
             .await
     }
 
@@ -579,6 +592,41 @@ impl Client {
         .await
     }
 
+    pub async fn put_container_resources(
+        &self,
+        id: &str,
+        req: &UpdateContainerRequest,
+    ) -> Result<Container> {
+        self.send_json(
+            Method::PUT,
+            &format!("/api/v1/containers/{}/resources", s(id)),
+            req,
+        )
+        .await
+    }
+
+    /// An interactive command in a container over a WebSocket: frames sent
+    /// are its stdin, binary frames back its output; the close reason is
+    /// `exit <code>`.
+    pub async fn container_exec_socket(
+        &self,
+        id: &str,
+        command: &[String],
+        tty: bool,
+    ) -> Result<super::Socket> {
+        let mut q: Vec<String> = command
+            .iter()
+            .map(|c| format!("command={}", s(c)))
+            .collect();
+        q.push(format!("tty={tty}"));
+        self.websocket(&format!(
+            "/api/v1/containers/{}/exec?{}",
+            s(id),
+            q.join("&")
+        ))
+        .await
+    }
+
     pub async fn container_exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult> {
         self.send_json(
             Method::POST,
@@ -611,6 +659,29 @@ impl Client {
     pub async fn instances(&self, q: &ListQuery) -> Result<InstanceList> {
         self.get(&format!("/api/v1/instances{}", q.to_query()))
             .await
+    }
+
+    /// `POST /instances`: `{"backend": "vm" | "container", …}` with the
+    /// fields of a VM or container create; answers the bare `Vm` or
+    /// `Container`.
+    pub async fn create_instance(&self, req: &Value) -> Result<Value> {
+        self.send_json(Method::POST, "/api/v1/instances", req).await
+    }
+
+    /// An action on a VM or a container by id or name.
+    pub async fn instance_action(
+        &self,
+        id: &str,
+        action: &str,
+        timeout: Option<u64>,
+    ) -> Result<ActionResponse> {
+        let body = ActionRequest { timeout };
+        self.send_json(
+            Method::POST,
+            &format!("/api/v1/instances/{}/{}", s(id), s(action)),
+            &body,
+        )
+        .await
     }
 
     // --- Images, networks, container volumes -----------------------------
@@ -671,6 +742,42 @@ impl Client {
                 Method::POST,
                 &path,
                 Some(tarball),
+                &[("content-type", "application/x-tar")],
+            )
+            .await?;
+        super::decode(&bytes)
+    }
+
+    /// Loads a `docker save` tarball: every image after loading.
+    pub async fn load_images(&self, tarball: Vec<u8>) -> Result<ImageList> {
+        let (_, bytes) = self
+            .call(
+                Method::POST,
+                "/api/v1/images/load",
+                Some(tarball),
+                &[("content-type", "application/x-tar")],
+            )
+            .await?;
+        super::decode(&bytes)
+    }
+
+    /// Builds `tag` from a context tarball (`dockerfile`: its path in the
+    /// context, default `Dockerfile`).
+    pub async fn build_image(
+        &self,
+        tag: &str,
+        dockerfile: Option<&str>,
+        context: Vec<u8>,
+    ) -> Result<Image> {
+        let mut path = format!("/api/v1/images/build?tag={}", s(tag));
+        if let Some(f) = dockerfile {
+            path.push_str(&format!("&dockerfile={}", s(f)));
+        }
+        let (_, bytes) = self
+            .call(
+                Method::POST,
+                &path,
+                Some(context),
                 &[("content-type", "application/x-tar")],
             )
             .await?;
@@ -806,6 +913,57 @@ impl Client {
             &format!("/api/v1/storage-pools/{}/volumes/{}", s(pool), s(name)),
         )
         .await
+    }
+
+    /// A volume's content as a stream (the response's body).
+    pub async fn download_pool_volume(
+        &self,
+        pool: &str,
+        name: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let path = format!(
+            "/api/v1/storage-pools/{}/volumes/{}/content",
+            s(pool),
+            s(name)
+        );
+        let resp = self.send(Method::GET, &path, None, &[]).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| super::ClientError::Transport(e.to_string()))?
+            .to_bytes();
+        Err(super::ClientError::from_answer(status, &bytes))
+    }
+
+    /// Writes a volume's content (made, or replaced whole).
+    pub async fn upload_pool_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        content: Vec<u8>,
+    ) -> Result<StorageVolume> {
+        let path = format!(
+            "/api/v1/storage-pools/{}/volumes/{}/content",
+            s(pool),
+            s(name)
+        );
+        let (_, bytes) = self
+            .call(
+                Method::PUT,
+                &path,
+                Some(content),
+                &[("content-type", "application/octet-stream")],
+            )
+            .await?;
+        super::decode(&bytes)
+    }
+
+    pub async fn storage_server(&self, host: &str) -> Result<StorageServer> {
+        self.get(&format!("/api/v1/storage-servers/{}", s(host)))
+            .await
     }
 
     pub async fn storage_servers(&self) -> Result<StorageServerList> {

@@ -9,6 +9,18 @@
 //! methods in `api.rs` are thin wrappers naming a route and its types.
 //! Failed calls come back as [`ClientError::Api`] carrying the server's
 //! JSON error body.
+//!
+//! ```no_run
+//! # async fn demo() -> libgo::client::Result<()> {
+//! use libgo::client::{Client, ListQuery};
+//! let node = Client::from_url("https://node1:8443", Some("AB:CD:…"))?.with_token("lgo_…");
+//! for vm in node.vms(&ListQuery::default()).await?.vms {
+//!     println!("{} {}", vm.name, vm.status.as_str());
+//! }
+//! let accepted = node.vm_action_async("web1", "start", None).await?;
+//! let job = node.follow_job(accepted.job.id, |p| eprintln!("{p}%")).await?;
+//! # let _ = job; Ok(()) }
+//! ```
 
 mod api;
 mod endpoint;
@@ -155,6 +167,12 @@ impl Client {
             tls,
             timeout: Duration::from_secs(30),
         })
+    }
+
+    /// A client of `url` (`unix:///path`, `https://host:port`,
+    /// `http://127.0.0.1:port`), `fingerprint` pinning an https server.
+    pub fn from_url(url: &str, fingerprint: Option<&str>) -> Result<Client> {
+        Client::new(url.parse()?, fingerprint)
     }
 
     /// The local agent's admin socket.
