@@ -327,6 +327,16 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // These two read no configuration: they run in package builds, where
+    // there may be no home directory.
+    match cli.command {
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "libgo", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { dir } => return man(dir),
+        _ => {}
+    }
     let ctx = Ctx {
         config: Config::load()?,
         remote: cli.remote,
@@ -395,11 +405,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "libgo", &mut std::io::stdout());
-            Ok(())
-        }
-        Command::Man { dir } => man(dir),
+        Command::Completion { .. } | Command::Man { .. } => unreachable!("answered above"),
     }
 }
 
