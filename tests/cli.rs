@@ -187,6 +187,12 @@ async fn a_vm_is_driven_through_its_life_by_the_cli() {
     assert_eq!(shown["id"], job.as_str());
     d.wait_marker(&id, READY, 1, BOOT).await;
 
+    // What is in force while it runs.
+    let config: Value =
+        serde_json::from_str(&cli.ok(&["vm", "config", "cli1", "-f", "json"])).unwrap();
+    assert_eq!(config["memory"], 128);
+    assert!(config["accel"].is_string(), "{config}");
+
     // The serial console from a pipe: a command in, its output out.
     let mut child = cli
         .cmd(&["vm", "console", "cli1"])
@@ -314,6 +320,30 @@ async fn a_vm_is_driven_through_its_life_by_the_cli() {
     assert_eq!(
         stderr.trim(),
         format!("Error: {}", gone["error"]["message"].as_str().unwrap())
+    );
+
+    // The audit trail saw the CLI's calls on the VM.
+    let trail: Value =
+        serde_json::from_str(&cli.ok(&["audit", "--target", "vms/cli1", "-f", "json"])).unwrap();
+    let calls: Vec<String> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["method"].as_str().unwrap(),
+                e["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        calls.contains(&"POST /api/v1/vms/cli1/start".to_owned()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"DELETE /api/v1/vms/cli1".to_owned()),
+        "{calls:?}"
     );
 
     // Usage errors are exit code 2, as clap's own.

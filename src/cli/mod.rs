@@ -145,6 +145,22 @@ pub enum Command {
     /// The agent: version, node, accelerator, capacity.
     #[command(after_help = "Examples:\n  libgo info\n  libgo info --remote prod --format yaml")]
     Info,
+    /// The audit trail: every mutating call, newest first (admins).
+    #[command(
+        after_help = "Examples:\n  libgo audit\n  libgo audit --actor user:alice --outcome denied\n  libgo audit --target vms/web1 -f json"
+    )]
+    Audit {
+        /// `uid:0`, `user:alice`, `token:<id>`, `anonymous`.
+        #[arg(long)]
+        actor: Option<String>,
+        /// A collection and id: `vms/web1`.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, value_parser = ["succeeded", "denied", "failed"])]
+        outcome: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Who the agent takes this caller for.
     #[command(after_help = "Examples:\n  libgo whoami\n  libgo whoami --remote prod")]
     Whoami,
@@ -379,6 +395,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Audit {
+            actor,
+            target,
+            outcome,
+            limit,
+        } => resources::audit(&ctx, actor, target, outcome, limit).await,
         Command::Whoami => {
             let me = ctx.client()?.whoami().await?;
             ctx.out.one(

@@ -237,6 +237,9 @@ pub enum ContainerCmd {
         #[arg(long)]
         tail: Option<String>,
     },
+    /// The latest resource figures of a running container.
+    #[command(after_help = "Examples:\n  libgo container stats app1")]
+    Stats { name: String },
     /// Take a container libgo did not create under its management.
     #[command(after_help = "Examples:\n  libgo container adopt legacy-db")]
     Adopt { name: String },
@@ -476,6 +479,13 @@ pub async fn container(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<()> {
         ContainerCmd::Logs { name, tail } => {
             let (c, name) = ctx.target(&name)?;
             print!("{}", c.container_logs(&name, tail.as_deref()).await?);
+        }
+        ContainerCmd::Stats { name } => {
+            let (c, name) = ctx.target(&name)?;
+            ctx.out.one(
+                &to_value(&c.container_stats(&name).await?),
+                &super::vm::STATS_VIEW,
+            );
         }
         ContainerCmd::Adopt { name } => {
             let (c, name) = ctx.target(&name)?;
@@ -1387,5 +1397,41 @@ pub async fn token(ctx: &Ctx, cmd: TokenCmd) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+// --- Audit --------------------------------------------------------------
+
+pub const AUDIT_VIEW: View = View {
+    cols: &[
+        ("AT", "at"),
+        ("ACTOR", "actor"),
+        ("METHOD", "method"),
+        ("PATH", "path"),
+        ("STATUS", "status"),
+        ("OUTCOME", "outcome"),
+    ],
+    id: "request_id",
+};
+
+/// `libgo audit`: the agent's trail of mutating calls, newest first.
+pub async fn audit(
+    ctx: &Ctx,
+    actor: Option<String>,
+    target: Option<String>,
+    outcome: Option<String>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let mut q = ListQuery {
+        limit: Some(limit.clamp(1, 200)),
+        ..Default::default()
+    };
+    for (k, v) in [("actor", actor), ("target", target), ("outcome", outcome)] {
+        if let Some(v) = v {
+            q = q.filter(k, v);
+        }
+    }
+    let page = ctx.client()?.audit(&q).await?;
+    ctx.out.list(&values(&page.events), &AUDIT_VIEW);
     Ok(())
 }

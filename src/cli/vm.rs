@@ -24,6 +24,17 @@ pub const VM_VIEW: View = View {
     id: "id",
 };
 
+pub const STATS_VIEW: View = View {
+    cols: &[
+        ("CPU%", "cpu_usage"),
+        ("MEMORY", "memory_usage"),
+        ("READ B/S", "disk_read_bytes_per_sec"),
+        ("WRITE B/S", "disk_write_bytes_per_sec"),
+        ("SAMPLED", "sampled_at"),
+    ],
+    id: "id",
+};
+
 const SNAPSHOT_VIEW: View = View {
     cols: &[
         ("NAME", "name"),
@@ -180,6 +191,14 @@ pub enum VmCmd {
     /// Show a VM.
     #[command(after_help = "Examples:\n  libgo vm show web1\n  libgo vm show web1 --format json")]
     Show { name: String },
+    /// What a VM is configured with and what is in force while it runs
+    /// (pinning, memory, I/O limits per layer).
+    #[command(after_help = "Examples:\n  libgo vm config web1\n  libgo vm config web1 -f json")]
+    Config { name: String },
+    /// The latest performance sample of a running VM (CPU, memory, disk,
+    /// network).
+    #[command(after_help = "Examples:\n  libgo vm stats web1")]
+    Stats { name: String },
     /// Start VMs.
     #[command(after_help = "Examples:\n  libgo vm start web1\n  libgo vm start web1 web2 --async")]
     Start(Names),
@@ -479,6 +498,15 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
         VmCmd::Show { name } => {
             let (c, name) = ctx.target(&name)?;
             ctx.out.one(&to_value(&c.vm(&name).await?), &VM_VIEW);
+        }
+        VmCmd::Config { name } => {
+            let (c, name) = ctx.target(&name)?;
+            ctx.out.one(&to_value(&c.vm_config(&name).await?), &VM_VIEW);
+        }
+        VmCmd::Stats { name } => {
+            let (c, name) = ctx.target(&name)?;
+            ctx.out
+                .one(&to_value(&c.vm_performance(&name).await?), &STATS_VIEW);
         }
         VmCmd::Start(n) => action(ctx, &n.names, "start", None).await?,
         VmCmd::Stop { names, timeout } => action(ctx, &names.names, "stop", timeout).await?,
