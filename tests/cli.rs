@@ -533,6 +533,43 @@ async fn a_tls_remote_is_pinned_and_a_wrong_pin_is_refused() {
     let stderr = cli.fails(1, &["vm", "list", "--remote", "prod"]);
     assert!(stderr.contains("not the pinned"), "{stderr}");
 
+    // A user's login instead of a token: the session is what is stored.
+    let (code, u) = d
+        .req(
+            "POST",
+            "/api/v1/users",
+            Some(json!({"username": "otto", "password": "otto-password", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{u}");
+    let add = |password: &str| {
+        cli.cmd(&[
+            "remote",
+            "add",
+            "otto",
+            &url,
+            "--user",
+            "otto",
+            "--fingerprint",
+            &fp,
+        ])
+        .env("LIBGO_PASSWORD", password)
+        .output()
+        .unwrap()
+    };
+    let out = add("wrong-password");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = add("otto-password");
+    assert!(out.status.success(), "{out:?}");
+    let me: Value =
+        serde_json::from_str(&cli.ok(&["whoami", "--remote", "otto", "-f", "json"])).unwrap();
+    assert_eq!(
+        (me["caller"].as_str(), me["role"].as_str()),
+        (Some("user:otto"), Some("viewer"))
+    );
+    assert!(me["expires_at"].is_number(), "{me}");
+    cli.ok(&["remote", "remove", "otto"]);
+
     cli.ok(&["remote", "remove", "prod"]);
     let remotes: Value = serde_json::from_str(&cli.ok(&["remote", "list", "-f", "json"])).unwrap();
     assert_eq!(remotes.as_array().unwrap().len(), 1, "{remotes}");

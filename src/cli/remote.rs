@@ -29,14 +29,25 @@ pub enum RemoteCmd {
   libgo remote add prod https://node1:8443 --token lgo_…
   libgo remote add prod https://node1:8443 --token lgo_… --accept-certificate
   libgo remote add prod https://node1:8443 --fingerprint AB:CD:… --token lgo_…
+  LIBGO_PASSWORD=… libgo remote add prod https://node1:8443 --user alice --accept-certificate
   libgo remote add other unix:///run/other-libgo.sock")]
     Add {
         name: String,
         /// `https://host:port`, `unix:///path` or `http://127.0.0.1:port`.
         url: String,
         /// Bearer token (an API token, `lgo_…`).
-        #[arg(long, env = "LIBGO_TOKEN", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "LIBGO_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "user"
+        )]
         token: Option<String>,
+        /// Log in as this user instead (the password from LIBGO_PASSWORD
+        /// or stdin); the session is stored and lasts the agent's session
+        /// time (8 h by default).
+        #[arg(long)]
+        user: Option<String>,
         /// Trust the certificate the server shows without asking.
         #[arg(long)]
         accept_certificate: bool,
@@ -89,6 +100,7 @@ pub async fn run(mut ctx: Ctx, cmd: RemoteCmd) -> anyhow::Result<()> {
             name,
             url,
             token,
+            user,
             accept_certificate,
             fingerprint,
             default,
@@ -131,6 +143,17 @@ pub async fn run(mut ctx: Ctx, cmd: RemoteCmd) -> anyhow::Result<()> {
                     }
                 }
                 remote.fingerprint = Some(seen);
+            }
+            if let Some(user) = user {
+                let password = match std::env::var("LIBGO_PASSWORD") {
+                    Ok(p) if !p.is_empty() => p,
+                    _ => {
+                        eprint!("Password for {user}: ");
+                        super::resources::read_password()?
+                    }
+                };
+                let session = remote.client()?.login(&user, &password).await?;
+                remote.token = Some(session.token);
             }
             // A remote that does not take the credentials is not kept.
             let client = remote.client()?;

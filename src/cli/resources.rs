@@ -1268,7 +1268,7 @@ pub enum UserCmd {
     Delete { names: Vec<String> },
 }
 
-fn read_password() -> anyhow::Result<String> {
+pub fn read_password() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     let p = line.trim_end_matches(['\n', '\r']).to_owned();
