@@ -5,6 +5,10 @@
 pub mod api;
 /// Users, login sessions, API tokens, roles and rate limits.
 pub mod auth;
+/// The `libgo` command line.
+pub mod cli;
+/// A typed client of the REST API.
+pub mod client;
 /// Wall-clock times as the API shows them.
 pub mod clock;
 /// All paths, binaries, limits and timeouts, with embedded defaults.
