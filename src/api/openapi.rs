@@ -1134,6 +1134,11 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     let key = (method, path);
     // Open on every listener, and touching nothing but what they serve.
     let system = ["/health", "/openapi.json", "/docs", "/docs/{file}"].contains(&path);
+    // A summary is a title: the doc comment's first line without its stop.
+    if let Some(summary) = o.get("summary").and_then(Value::as_str) {
+        let title = summary.trim().trim_end_matches('.').to_owned();
+        o.insert("summary".into(), title.into());
+    }
     // Anyone may call the open routes: no bearer token.
     if super::access::rule(&method.to_ascii_uppercase(), path) == Some(super::access::Rule::Open) {
         o.insert("security".into(), json!([]));
@@ -1347,7 +1352,10 @@ mod tests {
                 seen += 1;
                 let summary = op["summary"].as_str().unwrap_or_default();
                 assert!(
-                    !summary.is_empty() && summary.len() <= 60 && !summary.contains('\n'),
+                    !summary.is_empty()
+                        && summary.len() <= 60
+                        && !summary.contains('\n')
+                        && !summary.ends_with('.'),
                     "{method} {path}: summary {summary:?}"
                 );
                 let description = op["description"].as_str().unwrap_or_default();
