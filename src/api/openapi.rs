@@ -914,6 +914,31 @@ fn add_examples(s: &mut Map<String, Value>) {
             "CreateVolumeRequest",
             json!({"name": "cache-data", "labels": {"team": "web"}}),
         ),
+        // Answers: what the page shows as a response's example value.
+        (
+            "Vm",
+            json!({"id": "6039fa11-59cd-460c-b791-b0c52086d0c8", "name": "web-1",
+            "status": "stopped", "node": "node-1", "vcpus": 1, "memory": 128, "disk_size": 1,
+            "base_image": "debian-12.qcow2", "clone": "linked",
+            "disk_file": "/var/lib/libgo/vms/6039fa11-59cd-460c-b791-b0c52086d0c8/root.qcow2",
+            "mac_address": "52:54:00:f1:1d:70", "network": {"mode": "user"}, "tags": ["web"],
+            "cloud_init": false, "display": false,
+            "created_at": "2026-12-02T16:15:34Z", "updated_at": "2026-12-02T16:15:34Z"}),
+        ),
+        (
+            "Job",
+            json!({"id": "0b7e8d52-3c1a-4f0e-9a57-6d2f1e4b8c90", "type": "vm.create",
+            "state": "succeeded", "progress_percent": 100, "requested_by": "user:alice",
+            "created_at": "2026-12-02T16:15:33Z", "finished_at": "2026-12-02T16:15:34Z",
+            "tasks": [{"id": 0, "state": "succeeded", "progress_percent": 100,
+                "description": "create VM web-1", "started_at": "2026-12-02T16:15:33Z",
+                "finished_at": "2026-12-02T16:15:34Z", "log": ["disk cloned"]}]}),
+        ),
+        (
+            "Health",
+            json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"),
+            "node": "node-1", "accel": "kvm", "vms": 3}),
+        ),
         (
             "ErrorBody",
             json!({"error": {"code": 404, "status": "NOT_FOUND",
