@@ -206,6 +206,25 @@ fn opblock(method: &str, path: &str) -> String {
     )
 }
 
+/// How many `GET`s of each route the daemon answered 200, from its metrics.
+async fn served(d: &Daemon) -> HashMap<String, u64> {
+    let (code, _, body) = d.raw("GET", "/metrics", None, &[]).await.unwrap();
+    assert_eq!(code, 200);
+    let text = String::from_utf8(body).unwrap();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("libgo_http_requests_total{method=\"GET\",route=\"")
+        else {
+            continue;
+        };
+        let Some((route, tail)) = rest.split_once("\",code=\"200\"} ") else {
+            continue;
+        };
+        out.insert(route.to_owned(), tail.trim().parse().unwrap());
+    }
+    out
+}
+
 #[tokio::test]
 async fn the_docs_page_renders_offline_and_its_try_it_out_calls_the_daemon() {
     let started = Instant::now();
@@ -233,7 +252,31 @@ async fn the_docs_page_renders_offline_and_its_try_it_out_calls_the_daemon() {
         .await;
     assert_eq!(code, 201, "{token}");
     let secret = token["secret"].as_str().unwrap().to_owned();
+    // The page is on the sockets too, with its policy; its files are the
+    // page's only.
+    for (path, status, kind) in [
+        ("/docs", 200, "text/html"),
+        ("/docs/swagger-ui.css", 200, "text/css"),
+        ("/docs/swagger-ui-bundle.js", 200, "text/javascript"),
+        ("/docs/favicon-32x32.png", 200, "image/png"),
+        ("/docs/oauth2-redirect.html", 404, "application/json"),
+        ("/docs/..%2Fopenapi.json", 404, "application/json"),
+    ] {
+        let (code, headers, _) = d.raw("GET", path, None, &[]).await.unwrap();
+        assert_eq!(code, status, "{path}");
+        let content_type = headers["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        if code == 200 {
+            let csp = headers["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("connect-src 'self'"), "{path}: {csp}");
+        }
+    }
+    let (code, _, _) = common::raw_request(&d.readonly_socket(), "GET", "/docs", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "the read-only socket");
 
+    let before = served(&d).await;
     let browser = Browser::launch();
     let mut cdp = Cdp::connect(&browser.ws_url).await;
     let target = cdp
@@ -436,19 +479,14 @@ async fn the_docs_page_renders_offline_and_its_try_it_out_calls_the_daemon() {
         .collect();
     assert!(exceptions.is_empty(), "the page threw: {exceptions:?}");
 
-    // The daemon counted the browser's call (this test made no other
-    // GET /api/v1/vms) and served the page's files.
-    let (code, _, metrics) = d.raw("GET", "/metrics", None, &[]).await.unwrap();
-    assert_eq!(code, 200);
-    let metrics = String::from_utf8(metrics).unwrap();
-    for line in [
-        "libgo_http_requests_total{method=\"GET\",route=\"/api/v1/vms\",code=\"200\"} 1",
-        "libgo_http_requests_total{method=\"GET\",route=\"/docs\",code=\"200\"} 1",
-        "libgo_http_requests_total{method=\"GET\",route=\"/openapi.json\",code=\"200\"} 1",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no {line} in:\n{metrics}"
+    // The daemon counted the browser's calls: the page, the document and
+    // the one GET /api/v1/vms.
+    let after = served(&d).await;
+    for route in ["/docs", "/openapi.json", "/api/v1/vms"] {
+        assert_eq!(
+            after.get(route).copied().unwrap_or(0),
+            before.get(route).copied().unwrap_or(0) + 1,
+            "GET {route} answered 200: {before:?} then {after:?}"
         );
     }
     eprintln!("FIGURE docs page test: {:?} in all", started.elapsed());
