@@ -935,6 +935,48 @@ fn add_examples(s: &mut Map<String, Value>) {
                 "finished_at": "2026-12-02T16:15:34Z", "log": ["disk cloned"]}]}),
         ),
         (
+            "ActionResponse",
+            json!({"id": "6039fa11-59cd-460c-b791-b0c52086d0c8",
+            "status": "running", "message": "VM successfully started.",
+            "job_id": "0b7e8d52-3c1a-4f0e-9a57-6d2f1e4b8c90"}),
+        ),
+        (
+            "StatusResponse",
+            json!({"id": "6039fa11-59cd-460c-b791-b0c52086d0c8", "name": "web-1",
+            "status": "running", "message": "VM is running"}),
+        ),
+        (
+            "DeleteResponse",
+            json!({"vm_id": "6039fa11-59cd-460c-b791-b0c52086d0c8",
+            "status": "deleted", "message": "VM successfully deleted.",
+            "disk_file": "/var/lib/libgo/vms/6039fa11-59cd-460c-b791-b0c52086d0c8/root.qcow2",
+            "job_id": "0b7e8d52-3c1a-4f0e-9a57-6d2f1e4b8c90"}),
+        ),
+        (
+            "Template",
+            json!({"id": "9d2c4a8e-1f3b-4e6a-8c7d-5b0a9e2f1c34", "name": "small",
+            "vcpus": 1, "memory": 128, "disk_size": 1, "base_image": "debian-12.qcow2",
+            "tags": ["small"], "created_at": "2026-12-02T16:00:00Z",
+            "updated_at": "2026-12-02T16:00:00Z"}),
+        ),
+        (
+            "Group",
+            json!({"name": "web", "description": "The web tier", "tags": ["prod"],
+            "vms": ["6039fa11-59cd-460c-b791-b0c52086d0c8"],
+            "created_at": "2026-12-02T16:20:00Z", "updated_at": "2026-12-02T16:20:00Z"}),
+        ),
+        (
+            "WhoAmI",
+            json!({"caller": "user:alice", "role": "operator", "transport": "tcp",
+            "expires_at": 1796316000}),
+        ),
+        (
+            "Session",
+            json!({"token": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl",
+            "token_type": "Bearer", "expires_at": 1796316000, "username": "alice",
+            "role": "operator"}),
+        ),
+        (
             "Health",
             json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"),
             "node": "node-1", "accel": "kvm", "vms": 3}),
