@@ -1194,6 +1194,55 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
     })
 }
 
+/// What a parameter is, where its handler does not say.
+fn param_description(path: &str, name: &str) -> String {
+    let under = |p: &str| path.starts_with(p);
+    let what = match name {
+        "id" if under("/api/v1/vms/") => "The VM: its id (UUID) or name",
+        "id" if under("/api/v1/templates/") => "The template: its id (UUID) or name",
+        "id" if under("/api/v1/containers/") || under("/api/v1/instances/") => {
+            "The container (or VM): its libgo id, engine id or name"
+        }
+        "id" if under("/api/v1/images/") => "The image: its id (`sha256:...`) or name",
+        "id" if under("/api/v1/jobs/") => "The job's id",
+        "id" if under("/api/v1/tokens/") => "The API token's id",
+        "id" => "The object's id or name",
+        "name" if under("/api/v1/groups/") => "The group's name",
+        "name" if under("/api/v1/vms/") => "The snapshot's name",
+        "name" if path.contains("/volumes/") => "The volume's name",
+        "name" if path.contains("{name}") => "The name",
+        "name" => "Only those with this name",
+        "username" => "The user's name",
+        "disk" => "The disk's name",
+        "task_id" => "The task's index in its job",
+        "tag" if path == "/api/v1/images/build" => "The new image's name, `repo:tag`",
+        "tag" => "Only those with this tag",
+        "limit" => "Page size, 1 to 200 (default 50)",
+        "page_token" => "The cursor of the next page, as the previous page gave it",
+        "status" => "Only those in this status",
+        "state" => "Only those in this state",
+        "type" => "Only jobs of this type (`vm.create`, ...)",
+        "backend" => "Only VMs (`vm`) or only containers (`container`)",
+        "force" => "Also when it is in use (else 409)",
+        "all" => "Every container of the engine, not only libgo's",
+        "command" => "The command and its arguments, one `command` each (default `sh`)",
+        "tty" => "Give the command a terminal",
+        "tail" => "The last lines only: a number, or `all`",
+        "since" => "Only lines since then (seconds since the epoch)",
+        "timestamps" => "Prefix each line with its time",
+        "follow" => "Keep streaming what comes next",
+        "delete_vms" => "Delete the group's VMs too (202 with the job)",
+        "dockerfile" => "The Dockerfile's path in the context (default `Dockerfile`)",
+        "image" => "The image's name, `repo:tag`",
+        "action" => "The power action",
+        "sort" => "The order: a field, `-` before it for descending",
+        "template" => "Only VMs made from this template",
+        "node" => "Only VMs of this node",
+        _ => "",
+    };
+    what.to_owned()
+}
+
 fn complete_operation(path: &str, method: &str, op: &mut Value) {
     let Some(o) = op.as_object_mut() else {
         return;
@@ -1221,6 +1270,9 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
         let name = p["name"].as_str().unwrap_or_default().to_owned();
         if let Some(schema) = param_schema(path, &name) {
             p["schema"] = schema;
+        }
+        if p["description"].as_str().is_none_or(str::is_empty) {
+            p["description"] = param_description(path, &name).into();
         }
     }
     let job = JOB_ROUTES.contains(&key);
@@ -1446,6 +1498,17 @@ mod tests {
                         description.contains(&format!("- `{code}` ")),
                         "{method} {path}: the description does not list {code}"
                     );
+                }
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p.get("$ref").is_some() {
+                        continue;
+                    }
+                    let name = p["name"].as_str().unwrap_or_default();
+                    assert!(
+                        p["description"].as_str().is_some_and(|d| !d.is_empty()),
+                        "{method} {path}: parameter {name} has no description"
+                    );
+                    assert!(p["schema"].is_object(), "{method} {path}: {name}");
                 }
                 if let Some(json) = op.pointer("/requestBody/content/application~1json") {
                     assert!(has_example(json), "{method} {path}: no example body");
