@@ -17,6 +17,8 @@ have genisoimage || need+=(genisoimage)
 have ip || need+=(iproute2)
 have dockerd || need+=(docker.io)
 have python3 || need+=(python3)
+# The docs page's browser test drives Debian's headless Chromium.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 # iSCSI: a userspace target (tgtd, tgtadm), libiscsi's initiator tools
 # (iscsi-ls, iscsi-readcapacity16, iscsi-inq) and QEMU's iscsi:// driver.
 have tgtd || need+=(tgt)

@@ -162,6 +162,9 @@ use Rule::{Min, Open};
 pub const RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/health", Open),
     ("GET", "/openapi.json", Open),
+    // The page over the document, and its files.
+    ("GET", "/docs", Open),
+    ("GET", "/docs/{file}", Open),
     ("GET", "/metrics", Min(Viewer)),
     ("POST", "/api/v1/login", Open),
     ("POST", "/api/v1/logout", Min(Viewer)),
@@ -323,7 +326,12 @@ pub fn rule(method: &str, path: &str) -> Option<Rule> {
 /// Routes anyone may call: anonymous TCP callers are turned away (401)
 /// before routing from everything else.
 fn open(method: &Method, path: &str) -> bool {
-    rule(method.as_str(), path) == Some(Open)
+    // The one open route with a parameter: a file of the docs page.
+    let template = match path.strip_prefix("/docs/") {
+        Some(file) if !file.is_empty() && !file.contains('/') => "/docs/{file}",
+        _ => path,
+    };
+    rule(method.as_str(), template) == Some(Open)
 }
 
 /// What the access middlewares share.
@@ -494,6 +502,12 @@ mod tests {
         assert_eq!(rule("POST", "/api/v1/vms"), Some(Min(Operator)));
         assert_eq!(rule("GET", "/api/v1/users"), Some(Min(Admin)));
         assert_eq!(rule("GET", "/nope"), None);
+        assert!(open(&Method::GET, "/docs"));
+        assert!(open(&Method::GET, "/docs/swagger-ui.css"));
+        assert!(!open(&Method::GET, "/docs/"));
+        assert!(!open(&Method::GET, "/docs/a/b"));
+        assert!(!open(&Method::POST, "/docs"));
+        assert!(!open(&Method::GET, "/api/v1/vms"));
     }
 
     #[test]

@@ -110,8 +110,11 @@ pub async fn middleware(State(agent): State<Agent>, req: Request, next: Next) ->
     resp
 }
 
-/// The audit trail, newest first; filters `actor`, `target` (that object
-/// and everything under it), `since` (seconds since the epoch), `outcome`.
+/// List the audit trail.
+///
+/// The audit trail, newest first: every mutating call and every refused one, with its actor,
+/// target, outcome and request id. Filters: `actor`, `target` (that object and everything under
+/// it), `since` (seconds since the epoch) and `outcome`; paged with `limit` and `page_token`.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "access",
     params(
         ("actor" = Option<String>, Query, description = "uid:0, user:alice, token:<id>, anonymous"),

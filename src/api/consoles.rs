@@ -25,12 +25,13 @@ const FRAME: usize = 64 * 1024;
 /// A frame the client does not take within this is the client too slow.
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The VM's console over a WebSocket. `type=serial` (the default): the
-/// serial port, shared by every client (the recent output first, then
-/// everything the guest prints, as binary frames; frames in are typed
-/// into the guest). `type=vnc`: the display's RFB stream, both ways, with
-/// the `binary` subprotocol (noVNC's). 409 before the upgrade when the VM
-/// does not run, or has no display for `vnc`.
+/// Open a VM's console (WebSocket).
+///
+/// Upgrades to a WebSocket carrying the VM's console. `type=serial` (the default): the serial
+/// port, shared by every client (the recent output first, then everything the guest prints, as
+/// binary frames; frames in are typed into the guest). `type=vnc`: the display's RFB stream,
+/// both ways, with the `binary` subprotocol (noVNC's). 409 before the upgrade when the VM does
+/// not run, or has no display for `vnc`.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/console", tag = "vms", operation_id = "vms_console",
     params(("id" = String, Path, description = "VM id (UUID) or name"),
            ("type" = Option<String>, Query, description = "`serial` (default) or `vnc`")),
@@ -157,8 +158,10 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     .await;
 }
 
-/// A PNG of the VM's display now (QEMU's `screendump`). 409 when the VM
-/// has no display or does not run.
+/// Take a screenshot of a VM's display.
+///
+/// A PNG of the VM's display as it is now (QEMU's `screendump`). 409 when the VM has no display
+/// or does not run.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/screenshot", tag = "vms", operation_id = "vms_screenshot",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, description = "The screen as a PNG", content_type = "image/png"),

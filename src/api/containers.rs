@@ -47,8 +47,10 @@ fn status_filter(q: &HashMap<String, String>) -> ApiResult<Option<&str>> {
 
 // ---- containers ---------------------------------------------------------
 
-/// Containers libgo manages (`?all=true`: every container of the engine);
-/// filters `status`, `name`, `tag`.
+/// List containers.
+///
+/// The containers libgo manages (`?all=true`: every container of the engine), with filters
+/// `status`, `name` and `tag`. 503 when the Docker engine does not answer.
 #[utoipa::path(get, path = "/api/v1/containers", tag = "containers",
     params(("all" = Option<bool>, Query), ("status" = Option<String>, Query), ("name" = Option<String>, Query),
            ("tag" = Option<String>, Query), ("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query)),
@@ -82,7 +84,12 @@ pub async fn list(
     }))
 }
 
-/// Create a container (201, or 202 under `Prefer: respond-async`).
+/// Create a container.
+///
+/// Creates a container from an image the engine has (404 when it has not: pull it first), with
+/// its resources, ports, mounts, environment and labels, and starts it when `start` is true;
+/// 201 with the container, or 202 with the job under `Prefer: respond-async`. 409 when the name
+/// is taken.
 #[utoipa::path(post, path = "/api/v1/containers", tag = "containers", request_body = CreateContainerRequest,
     responses((status = 201, body = Container), (status = 202, body = crate::model::Accepted), (status = 400, body = crate::model::ErrorBody),
               (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody), (status = 503, body = crate::model::ErrorBody)))]
@@ -100,14 +107,19 @@ pub async fn create(
     .await
 }
 
-/// A container by libgo id, engine id or name.
+/// Get a container.
+///
+/// A container by its libgo id, engine id or name. An engine id prefix that several containers
+/// match is 409.
 #[utoipa::path(get, path = "/api/v1/containers/{id}", tag = "containers", params(("id" = String, Path)),
     responses((status = 200, body = Container), (status = 404, body = crate::model::ErrorBody), (status = 503, body = crate::model::ErrorBody)))]
 pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Container>> {
     Ok(Json(agent.containers.find(&id).await?))
 }
 
-/// Remove a container; a running one needs `?force=true`.
+/// Delete a container.
+///
+/// Removes the container; a running one needs `?force=true` (else 409).
 #[utoipa::path(delete, path = "/api/v1/containers/{id}", tag = "containers", params(("id" = String, Path), ("force" = Option<bool>, Query)),
     responses((status = 200, body = Container), (status = 403, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
 pub async fn delete(
@@ -124,7 +136,10 @@ pub async fn delete(
     answer(sub, &headers, StatusCode::OK).await
 }
 
-/// Change a container's resources live (`PATCH` or `PUT .../resources`).
+/// Change a container's resources.
+///
+/// Changes a running or stopped container's vCPUs and memory live (the same operation as `PUT
+/// .../resources`). 409 when the engine refuses the change in the container's state.
 #[utoipa::path(patch, path = "/api/v1/containers/{id}", tag = "containers", params(("id" = String, Path)), request_body = UpdateContainerRequest,
     responses((status = 200, body = Container), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn update(
@@ -145,7 +160,10 @@ pub async fn update(
     .await
 }
 
-/// Change a container's resources live (the same as `PATCH .../{id}`).
+/// Change a container's resources.
+///
+/// Changes a running or stopped container's vCPUs and memory live (the same operation as `PATCH
+/// /containers/{id}`).
 #[utoipa::path(put, path = "/api/v1/containers/{id}/resources", tag = "containers", params(("id" = String, Path)), request_body = UpdateContainerRequest,
     responses((status = 200, body = Container), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn put_resources(
@@ -158,7 +176,11 @@ pub async fn put_resources(
     update(state, caller, headers, id, body).await
 }
 
-/// start, stop (graceful, `timeout`), restart, kill, pause, unpause.
+/// Run a power action on a container.
+///
+/// `start`, `stop` (graceful, then killed after `timeout`), `restart`, `kill`, `pause` or
+/// `unpause`. 409 when the container's state does not allow the action (pausing a stopped
+/// container).
 #[utoipa::path(post, path = "/api/v1/containers/{id}/{action}", tag = "containers",
     params(("id" = String, Path), ("action" = String, Path, description = "start | stop | restart | kill | pause | unpause")),
     request_body(content = Option<ActionRequest>),
@@ -180,7 +202,10 @@ pub async fn action(
     answer_with(sub, &headers, StatusCode::OK, container_action_response).await
 }
 
-/// Run a command in the container: `{"command": [...]}` -> exit code and output.
+/// Run a command in a container.
+///
+/// Runs `command` in the running container and answers its exit code and output once it ends
+/// (or after `timeout` seconds). 409 when the container does not run.
 #[utoipa::path(post, path = "/api/v1/containers/{id}/exec", tag = "containers", params(("id" = String, Path)), request_body = ExecRequest,
     responses((status = 200, body = ExecResult), (status = 409, body = crate::model::ErrorBody)))]
 pub async fn exec(
@@ -196,10 +221,11 @@ pub async fn exec(
     Ok(Json(agent.containers.exec(&id, req).await?))
 }
 
-/// An interactive command over a WebSocket: `?command=sh&command=-c&command=...`
-/// (repeat `command` for each argument; `sh` when absent), `tty=true` for a
-/// terminal. Client frames go to stdin; output comes back as binary frames;
-/// the socket closes with the exit code as its reason (`exit 0`).
+/// Run an interactive command in a container (WebSocket).
+///
+/// Upgrades to a WebSocket: `?command=sh&command=-c&command=...` (repeat `command` for each
+/// argument; `sh` when absent), `tty=true` for a terminal. Client frames go to stdin; output
+/// comes back as binary frames; the socket closes with the exit code as its reason (`exit 0`).
 #[utoipa::path(get, path = "/api/v1/containers/{id}/exec", tag = "containers",
     params(("id" = String, Path), ("command" = Option<Vec<String>>, Query), ("tty" = Option<bool>, Query)),
     responses((status = 101, description = "WebSocket: stdin in, output out"), (status = 400, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
@@ -268,7 +294,10 @@ async fn pump_exec(
         .await;
 }
 
-/// Take over a container libgo did not create.
+/// Adopt a container.
+///
+/// Takes over a container of the engine that libgo did not create: from then on it is listed
+/// and managed like the others (adopting one libgo manages changes nothing).
 #[utoipa::path(post, path = "/api/v1/containers/{id}/adopt", tag = "containers", params(("id" = String, Path)),
     responses((status = 200, body = Container), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn adopt(
@@ -278,7 +307,10 @@ pub async fn adopt(
     Ok(Json(agent.containers.adopt(&id).await?))
 }
 
-/// Logs: `tail` (lines or `all`), `since` (unix seconds), `timestamps`, `follow` (streams).
+/// Get a container's logs.
+///
+/// The container's output: `tail` (a number of lines or `all`), `since` (unix seconds),
+/// `timestamps`, and `follow` to stream what comes next.
 #[utoipa::path(get, path = "/api/v1/containers/{id}/logs", tag = "containers",
     params(("id" = String, Path), ("tail" = Option<String>, Query), ("since" = Option<i64>, Query), ("timestamps" = Option<bool>, Query), ("follow" = Option<bool>, Query)),
     responses((status = 200, description = "log text", content_type = "text/plain"), (status = 404, body = crate::model::ErrorBody)))]
@@ -336,7 +368,10 @@ pub async fn logs(
         .into_response())
 }
 
-/// Live figures in the VM `/performance` shape, from a background stats stream.
+/// Get a container's live figures.
+///
+/// CPU, memory, network and block I/O figures in the shape of a VM's `/performance`, from a
+/// background stats stream.
 #[utoipa::path(get, path = "/api/v1/containers/{id}/stats", tag = "containers", params(("id" = String, Path)),
     responses((status = 200, body = Performance), (status = 409, body = crate::model::ErrorBody)))]
 pub async fn stats(
@@ -348,6 +383,9 @@ pub async fn stats(
 
 // ---- images ---------------------------------------------------------------
 
+/// List images.
+///
+/// The images in the Docker engine, with their tags, sizes and creation times.
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", responses((status = 200, body = ImageList)))]
 pub async fn images(State(agent): State<Agent>) -> ApiResult<Json<ImageList>> {
     let images = agent.containers.list_images().await?;
@@ -357,7 +395,9 @@ pub async fn images(State(agent): State<Agent>) -> ApiResult<Json<ImageList>> {
     }))
 }
 
-/// The engine's inspect document of an image.
+/// Get an image.
+///
+/// The engine's inspect document of an image, by id or name.
 #[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn image(
@@ -367,7 +407,10 @@ pub async fn image(
     Ok(Json(agent.containers.inspect_image(&id).await?))
 }
 
-/// Pull from a registry, as a job (fails clearly when no registry answers).
+/// Pull an image.
+///
+/// Pulls an image from its registry as a job. It fails clearly (the job's error) when no
+/// registry answers.
 #[utoipa::path(post, path = "/api/v1/images/pull", tag = "images", request_body = ImageRef,
     responses((status = 200, body = Image), (status = 202, body = crate::model::Accepted), (status = 400, body = crate::model::ErrorBody), (status = 503, body = crate::model::ErrorBody)))]
 pub async fn pull(
@@ -393,7 +436,9 @@ fn image_param(q: &HashMap<String, String>, name: &str) -> ApiResult<String> {
         .ok_or_else(|| ApiError::invalid(format!("Query parameter {name} is required.")))
 }
 
-/// Import a root filesystem tarball (body) as `?image=repo:tag`.
+/// Import a root filesystem as an image.
+///
+/// Imports the body, a root filesystem tarball, as the image `?image=repo:tag`; a job.
 #[utoipa::path(post, path = "/api/v1/images/import", tag = "images", params(("image" = String, Query)),
     request_body(content = Vec<u8>, content_type = "application/x-tar"),
     responses((status = 201, body = Image), (status = 400, body = crate::model::ErrorBody)))]
@@ -415,7 +460,9 @@ pub async fn import(
     .await
 }
 
-/// Load images from a `docker save` tarball (body).
+/// Load images from a tarball.
+///
+/// Loads the images of a `docker save` tarball (the body); a job.
 #[utoipa::path(post, path = "/api/v1/images/load", tag = "images",
     request_body(content = Vec<u8>, content_type = "application/x-tar"),
     responses((status = 200, body = ImageList)))]
@@ -439,7 +486,10 @@ pub async fn load(
     .into_response())
 }
 
-/// Build from a context tarball (body) with a Dockerfile: `?tag=repo:tag&dockerfile=Dockerfile`.
+/// Build an image.
+///
+/// Builds an image from the body, a build context tarball, with its Dockerfile:
+/// `?tag=repo:tag&dockerfile=Dockerfile`; a job whose task log carries the build output.
 #[utoipa::path(post, path = "/api/v1/images/build", tag = "images", params(("tag" = String, Query), ("dockerfile" = Option<String>, Query)),
     request_body(content = Vec<u8>, content_type = "application/x-tar"),
     responses((status = 201, body = Image), (status = 400, body = crate::model::ErrorBody)))]
@@ -465,7 +515,9 @@ pub async fn build(
     .await
 }
 
-/// Tag an image: `{"image": "repo:tag"}`.
+/// Tag an image.
+///
+/// Gives an image another name: `{"image": "repo:tag"}`.
 #[utoipa::path(post, path = "/api/v1/images/{id}/tag", tag = "images", params(("id" = String, Path)), request_body = ImageRef,
     responses((status = 200, body = Image), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn tag(
@@ -476,7 +528,9 @@ pub async fn tag(
     Ok(Json(agent.containers.tag_image(&id, &req.image).await?))
 }
 
-/// Push an image to its registry, as a job.
+/// Push an image.
+///
+/// Pushes an image to the registry its name names, as a job.
 #[utoipa::path(post, path = "/api/v1/images/{id}/push", tag = "images", params(("id" = String, Path)),
     responses((status = 200, body = Image), (status = 503, body = crate::model::ErrorBody)))]
 pub async fn push(
@@ -493,7 +547,10 @@ pub async fn push(
     .await
 }
 
-/// Remove an image (`?force=true` even when tagged more than once or used).
+/// Delete an image.
+///
+/// Removes an image; `?force=true` also when it is tagged more than once or a container uses it
+/// (else 409).
 #[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path), ("force" = Option<bool>, Query)),
     responses((status = 204), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
 pub async fn remove_image(
@@ -510,6 +567,9 @@ pub async fn remove_image(
 
 // ---- networks and volumes -----------------------------------------------
 
+/// List networks.
+///
+/// The container networks of the Docker engine.
 #[utoipa::path(get, path = "/api/v1/networks", tag = "networks", responses((status = 200, body = NetworkList)))]
 pub async fn networks(State(agent): State<Agent>) -> ApiResult<Json<NetworkList>> {
     let networks = agent.containers.list_networks().await?;
@@ -519,6 +579,9 @@ pub async fn networks(State(agent): State<Agent>) -> ApiResult<Json<NetworkList>
     }))
 }
 
+/// Create a network.
+///
+/// Creates a container network with its driver. 409 when the name is taken.
 #[utoipa::path(post, path = "/api/v1/networks", tag = "networks", request_body = CreateNetworkRequest,
     responses((status = 201, body = Network), (status = 409, body = crate::model::ErrorBody)))]
 pub async fn create_network(
@@ -531,6 +594,9 @@ pub async fn create_network(
     ))
 }
 
+/// Get a network.
+///
+/// A container network by id or name, with the containers attached to it.
 #[utoipa::path(get, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
     responses((status = 200, body = Network), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn network(
@@ -540,6 +606,9 @@ pub async fn network(
     Ok(Json(agent.containers.inspect_network(&id).await?))
 }
 
+/// Delete a network.
+///
+/// Removes a container network. 409 while containers are attached to it.
 #[utoipa::path(delete, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn remove_network(
@@ -550,7 +619,10 @@ pub async fn remove_network(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Connect (`/connect`) or disconnect (`/disconnect`) a container.
+/// Connect or disconnect a container.
+///
+/// Connects (`/connect`) a container to the network or disconnects (`/disconnect`) it. 409 when
+/// it already is (or is not) connected.
 #[utoipa::path(post, path = "/api/v1/networks/{id}/{op}", tag = "networks", params(("id" = String, Path), ("op" = String, Path, description = "connect | disconnect")),
     request_body = NetworkConnect, responses((status = 200, body = Network), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn network_op(
@@ -575,6 +647,9 @@ pub async fn network_op(
     ))
 }
 
+/// List volumes.
+///
+/// The container volumes of the Docker engine.
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", responses((status = 200, body = VolumeList)))]
 pub async fn volumes(State(agent): State<Agent>) -> ApiResult<Json<VolumeList>> {
     let volumes = agent.containers.list_volumes().await?;
@@ -584,6 +659,9 @@ pub async fn volumes(State(agent): State<Agent>) -> ApiResult<Json<VolumeList>> 
     }))
 }
 
+/// Create a volume.
+///
+/// Creates a container volume. 409 when the name is taken.
 #[utoipa::path(post, path = "/api/v1/volumes", tag = "volumes", request_body = CreateVolumeRequest,
     responses((status = 201, body = Volume), (status = 400, body = crate::model::ErrorBody)))]
 pub async fn create_volume(
@@ -596,12 +674,18 @@ pub async fn create_volume(
     ))
 }
 
+/// Get a volume.
+///
+/// A container volume by name.
 #[utoipa::path(get, path = "/api/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path)),
     responses((status = 200, body = Volume), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn volume(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResult<Json<Volume>> {
     Ok(Json(agent.containers.inspect_volume(&id).await?))
 }
 
+/// Delete a volume.
+///
+/// Removes a container volume; `?force=true` even when a container uses it (else 409).
 #[utoipa::path(delete, path = "/api/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path), ("force" = Option<bool>, Query)),
     responses((status = 204), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
 pub async fn remove_volume(
@@ -618,8 +702,10 @@ pub async fn remove_volume(
 
 // ---- instances -------------------------------------------------------------
 
-/// VMs and containers in one list; filters `backend`, `status`, `name`, `tag`.
-/// If the engine is down, the VMs are still listed and `containers_error` says why.
+/// List VMs and containers.
+///
+/// VMs and containers in one list, with filters `backend`, `status`, `name` and `tag`. If the
+/// Docker engine is down, the VMs are still listed and `containers_error` says why.
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
     params(("backend" = Option<String>, Query), ("status" = Option<String>, Query), ("name" = Option<String>, Query), ("tag" = Option<String>, Query),
            ("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query)),
@@ -660,8 +746,10 @@ pub async fn instances(
     }))
 }
 
-/// Create a VM or a container: `{"backend": "vm" | "container", ...}` with
-/// the fields of `POST /vms` or `POST /containers`.
+/// Create a VM or a container.
+///
+/// `{"backend": "vm" | "container", ...}` with the fields of `POST /vms` or `POST /containers`;
+/// answers as those do.
 #[utoipa::path(post, path = "/api/v1/instances", tag = "instances", request_body = Object,
     responses((status = 201, description = "the VM or the container"), (status = 400, body = crate::model::ErrorBody)))]
 pub async fn create_instance(
@@ -703,7 +791,10 @@ pub async fn create_instance(
     }
 }
 
-/// Power actions on either kind: start, stop, restart/reboot, pause, resume/unpause, kill/poweroff.
+/// Run a power action on a VM or a container.
+///
+/// Power actions on either kind: `start`, `stop`, `restart`/`reboot`, `pause`,
+/// `resume`/`unpause`, `kill`/`poweroff`, mapped to the backend's own.
 #[utoipa::path(post, path = "/api/v1/instances/{id}/{action}", tag = "instances",
     params(("id" = String, Path), ("action" = String, Path)), request_body(content = Option<ActionRequest>),
     responses((status = 200, body = crate::model::ActionResponse), (status = 404, body = crate::model::ErrorBody)))]

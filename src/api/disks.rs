@@ -12,6 +12,8 @@ use super::Caller;
 use crate::engine::Agent;
 use crate::model::{AttachDiskRequest, Disk, DiskList, ErrorBody};
 
+/// List a VM's disks.
+///
 /// The VM's extra disks, in the order the guest finds them.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/disks", tag = "vms", operation_id = "disks_list",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
@@ -23,8 +25,11 @@ pub async fn list(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResu
     }))
 }
 
-/// Attaches a new volume (`size`) or an existing one (`volume`): for the
-/// next start of a stopped VM, hot-plugged into a running one.
+/// Attach a disk to a VM.
+///
+/// Attaches a new volume (`size`, in GiB) or an existing one (`volume`, `pool/name`): for the
+/// next start of a stopped VM, hot-plugged into a running one. 409 when the name is taken or
+/// the volume is in use.
 #[utoipa::path(post, path = "/api/v1/vms/{id}/disks", tag = "vms", operation_id = "disks_attach",
     request_body = AttachDiskRequest,
     params(("id" = String, Path, description = "VM id (UUID) or name")),
@@ -57,6 +62,9 @@ pub async fn attach(
     Ok(resp)
 }
 
+/// Get a VM's disk.
+///
+/// One extra disk of the VM, with its volume and size.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/disks/{disk}", tag = "vms", operation_id = "disks_get",
     params(("id" = String, Path, description = "VM id (UUID) or name"), ("disk" = String, Path)),
     responses((status = 200, body = Disk), (status = 404, body = ErrorBody)))]
@@ -68,8 +76,10 @@ pub async fn get(
     Ok(Json(agent.vms.disk(&entry, &disk).await?))
 }
 
-/// Detaches the disk and removes the volume made for it (an existing
-/// volume that was attached stays in its pool).
+/// Delete a VM's disk.
+///
+/// Detaches the disk and removes the volume made for it (an existing volume that was attached
+/// stays in its pool).
 #[utoipa::path(delete, path = "/api/v1/vms/{id}/disks/{disk}", tag = "vms", operation_id = "disks_delete",
     params(("id" = String, Path, description = "VM id (UUID) or name"), ("disk" = String, Path)),
     responses((status = 200, body = Disk), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -86,6 +96,8 @@ pub async fn delete(
     answer(sub, &headers, StatusCode::OK).await
 }
 
+/// Detach a VM's disk.
+///
 /// Detaches the disk; its volume stays in its pool.
 #[utoipa::path(post, path = "/api/v1/vms/{id}/disks/{disk}/detach", tag = "vms", operation_id = "disks_detach",
     params(("id" = String, Path, description = "VM id (UUID) or name"), ("disk" = String, Path)),

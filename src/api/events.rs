@@ -22,7 +22,10 @@ use crate::model::EventMessage;
 /// Close code for a subscriber dropped for being too slow (policy violation).
 const TOO_SLOW: u16 = 1008;
 
-/// Stream of events over a WebSocket.
+/// Stream events (WebSocket).
+///
+/// Upgrades to a WebSocket on which the agent sends its events (VM, container and job changes)
+/// as they happen.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
     params(("types" = Option<String>, Query, description = "comma-separated type prefixes, e.g. vm.started,job."),
            ("resource" = Option<String>, Query, description = "a resource id or name")),

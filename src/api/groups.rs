@@ -18,7 +18,9 @@ use crate::model::{
     GroupMembers, Job, UpdateGroupRequest,
 };
 
-/// Groups by name; filter `tag`.
+/// List groups.
+///
+/// The groups, by name; filter `tag`.
 #[utoipa::path(get, path = "/api/v1/groups", tag = "groups",
     params(("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query), ("tag" = Option<String>, Query)),
     responses((status = 200, body = GroupList), (status = 400, body = crate::model::ErrorBody)))]
@@ -41,7 +43,10 @@ pub async fn list(
     }))
 }
 
-/// Create a group: a name, a description, tags and members (VM ids or names).
+/// Create a group.
+///
+/// Creates a group: a name, a description, tags and members (VM ids or names; 404 when one does
+/// not exist). 409 when the name is taken.
 #[utoipa::path(post, path = "/api/v1/groups", tag = "groups", request_body = CreateGroupRequest,
     responses((status = 201, body = Group), (status = 400, body = crate::model::ErrorBody),
               (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
@@ -54,15 +59,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(g)).into_response())
 }
 
-/// A group.
+/// Get a group.
+///
+/// A group with its members.
 #[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
     responses((status = 200, body = Group), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn get(State(agent): State<Agent>, Path(name): Path<String>) -> ApiResult<Json<Group>> {
     Ok(Json(agent.groups.get(&name)?))
 }
 
-/// Change a group's properties: the fields given replace its own (`vms`
-/// is the whole member list). Never touches the VMs themselves.
+/// Change a group.
+///
+/// Changes a group's properties: the fields given replace its own (`vms` is the whole member
+/// list). Never touches the VMs themselves.
 #[utoipa::path(put, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
     request_body = UpdateGroupRequest,
     responses((status = 200, body = Group), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
@@ -74,8 +83,10 @@ pub async fn put(
     Ok(Json(agent.groups.update(&name, req)?))
 }
 
-/// Delete a group; its VMs stay unless `delete_vms=true` (then 202 with a
-/// job deleting them, one task each).
+/// Delete a group.
+///
+/// Deletes a group; its VMs stay unless `delete_vms=true` (then 202 with a job deleting them,
+/// one task each).
 #[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "groups",
     params(("name" = String, Path), ("delete_vms" = Option<bool>, Query)),
     responses((status = 200, body = Group), (status = 202, body = Accepted),
@@ -104,6 +115,8 @@ pub async fn delete(
     })
 }
 
+/// List a group's VMs.
+///
 /// The group's VMs, summarized, with a link to each.
 #[utoipa::path(get, path = "/api/v1/groups/{name}/vms", tag = "groups", params(("name" = String, Path)),
     responses((status = 200, body = GroupMembers), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
@@ -116,7 +129,10 @@ pub async fn members(
     }))
 }
 
-/// Create a VM in the group: the body of `POST /vms` (one object).
+/// Create a VM in a group.
+///
+/// The body of `POST /vms` (one object): makes the VM and adds it to the group; answered as
+/// `POST /vms` answers.
 #[utoipa::path(post, path = "/api/v1/groups/{name}/vms", tag = "groups", params(("name" = String, Path)),
     request_body = CreateVmRequest,
     responses((status = 201, body = CreatedVm), (status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody),
@@ -160,7 +176,9 @@ async fn power(
     Ok(Json(job).into_response())
 }
 
-/// Start every VM of the group.
+/// Start a group's VMs.
+///
+/// Starts every VM of the group as one job, one task each.
 #[utoipa::path(post, path = "/api/v1/groups/{name}/start", tag = "groups", params(("name" = String, Path)),
     request_body(content = Option<ActionRequest>),
     responses((status = 200, body = Job), (status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody),
@@ -175,7 +193,10 @@ pub async fn start(
     power(agent, caller, headers, name, Action::Start, req).await
 }
 
-/// Stop every VM of the group (power button, forced off after `timeout`).
+/// Stop a group's VMs.
+///
+/// Stops every VM of the group as one job, one task each (power button, forced off after
+/// `timeout`).
 #[utoipa::path(post, path = "/api/v1/groups/{name}/stop", tag = "groups", params(("name" = String, Path)),
     request_body(content = Option<ActionRequest>),
     responses((status = 200, body = Job), (status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody),

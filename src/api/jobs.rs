@@ -32,7 +32,9 @@ fn state_filter(q: &HashMap<String, String>) -> ApiResult<Option<&str>> {
     }
 }
 
-/// Jobs, newest first; filters `state` and `type`.
+/// List jobs.
+///
+/// Jobs, newest first; filters `state` and `type`, paged with `limit` and `page_token`.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
     params(("limit" = Option<usize>, Query, description = "1 to 200 (default 50)"),
            ("page_token" = Option<String>, Query), ("state" = Option<String>, Query), ("type" = Option<String>, Query)),
@@ -73,7 +75,10 @@ pub async fn list(
     }))
 }
 
-/// A job; `?wait=N` blocks up to N seconds (at most 300) for it to finish.
+/// Get a job.
+///
+/// A job with its state and result; `?wait=N` blocks up to N seconds (at most 300) for it to
+/// finish.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "Job id (UUID)"), ("wait" = Option<u64>, Query, description = "seconds to wait for the end")),
     responses((status = 200, body = Job), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
@@ -99,7 +104,9 @@ pub async fn get(
     Ok(Json(agent.job(id)?))
 }
 
-/// The tasks of a job.
+/// List a job's tasks.
+///
+/// The tasks of a job, in order.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/tasks", tag = "jobs",
     params(("id" = String, Path), ("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query), ("state" = Option<String>, Query)),
     responses((status = 200, body = TaskList), (status = 404, body = crate::model::ErrorBody)))]
@@ -124,6 +131,8 @@ pub async fn tasks(
     }))
 }
 
+/// Get a job's task.
+///
 /// One task with its log lines and error.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/tasks/{task_id}", tag = "jobs",
     params(("id" = String, Path), ("task_id" = u32, Path)),
@@ -147,8 +156,10 @@ pub async fn task(
         .ok_or_else(|| ApiError::not_found(format!("Task {n} not found in job {id}.")))
 }
 
-/// Cancel a queued or running job: it stops at its next safe point and
-/// undoes its work; answers the job once it settled. 409 if it had finished.
+/// Cancel a job.
+///
+/// Cancels a queued or running job: it stops at its next safe point and undoes its work;
+/// answers the job once it settled. 409 if it had finished.
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path)),
     responses((status = 200, body = Job), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
@@ -156,7 +167,9 @@ pub async fn cancel(State(agent): State<Agent>, Path(id): Path<String>) -> ApiRe
     Ok(Json(agent.cancel_job(job_id(&id)?).await?))
 }
 
-/// Cancel many jobs: `{"job_ids": [...]}`; 202 with a job that has one task per id.
+/// Cancel many jobs.
+///
+/// `{"job_ids": [...]}` (1 to 100); 202 with a job that has one task per id.
 #[utoipa::path(delete, path = "/api/v1/jobs", tag = "jobs", request_body = BulkCancelJobs,
     responses((status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody)))]
 pub async fn bulk_cancel(

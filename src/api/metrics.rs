@@ -299,7 +299,10 @@ pub fn render(agent: &Agent, http: &HttpMetrics) -> String {
     o
 }
 
-/// Prometheus metrics (text format 0.0.4).
+/// Prometheus metrics.
+///
+/// The agent's metrics in Prometheus text format 0.0.4: HTTP requests, jobs, VMs and their
+/// resources.
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
@@ -312,8 +315,10 @@ pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// What the host has, what admission control allows (`[capacity]`), what
-/// guests with a process hold and what is left for a start or a create.
+/// Get a node's resources.
+///
+/// What the host has, what admission control allows (`[capacity]`), what guests with a process
+/// hold and what is left for a start or a create. 404 for another node's name.
 #[utoipa::path(get, path = "/api/v1/nodes/{node}/resources", tag = "system",
     params(("node" = String, Path, description = "this agent's node name, or `self`")),
     responses((status = 200, body = crate::model::NodeResources),

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod consoles;
 pub mod containers;
 pub mod disks;
+pub mod docs;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -172,6 +173,8 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/health" => get(health);
         "/openapi.json" => get(openapi::serve);
         "/metrics" => get(metrics::serve);
+        "/docs" => get(docs::index);
+        "/docs/{file}" => get(docs::file);
     }
     let api = api
         .merge(uploads.layer(DefaultBodyLimit::max(MAX_UPLOAD)))
@@ -223,7 +226,10 @@ pub fn router(agent: Agent, auth: Arc<crate::auth::Auth>) -> Router {
         .with_state(state)
 }
 
-/// Health of the agent (no authentication).
+/// Health of the agent.
+///
+/// Whether the agent answers, its version, node name, accelerator and VM count. Needs no
+/// credentials on any listener.
 #[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
 pub async fn health(State(agent): State<Agent>) -> Json<Health> {
     Json(Health {

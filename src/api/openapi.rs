@@ -35,7 +35,7 @@ use crate::engine::Agent;
         super::containers::remove_network, super::containers::network_op, super::containers::volumes,
         super::containers::create_volume, super::containers::volume, super::containers::remove_volume,
         super::containers::instances, super::containers::create_instance, super::containers::instance_action,
-        serve, super::users::login, super::users::logout, super::users::whoami,
+        serve, super::docs::index, super::docs::file, super::users::login, super::users::logout, super::users::whoami,
         super::users::list_users, super::users::create_user, super::users::get_user,
         super::users::patch_user, super::users::delete_user,
         super::users::list_tokens, super::users::create_token, super::users::get_token,
@@ -134,8 +134,10 @@ pub fn document_for(limits: &Limits) -> Value {
             merge_all_of(schema);
         }
         constrain_schemas(schemas, limits);
+        add_examples(schemas);
     }
     add_shared_components(&mut doc);
+    add_docs_page(&mut doc);
     add_container_resources_route(&mut doc);
     unique_operation_ids(&mut doc);
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
@@ -298,7 +300,10 @@ fn add_links(doc: &mut Value) {
     }
 }
 
-/// `GET /openapi.json`: this document, with this agent's bounds.
+/// This OpenAPI document.
+///
+/// The OpenAPI 3.1 document of the API, with this agent's bounds (vCPUs, memory, disk sizes,
+/// host cores). Needs no credentials on any listener.
 #[utoipa::path(get, path = "/openapi.json", tag = "system", operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI document", body = Object)))]
 pub async fn serve(State(agent): State<Agent>) -> Json<Value> {
@@ -809,7 +814,197 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
     refine(s, "ErrorDetail", "code", int(400, 599));
 }
 
+/// The page over this document and its files: what they answer.
+fn add_docs_page(doc: &mut Value) {
+    if let Some(r) = doc.pointer_mut("/paths/~1docs/get/responses/200") {
+        r["content"] = json!({"text/html": {"schema": {"type": "string"}}});
+    }
+    if let Some(r) = doc.pointer_mut("/paths/~1docs~1{file}/get/responses/200") {
+        r["content"] = json!({
+            "text/javascript": {"schema": {"type": "string"}},
+            "text/css": {"schema": {"type": "string"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        });
+    }
+}
+
+/// Example bodies, valid against their schemas and accepted by the agent
+/// (a client can send them as they are: the page's try-it-out starts from
+/// them, and the fuzzer sends them).
+fn add_examples(s: &mut Map<String, Value>) {
+    let vm = json!({"name": "web-1", "vcpus": 1, "memory": 128, "disk_size": 1,
+        "base_image": "debian-12.qcow2", "tags": ["web"]});
+    let examples = [
+        ("CreateVmRequest", vm.clone()),
+        ("CreateVmItem", vm),
+        (
+            "CreateInstanceRequest",
+            json!({"backend": "vm", "name": "web-2", "vcpus": 1,
+            "memory": 128, "disk_size": 1, "base_image": "debian-12.qcow2"}),
+        ),
+        (
+            "PatchVmRequest",
+            json!({"memory": 256, "tags": ["web", "frontend"]}),
+        ),
+        ("UpdateCpuRequest", json!({"vcpus": 2})),
+        ("UpdateMemoryRequest", json!({"memory": 256})),
+        ("UpdateDiskRequest", json!({"disk_size": 2})),
+        ("ActionRequest", json!({"timeout": 60})),
+        ("BulkDeleteVms", json!({"vm_ids": ["web-1", "web-2"]})),
+        (
+            "CreateSnapshotRequest",
+            json!({"name": "before-upgrade",
+            "description": "Before the upgrade", "memory": false}),
+        ),
+        (
+            "ExportVmRequest",
+            json!({"format": "qcow2", "compress": true}),
+        ),
+        (
+            "CreateTemplateRequest",
+            json!({"name": "small", "vcpus": 1, "memory": 128,
+            "disk_size": 1, "base_image": "debian-12.qcow2", "tags": ["small"]}),
+        ),
+        ("TemplateRequest", json!({"memory": 256, "tags": ["small"]})),
+        ("BulkDeleteTemplates", json!({"template_ids": ["small"]})),
+        (
+            "BulkCancelJobs",
+            json!({"job_ids": ["3fa85f64-5717-4562-b3fc-2c963f66afa6"]}),
+        ),
+        (
+            "CreateGroupRequest",
+            json!({"name": "web", "description": "The web tier",
+            "tags": ["prod"], "vms": ["web-1"]}),
+        ),
+        (
+            "UpdateGroupRequest",
+            json!({"description": "The web tier", "tags": ["prod"]}),
+        ),
+        (
+            "LoginRequest",
+            json!({"username": "alice", "password": "correct horse battery"}),
+        ),
+        (
+            "CreateUserRequest",
+            json!({"username": "alice", "password": "correct horse battery",
+            "role": "operator"}),
+        ),
+        ("PatchUserRequest", json!({"role": "viewer"})),
+        (
+            "CreateTokenRequest",
+            json!({"name": "ci", "role": "operator", "expires_in": 86400}),
+        ),
+        (
+            "CreateContainerRequest",
+            json!({"name": "cache", "image": "redis:7", "vcpus": 1,
+            "memory": 256, "env": {"TZ": "UTC"}, "tags": ["cache"], "start": true}),
+        ),
+        ("UpdateContainerRequest", json!({"vcpus": 1, "memory": 512})),
+        (
+            "ExecRequest",
+            json!({"command": ["uname", "-a"], "timeout": 30}),
+        ),
+        ("ImageRef", json!({"image": "alpine:3.20"})),
+        (
+            "CreateNetworkRequest",
+            json!({"name": "backend", "driver": "bridge", "internal": false}),
+        ),
+        ("NetworkConnect", json!({"container": "cache"})),
+        (
+            "CreateVolumeRequest",
+            json!({"name": "cache-data", "labels": {"team": "web"}}),
+        ),
+        // Answers: what the page shows as a response's example value.
+        (
+            "Vm",
+            json!({"id": "6039fa11-59cd-460c-b791-b0c52086d0c8", "name": "web-1",
+            "status": "stopped", "node": "node-1", "vcpus": 1, "memory": 128, "disk_size": 1,
+            "base_image": "debian-12.qcow2", "clone": "linked",
+            "disk_file": "/var/lib/libgo/vms/6039fa11-59cd-460c-b791-b0c52086d0c8/root.qcow2",
+            "mac_address": "52:54:00:f1:1d:70", "network": {"mode": "user"}, "tags": ["web"],
+            "cloud_init": false, "display": false,
+            "created_at": "2026-12-02T16:15:34Z", "updated_at": "2026-12-02T16:15:34Z"}),
+        ),
+        (
+            "Job",
+            json!({"id": "0b7e8d52-3c1a-4f0e-9a57-6d2f1e4b8c90", "type": "vm.create",
+            "state": "succeeded", "progress_percent": 100, "requested_by": "user:alice",
+            "created_at": "2026-12-02T16:15:33Z", "finished_at": "2026-12-02T16:15:34Z",
+            "tasks": [{"id": 0, "state": "succeeded", "progress_percent": 100,
+                "description": "create VM web-1", "started_at": "2026-12-02T16:15:33Z",
+                "finished_at": "2026-12-02T16:15:34Z", "log": ["disk cloned"]}]}),
+        ),
+        (
+            "ActionResponse",
+            json!({"id": "6039fa11-59cd-460c-b791-b0c52086d0c8",
+            "status": "running", "message": "VM successfully started.",
+            "job_id": "0b7e8d52-3c1a-4f0e-9a57-6d2f1e4b8c90"}),
+        ),
+        (
+            "StatusResponse",
+            json!({"id": "6039fa11-59cd-460c-b791-b0c52086d0c8", "name": "web-1",
+            "status": "running", "message": "VM is running"}),
+        ),
+        (
+            "DeleteResponse",
+            json!({"vm_id": "6039fa11-59cd-460c-b791-b0c52086d0c8",
+            "status": "deleted", "message": "VM successfully deleted.",
+            "disk_file": "/var/lib/libgo/vms/6039fa11-59cd-460c-b791-b0c52086d0c8/root.qcow2",
+            "job_id": "0b7e8d52-3c1a-4f0e-9a57-6d2f1e4b8c90"}),
+        ),
+        (
+            "Template",
+            json!({"id": "9d2c4a8e-1f3b-4e6a-8c7d-5b0a9e2f1c34", "name": "small",
+            "vcpus": 1, "memory": 128, "disk_size": 1, "base_image": "debian-12.qcow2",
+            "tags": ["small"], "created_at": "2026-12-02T16:00:00Z",
+            "updated_at": "2026-12-02T16:00:00Z"}),
+        ),
+        (
+            "Group",
+            json!({"name": "web", "description": "The web tier", "tags": ["prod"],
+            "vms": ["6039fa11-59cd-460c-b791-b0c52086d0c8"],
+            "created_at": "2026-12-02T16:20:00Z", "updated_at": "2026-12-02T16:20:00Z"}),
+        ),
+        (
+            "WhoAmI",
+            json!({"caller": "user:alice", "role": "operator", "transport": "tcp",
+            "expires_at": 1796316000}),
+        ),
+        (
+            "Session",
+            json!({"token": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl",
+            "token_type": "Bearer", "expires_at": 1796316000, "username": "alice",
+            "role": "operator"}),
+        ),
+        (
+            "Health",
+            json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"),
+            "node": "node-1", "accel": "kvm", "vms": 3}),
+        ),
+        (
+            "ErrorBody",
+            json!({"error": {"code": 404, "status": "NOT_FOUND",
+            "message": "VM web-9 not found.", "details": [],
+            "request_id": "req-5d1c0f3e9b2a4c7d8e6f1a2b3c4d5e6f"}}),
+        ),
+    ];
+    for (name, example) in examples {
+        let Some(schema) = s.get_mut(name) else {
+            panic!("OpenAPI: no schema {name} for its example");
+        };
+        schema["example"] = example;
+    }
+}
+
 fn add_shared_components(doc: &mut Value) {
+    // On the TCP listener every route but the open ones wants a bearer
+    // credential; the Unix sockets know their callers by their peer
+    // credentials and ignore it.
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer",
+            "description": "On the TCP listener: an API token (`POST /api/v1/tokens`) or a login session's token (`POST /api/v1/login`), as `Authorization: Bearer <token>`. The Unix sockets need none: they know the caller by its peer credentials."},
+    });
+    doc["security"] = json!([{"bearer": []}]);
     doc["components"]["headers"] = json!({
         "X-Request-Id": {"description": "The request's id: the client's own `X-Request-Id` (1 to 128 visible ASCII characters) or one the agent made.",
                          "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}},
@@ -992,10 +1187,60 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
         "since" => json!({"type": "integer", "minimum": 0, "maximum": i32::MAX}),
         "tail" => json!({"type": "string", "pattern": "^(all|[0-9]{1,9})$"}),
         "image" | "tag" if under("/api/v1/images/") => pattern(IMAGE_NAME, 200),
+        "file" if path == "/docs/{file}" => json!({"type": "string", "enum": super::docs::FILES}),
         "dockerfile" => json!({"type": "string", "maxLength": 1024, "default": "Dockerfile",
             "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,254})*$"}),
         _ => return None,
     })
+}
+
+/// What a parameter is, where its handler does not say.
+fn param_description(path: &str, name: &str) -> String {
+    let under = |p: &str| path.starts_with(p);
+    let what = match name {
+        "id" if under("/api/v1/vms/") => "The VM: its id (UUID) or name",
+        "id" if under("/api/v1/templates/") => "The template: its id (UUID) or name",
+        "id" if under("/api/v1/containers/") || under("/api/v1/instances/") => {
+            "The container (or VM): its libgo id, engine id or name"
+        }
+        "id" if under("/api/v1/images/") => "The image: its id (`sha256:...`) or name",
+        "id" if under("/api/v1/jobs/") => "The job's id",
+        "id" if under("/api/v1/tokens/") => "The API token's id",
+        "id" => "The object's id or name",
+        "name" if under("/api/v1/groups/") => "The group's name",
+        "name" if under("/api/v1/vms/") => "The snapshot's name",
+        "name" if path.contains("/volumes/") => "The volume's name",
+        "name" if path.contains("{name}") => "The name",
+        "name" => "Only those with this name",
+        "username" => "The user's name",
+        "disk" => "The disk's name",
+        "task_id" => "The task's index in its job",
+        "tag" if path == "/api/v1/images/build" => "The new image's name, `repo:tag`",
+        "tag" => "Only those with this tag",
+        "limit" => "Page size, 1 to 200 (default 50)",
+        "page_token" => "The cursor of the next page, as the previous page gave it",
+        "status" => "Only those in this status",
+        "state" => "Only those in this state",
+        "type" => "Only jobs of this type (`vm.create`, ...)",
+        "backend" => "Only VMs (`vm`) or only containers (`container`)",
+        "force" => "Also when it is in use (else 409)",
+        "all" => "Every container of the engine, not only libgo's",
+        "command" => "The command and its arguments, one `command` each (default `sh`)",
+        "tty" => "Give the command a terminal",
+        "tail" => "The last lines only: a number, or `all`",
+        "since" => "Only lines since then (seconds since the epoch)",
+        "timestamps" => "Prefix each line with its time",
+        "follow" => "Keep streaming what comes next",
+        "delete_vms" => "Delete the group's VMs too (202 with the job)",
+        "dockerfile" => "The Dockerfile's path in the context (default `Dockerfile`)",
+        "image" => "The image's name, `repo:tag`",
+        "action" => "The power action",
+        "sort" => "The order: a field, `-` before it for descending",
+        "template" => "Only VMs made from this template",
+        "node" => "Only VMs of this node",
+        _ => "",
+    };
+    what.to_owned()
 }
 
 fn complete_operation(path: &str, method: &str, op: &mut Value) {
@@ -1003,7 +1248,17 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
         return;
     };
     let key = (method, path);
-    let system = path == "/health" || path == "/openapi.json";
+    // Open on every listener, and touching nothing but what they serve.
+    let system = ["/health", "/openapi.json", "/docs", "/docs/{file}"].contains(&path);
+    // A summary is a title: the doc comment's first line without its stop.
+    if let Some(summary) = o.get("summary").and_then(Value::as_str) {
+        let title = summary.trim().trim_end_matches('.').to_owned();
+        o.insert("summary".into(), title.into());
+    }
+    // Anyone may call the open routes: no bearer token.
+    if super::access::rule(&method.to_ascii_uppercase(), path) == Some(super::access::Rule::Open) {
+        o.insert("security".into(), json!([]));
+    }
 
     // Parameters: exact schemas; idempotency keys and `Prefer` where taken.
     let mut params = o
@@ -1015,6 +1270,9 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
         let name = p["name"].as_str().unwrap_or_default().to_owned();
         if let Some(schema) = param_schema(path, &name) {
             p["schema"] = schema;
+        }
+        if p["description"].as_str().is_none_or(str::is_empty) {
+            p["description"] = param_description(path, &name).into();
         }
     }
     let job = JOB_ROUTES.contains(&key);
@@ -1047,7 +1305,13 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
             "content": {"application/json": {"schema": {"oneOf": [
                 {"$ref": "#/components/schemas/CreateVmRequest"},
                 {"type": "array", "minItems": 1, "maxItems": crate::engine::bulk::MAX_ITEMS,
-                 "items": {"$ref": "#/components/schemas/CreateVmItem"}}]}}}}));
+                 "items": {"$ref": "#/components/schemas/CreateVmItem"}}]},
+                "examples": {
+                    "one": {"summary": "One VM (201)", "value": {"name": "web-1", "vcpus": 1,
+                        "memory": 128, "disk_size": 1, "base_image": "debian-12.qcow2", "tags": ["web"]}},
+                    "many": {"summary": "Many VMs (202, one task each)", "value": [
+                        {"name": "web-3", "vcpus": 1, "memory": 128, "disk_size": 1, "base_image": "debian-12.qcow2"},
+                        {"name": "web-4", "vcpus": 1, "memory": 128, "disk_size": 1, "base_image": "debian-12.qcow2"}]}}}}}));
     }
     if key == ("post", "/api/v1/templates") {
         o.insert("requestBody".into(), json!({"required": true,
@@ -1088,6 +1352,9 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     };
     // Every listener but the admin socket counts requests (rate limits).
     add(429);
+    if path == "/docs/{file}" {
+        add(404);
+    }
     if !system {
         add(401);
         add(500);
@@ -1136,11 +1403,170 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     if let Some(r) = responses.get_mut("429") {
         r["headers"]["Retry-After"] = json!({"$ref": "#/components/headers/Retry-After"});
     }
+    // Every error the operation answers, in its own response and in the
+    // operation's description (what a reader of the page sees first).
+    let mut errors = Vec::new();
+    for (code, r) in responses.iter_mut() {
+        let Ok(n) = code.parse::<u16>() else { continue };
+        if n < 400 {
+            continue;
+        }
+        let generic = describe(n);
+        let text = r["description"].as_str().unwrap_or_default().to_owned();
+        let text = if text.is_empty() {
+            generic.to_owned()
+        } else if text == generic || generic.is_empty() {
+            text
+        } else {
+            format!("{generic} Here: {text}")
+        };
+        r["description"] = text.clone().into();
+        errors.push(format!("- `{code}` {text}"));
+    }
+    let mut description = o
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if job {
+        description.push_str(
+            "\n\nRuns as a job: the answer comes when the job has finished, or at once as \
+             202 with the job under `Prefer: respond-async` (`GET /api/v1/jobs/{id}` follows it).",
+        );
+    }
+    if !errors.is_empty() {
+        description.push_str("\n\n**Errors**\n\n");
+        description.push_str(&errors.join("\n"));
+    }
+    o.insert("description".into(), description.trim().into());
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
+
+    /// What the docs page shows for each operation: a short summary, a
+    /// description that lists its errors, at least one 4xx, and an example
+    /// of every JSON request body.
+    #[test]
+    fn every_operation_is_described_with_its_errors_and_examples() {
+        let doc = super::document();
+        let schemas = &doc["components"]["schemas"];
+        let has_example = |media: &Value| -> bool {
+            if media.get("example").is_some() || media.get("examples").is_some() {
+                return true;
+            }
+            let schema = &media["schema"];
+            let named = |s: &Value| {
+                s["$ref"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                    .is_some_and(|n| schemas[n].get("example").is_some())
+            };
+            schema.get("example").is_some() || named(schema)
+        };
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                seen += 1;
+                let summary = op["summary"].as_str().unwrap_or_default();
+                assert!(
+                    !summary.is_empty()
+                        && summary.len() <= 60
+                        && !summary.contains('\n')
+                        && !summary.ends_with('.'),
+                    "{method} {path}: summary {summary:?}"
+                );
+                let description = op["description"].as_str().unwrap_or_default();
+                assert!(
+                    description.len() > summary.len(),
+                    "{method} {path}: description {description:?}"
+                );
+                let responses = op["responses"].as_object().unwrap();
+                let errors: Vec<&String> = responses
+                    .keys()
+                    .filter(|c| c.starts_with('4') || c.starts_with('5'))
+                    .collect();
+                assert!(
+                    errors.iter().any(|c| c.starts_with('4')),
+                    "{method} {path}: no 4xx"
+                );
+                for code in errors {
+                    let text = responses[code]["description"].as_str().unwrap_or_default();
+                    assert!(!text.is_empty(), "{method} {path} {code}: no description");
+                    assert!(
+                        description.contains(&format!("- `{code}` ")),
+                        "{method} {path}: the description does not list {code}"
+                    );
+                }
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p.get("$ref").is_some() {
+                        continue;
+                    }
+                    let name = p["name"].as_str().unwrap_or_default();
+                    assert!(
+                        p["description"].as_str().is_some_and(|d| !d.is_empty()),
+                        "{method} {path}: parameter {name} has no description"
+                    );
+                    assert!(p["schema"].is_object(), "{method} {path}: {name}");
+                }
+                if let Some(json) = op.pointer("/requestBody/content/application~1json") {
+                    assert!(has_example(json), "{method} {path}: no example body");
+                }
+            }
+        }
+        assert!(seen > 110, "{seen} operations");
+        // The try-it-out can send a bearer token; the open routes need none.
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(doc["security"][0]["bearer"], serde_json::json!([]));
+        for (path, method) in [
+            ("/docs", "get"),
+            ("/health", "get"),
+            ("/api/v1/login", "post"),
+        ] {
+            assert_eq!(
+                doc["paths"][path][method]["security"],
+                serde_json::json!([]),
+                "{path}"
+            );
+        }
+        assert!(doc["paths"]["/api/v1/vms"]["get"].get("security").is_none());
+    }
+
+    /// Every schema example is an instance of its schema's shape: its
+    /// properties are known (the bodies are closed) and the required ones
+    /// are there.
+    #[test]
+    fn schema_examples_have_the_shape_of_their_schema() {
+        let doc = super::document();
+        let mut checked = 0;
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            let Some(example) = schema.get("example") else {
+                continue;
+            };
+            checked += 1;
+            let (Some(props), Some(ex)) = (schema["properties"].as_object(), example.as_object())
+            else {
+                continue;
+            };
+            for k in ex.keys() {
+                assert!(
+                    props.contains_key(k),
+                    "{name}: example field {k} is not in the schema"
+                );
+            }
+            for r in schema["required"].as_array().into_iter().flatten() {
+                assert!(
+                    ex.contains_key(r.as_str().unwrap()),
+                    "{name}: example lacks {r}"
+                );
+            }
+        }
+        assert!(checked >= 30, "{checked} examples");
+    }
 
     #[test]
     fn flattened_requests_are_one_object_in_the_document() {
@@ -1166,7 +1592,7 @@ mod tests {
                 let r = &op["responses"];
                 assert!(r.get("415").is_none(), "{method} {path}");
                 assert!(r.get("429").is_some(), "{method} {path}");
-                if path == "/health" || path == "/openapi.json" {
+                if ["/health", "/openapi.json", "/docs", "/docs/{file}"].contains(&path.as_str()) {
                     assert!(r.get("401").is_none(), "{method} {path}");
                     continue;
                 }

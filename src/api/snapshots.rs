@@ -12,6 +12,8 @@ use super::Caller;
 use crate::engine::Agent;
 use crate::model::{CreateSnapshotRequest, ErrorBody, Snapshot, SnapshotList};
 
+/// List a VM's snapshots.
+///
 /// A VM's snapshots, oldest first, and the one its disk came from.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/snapshots", tag = "vms", operation_id = "snapshots_list",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
@@ -25,8 +27,10 @@ pub async fn list(
     Ok(Json(SnapshotList { snapshots, current }))
 }
 
-/// Takes a snapshot: the disk of a stopped VM, or of a running one with
-/// its memory when `memory` is true.
+/// Take a snapshot.
+///
+/// Takes a snapshot: the disk of a stopped VM, or of a running one with its memory when
+/// `memory` is true. 409 when the name is taken or the VM's state does not allow it.
 #[utoipa::path(post, path = "/api/v1/vms/{id}/snapshots", tag = "vms", operation_id = "snapshots_create", request_body = CreateSnapshotRequest,
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 201, body = Snapshot), (status = 400, body = ErrorBody),
@@ -45,6 +49,9 @@ pub async fn create(
     answer(sub, &headers, StatusCode::CREATED).await
 }
 
+/// Get a snapshot.
+///
+/// One snapshot of the VM, with its parent and size.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/snapshots/{name}", tag = "vms", operation_id = "snapshots_get",
     params(("id" = String, Path, description = "VM id (UUID) or name"), ("name" = String, Path)),
     responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody)))]
@@ -56,6 +63,8 @@ pub async fn get(
     Ok(Json(agent.vms.snapshot(&entry, &name).await?))
 }
 
+/// Delete a snapshot.
+///
 /// Drops a snapshot; its children take its parent.
 #[utoipa::path(delete, path = "/api/v1/vms/{id}/snapshots/{name}", tag = "vms", operation_id = "snapshots_delete",
     params(("id" = String, Path, description = "VM id (UUID) or name"), ("name" = String, Path)),
@@ -73,8 +82,10 @@ pub async fn delete(
     answer(sub, &headers, StatusCode::OK).await
 }
 
-/// Puts the VM back to a snapshot: a disk-only one when stopped, one with
-/// memory when running (the guest runs on from that instant).
+/// Revert a VM to a snapshot.
+///
+/// Puts the VM back to a snapshot: a disk-only one when stopped, one with memory when running
+/// (the guest runs on from that instant). 409 when the snapshot does not fit the VM's state.
 #[utoipa::path(post, path = "/api/v1/vms/{id}/snapshots/{name}/revert", tag = "vms", operation_id = "snapshots_revert",
     params(("id" = String, Path, description = "VM id (UUID) or name"), ("name" = String, Path)),
     responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

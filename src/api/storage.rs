@@ -17,7 +17,9 @@ use crate::model::{
     StorageVolumeList,
 };
 
-/// Every storage pool with its figures.
+/// List storage pools.
+///
+/// Every storage pool with its figures (capacity, allocation, free space).
 #[utoipa::path(get, path = "/api/v1/storage-pools", tag = "storage", operation_id = "pools_list",
     responses((status = 200, body = StoragePoolList)))]
 pub async fn list(State(agent): State<Agent>) -> Json<StoragePoolList> {
@@ -26,7 +28,10 @@ pub async fn list(State(agent): State<Agent>) -> Json<StoragePoolList> {
     })
 }
 
-/// Defines a pool: a directory (`dir`) or an iSCSI target (`iscsi`).
+/// Create a storage pool.
+///
+/// Defines a pool: a directory (`dir`, with its `path`) or an iSCSI target (`iscsi`, with
+/// `host` and `target`). 409 when the name is taken.
 #[utoipa::path(post, path = "/api/v1/storage-pools", tag = "storage", operation_id = "pools_create",
     request_body = CreatePoolRequest,
     responses((status = 201, body = StoragePool), (status = 400, body = ErrorBody),
@@ -45,6 +50,9 @@ pub async fn create(
         .into_response())
 }
 
+/// Get a storage pool.
+///
+/// One storage pool with its figures and state.
 #[utoipa::path(get, path = "/api/v1/storage-pools/{name}", tag = "storage", operation_id = "pools_get",
     params(("name" = String, Path, description = "Pool name")),
     responses((status = 200, body = StoragePool), (status = 404, body = ErrorBody),
@@ -56,8 +64,10 @@ pub async fn get(
     Ok(Json(agent.storage.pool(&name).await?))
 }
 
-/// Forgets a pool made through the API (not one from the configuration
-/// file); refused while it holds volumes or a VM uses it.
+/// Delete a storage pool.
+///
+/// Forgets a pool made through the API (not one from the configuration file); refused (409)
+/// while it holds volumes or a VM uses it.
 #[utoipa::path(delete, path = "/api/v1/storage-pools/{name}", tag = "storage", operation_id = "pools_delete",
     params(("name" = String, Path, description = "Pool name")),
     responses((status = 200, body = StoragePool), (status = 404, body = ErrorBody),
@@ -69,6 +79,9 @@ pub async fn delete(
     Ok(Json(agent.storage.delete_pool(&name).await?))
 }
 
+/// Activate a storage pool.
+///
+/// Puts a pool into use: checks its directory, or logs in to its iSCSI target.
 #[utoipa::path(post, path = "/api/v1/storage-pools/{name}/activate", tag = "storage", operation_id = "pools_activate",
     params(("name" = String, Path, description = "Pool name")),
     responses((status = 200, body = StoragePool), (status = 404, body = ErrorBody),
@@ -80,7 +93,9 @@ pub async fn activate(
     Ok(Json(agent.storage.activate(&name).await?))
 }
 
-/// Takes a pool out of use; refused while a VM or a job uses a volume.
+/// Deactivate a storage pool.
+///
+/// Takes a pool out of use; refused (409) while a VM or a job uses a volume.
 #[utoipa::path(post, path = "/api/v1/storage-pools/{name}/deactivate", tag = "storage", operation_id = "pools_deactivate",
     params(("name" = String, Path, description = "Pool name")),
     responses((status = 200, body = StoragePool), (status = 404, body = ErrorBody),
@@ -92,6 +107,8 @@ pub async fn deactivate(
     Ok(Json(agent.storage.deactivate(&name).await?))
 }
 
+/// List a pool's volumes.
+///
 /// The volumes of an active pool.
 #[utoipa::path(get, path = "/api/v1/storage-pools/{pool}/volumes", tag = "storage", operation_id = "volumes_list",
     params(("pool" = String, Path, description = "Pool name")),
@@ -106,8 +123,11 @@ pub async fn volumes(
     }))
 }
 
-/// Makes a volume as a job: empty (`capacity`), a copy (`source`) or a
-/// qcow2 imported from a qcow2, raw, vmdk, vdi or OVA volume (`import`).
+/// Create a volume in a pool.
+///
+/// Makes a volume as a job: empty (`capacity`, in GiB, with its `format`), a copy (`source`) or
+/// a qcow2 imported from a qcow2, raw, vmdk, vdi or OVA volume (`import`). 409 when the name is
+/// taken.
 #[utoipa::path(post, path = "/api/v1/storage-pools/{pool}/volumes", tag = "storage", operation_id = "volumes_create",
     request_body = CreateStorageVolumeRequest,
     params(("pool" = String, Path, description = "Pool name")),
@@ -127,6 +147,9 @@ pub async fn create_volume(
     answer_volume(sub, &headers).await
 }
 
+/// Get a volume of a pool.
+///
+/// One volume with its format, capacity and allocation.
 #[utoipa::path(get, path = "/api/v1/storage-pools/{pool}/volumes/{name}", tag = "storage", operation_id = "volumes_get",
     params(("pool" = String, Path, description = "Pool name"), ("name" = String, Path, description = "Volume name")),
     responses((status = 200, body = StorageVolume), (status = 400, body = ErrorBody),
@@ -139,7 +162,9 @@ pub async fn volume(
     Ok(Json(agent.storage.volume(&pool, &name).await?))
 }
 
-/// Removes a volume no VM uses.
+/// Delete a volume of a pool.
+///
+/// Removes a volume no VM uses (409 while one does).
 #[utoipa::path(delete, path = "/api/v1/storage-pools/{pool}/volumes/{name}", tag = "storage", operation_id = "volumes_delete",
     params(("pool" = String, Path, description = "Pool name"), ("name" = String, Path, description = "Volume name")),
     responses((status = 200, body = StorageVolume), (status = 400, body = ErrorBody),
@@ -151,7 +176,9 @@ pub async fn delete_volume(
     Ok(Json(agent.storage.delete_volume(&pool, &name).await?))
 }
 
-/// Streams the body into the volume (made, or replacing an unused one).
+/// Upload a volume's content.
+///
+/// Streams the body into the volume (made, or replacing an unused one). 409 while a VM uses it.
 #[utoipa::path(put, path = "/api/v1/storage-pools/{pool}/volumes/{name}/content", tag = "storage", operation_id = "volumes_upload",
     params(("pool" = String, Path, description = "Pool name"), ("name" = String, Path, description = "Volume name")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
@@ -180,6 +207,8 @@ pub async fn upload(
     }
 }
 
+/// Download a volume's content.
+///
 /// The volume's bytes as they are in the pool.
 #[utoipa::path(get, path = "/api/v1/storage-pools/{pool}/volumes/{name}/content", tag = "storage", operation_id = "volumes_download",
     params(("pool" = String, Path, description = "Pool name"), ("name" = String, Path, description = "Volume name")),
@@ -205,9 +234,11 @@ pub async fn download(
     Ok(resp)
 }
 
-/// Exports the VM's disk (or a snapshot of it) as a volume: qcow2, raw,
-/// vmdk, vdi or an OVF 1.0 package (`ova`). A running VM is read from a
-/// snapshot taken for the purpose. A job with qemu-img's progress.
+/// Export a VM's disk.
+///
+/// Exports the VM's disk (or a snapshot of it) as a volume: qcow2, raw, vmdk, vdi or an OVF 1.0
+/// package (`ova`). A running VM is read from a snapshot taken for the purpose. A job with
+/// qemu-img's progress.
 #[utoipa::path(post, path = "/api/v1/vms/{id}/export", tag = "vms", operation_id = "vms_export",
     request_body = ExportVmRequest,
     params(("id" = String, Path, description = "VM id (UUID) or name")),
@@ -251,6 +282,8 @@ async fn answer_volume(
     Ok(resp)
 }
 
+/// List storage servers.
+///
 /// The storage servers iSCSI pools use, each asked whether it answers.
 #[utoipa::path(get, path = "/api/v1/storage-servers", tag = "storage", operation_id = "servers_list",
     responses((status = 200, body = StorageServerList)))]
@@ -260,6 +293,9 @@ pub async fn servers(State(agent): State<Agent>) -> Json<StorageServerList> {
     })
 }
 
+/// Get a storage server.
+///
+/// One storage server, asked whether it answers.
 #[utoipa::path(get, path = "/api/v1/storage-servers/{host}", tag = "storage", operation_id = "servers_get",
     params(("host" = String, Path, description = "`host:port`, or `host` for port 3260")),
     responses((status = 200, body = StorageServer), (status = 400, body = ErrorBody),
@@ -271,6 +307,8 @@ pub async fn server(
     Ok(Json(agent.storage.server(&host).await?))
 }
 
+/// List a storage server's targets.
+///
 /// The targets a storage server offers, with their LUNs.
 #[utoipa::path(get, path = "/api/v1/storage-servers/{host}/targets", tag = "storage", operation_id = "servers_targets",
     params(("host" = String, Path, description = "`host:port`, or `host` for port 3260")),

@@ -14,7 +14,9 @@ use super::Caller;
 use crate::engine::Agent;
 use crate::model::{Accepted, BulkDeleteTemplates, Template, TemplateList, TemplateRequest};
 
-/// Templates by name (or `sort=-name`, `created_at`, `-created_at`); filters `name`, `tag`.
+/// List templates.
+///
+/// Templates by name (or `sort=-name`, `created_at`, `-created_at`); filters `name` and `tag`.
 #[utoipa::path(get, path = "/api/v1/templates", tag = "templates",
     params(("limit" = Option<usize>, Query), ("page_token" = Option<String>, Query), ("sort" = Option<String>, Query),
            ("name" = Option<String>, Query), ("tag" = Option<String>, Query)),
@@ -64,6 +66,9 @@ pub async fn list(
 }
 
 /// Create a template.
+///
+/// Creates a template: a name and any VM fields, used as the defaults of a VM made from it. 409
+/// when the name is taken.
 #[utoipa::path(post, path = "/api/v1/templates", tag = "templates", request_body = TemplateRequest,
     responses((status = 201, body = Template), (status = 400, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
 pub async fn create(
@@ -73,6 +78,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(agent.vms.create_template(req)?)))
 }
 
+/// Get a template.
+///
 /// A template by id or name.
 #[utoipa::path(get, path = "/api/v1/templates/{id}", tag = "templates", params(("id" = String, Path)),
     responses((status = 200, body = Template), (status = 404, body = crate::model::ErrorBody)))]
@@ -80,7 +87,9 @@ pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResul
     Ok(Json(agent.vms.find_template(&id)?))
 }
 
-/// Change any subset of a template's fields.
+/// Change a template.
+///
+/// Changes any subset of a template's fields.
 #[utoipa::path(patch, path = "/api/v1/templates/{id}", tag = "templates", params(("id" = String, Path)), request_body = TemplateRequest,
     responses((status = 200, body = Template), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn patch(
@@ -91,7 +100,9 @@ pub async fn patch(
     Ok(Json(agent.vms.update_template(&id, req)?))
 }
 
-/// Delete a template (VMs made from it keep their configuration).
+/// Delete a template.
+///
+/// Deletes a template (VMs made from it keep their configuration).
 #[utoipa::path(delete, path = "/api/v1/templates/{id}", tag = "templates", params(("id" = String, Path)),
     responses((status = 200, body = Template), (status = 404, body = crate::model::ErrorBody)))]
 pub async fn delete(
@@ -101,7 +112,9 @@ pub async fn delete(
     Ok(Json(agent.vms.delete_template(&id)?))
 }
 
-/// Delete many templates: `{"template_ids": [...]}`; 202 with the job.
+/// Delete many templates.
+///
+/// `{"template_ids": [...]}` (ids or names, 1 to 100); 202 with the job, one task each.
 #[utoipa::path(delete, path = "/api/v1/templates", tag = "templates", request_body = BulkDeleteTemplates,
     responses((status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody)))]
 pub async fn bulk_delete(

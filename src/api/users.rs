@@ -70,7 +70,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(Into::into)
 }
 
-/// Exchanges a user name and password for a session token (a JWT).
+/// Log in.
+///
+/// Exchanges a user name and password for a session token (a JWT) to send as `Authorization:
+/// Bearer <token>`. 401 for a wrong name or password.
 #[utoipa::path(post, path = "/api/v1/login", tag = "access", request_body = LoginRequest,
     responses((status = 200, body = Session), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody, description = "Wrong user name or password")))]
@@ -101,6 +104,8 @@ pub async fn login(
     resp
 }
 
+/// Log out.
+///
 /// Ends the login session this call is made with.
 #[utoipa::path(post, path = "/api/v1/logout", tag = "access",
     responses((status = 204, description = "The session is revoked"),
@@ -119,6 +124,8 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Who is calling.
+///
 /// The caller, its role and transport.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "access", responses((status = 200, body = WhoAmI)))]
 pub async fn whoami(Extension(caller): Extension<Caller>) -> ApiResult<Json<WhoAmI>> {
@@ -133,7 +140,9 @@ pub async fn whoami(Extension(caller): Extension<Caller>) -> ApiResult<Json<WhoA
     }))
 }
 
-/// Every user.
+/// List users.
+///
+/// Every user with its role (never their passwords).
 #[utoipa::path(get, path = "/api/v1/users", tag = "access", responses((status = 200, body = UserList)))]
 pub async fn list_users(State(st): State<Arc<AccessState>>) -> ApiResult<Json<UserList>> {
     Ok(Json(UserList {
@@ -141,7 +150,10 @@ pub async fn list_users(State(st): State<Arc<AccessState>>) -> ApiResult<Json<Us
     }))
 }
 
-/// Creates a user with a password (stored as an argon2 hash) and a role.
+/// Create a user.
+///
+/// Creates a user with a password (stored as an argon2 hash) and a role. 409 when the name is
+/// taken.
 #[utoipa::path(post, path = "/api/v1/users", tag = "access", request_body = CreateUserRequest,
     responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_user(
@@ -153,6 +165,9 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(user(u))))
 }
 
+/// Get a user.
+///
+/// One user with its role.
 #[utoipa::path(get, path = "/api/v1/users/{username}", tag = "access",
     params(("username" = String, Path)),
     responses((status = 200, body = User), (status = 404, body = ErrorBody)))]
@@ -163,6 +178,8 @@ pub async fn get_user(
     Ok(Json(user(st.auth.user(&name)?)))
 }
 
+/// Change a user.
+///
 /// Changes a user's password or role; a new password revokes their sessions.
 #[utoipa::path(patch, path = "/api/v1/users/{username}", tag = "access", request_body = PatchUserRequest,
     params(("username" = String, Path)),
@@ -181,6 +198,8 @@ pub async fn patch_user(
     Ok(Json(user(u)))
 }
 
+/// Delete a user.
+///
 /// Removes a user, their sessions and the API tokens they made.
 #[utoipa::path(delete, path = "/api/v1/users/{username}", tag = "access",
     params(("username" = String, Path)),
@@ -193,6 +212,8 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// List API tokens.
+///
 /// Every API token (never their secrets).
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "access", responses((status = 200, body = TokenList)))]
 pub async fn list_tokens(State(st): State<Arc<AccessState>>) -> ApiResult<Json<TokenList>> {
@@ -201,8 +222,10 @@ pub async fn list_tokens(State(st): State<Arc<AccessState>>) -> ApiResult<Json<T
     }))
 }
 
-/// Makes a long-lived API token for a machine; its secret is in this answer
-/// only (the agent keeps a SHA-256 of it).
+/// Create an API token.
+///
+/// Makes a long-lived API token for a machine; its secret is in this answer only (the agent
+/// keeps a SHA-256 of it).
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "access", request_body = CreateTokenRequest,
     responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody)))]
 pub async fn create_token(
@@ -229,6 +252,9 @@ pub async fn create_token(
     ))
 }
 
+/// Get an API token.
+///
+/// One API token (never its secret).
 #[utoipa::path(get, path = "/api/v1/tokens/{id}", tag = "access",
     params(("id" = String, Path)),
     responses((status = 200, body = Token), (status = 404, body = ErrorBody)))]
@@ -239,6 +265,8 @@ pub async fn get_token(
     Ok(Json(token(st.auth.token(&id)?)))
 }
 
+/// Revoke an API token.
+///
 /// Revokes an API token at once.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "access",
     params(("id" = String, Path)),

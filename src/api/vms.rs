@@ -49,6 +49,9 @@ fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<(ListQuery, &str, 
 }
 
 /// List VMs.
+///
+/// The VMs of this agent, with filters `status`, `name`, `tag`, `template` and `node`, sorted
+/// by `sort` and paged with `limit` and `page_token`.
 #[utoipa::path(get, path = "/api/v1/vms", tag = "vms",
     params(
         ("limit" = Option<usize>, Query, description = "Page size, 1 to 200 (default 50)"),
@@ -75,10 +78,12 @@ pub async fn list(
     }))
 }
 
-/// Create a VM, or many with an array body (one job, one task each, 202).
+/// Create a VM (or many).
 ///
-/// One VM: clones the base image (or the template's), grows it, persists it;
-/// 201 with the VM, or 202 with the job under `Prefer: respond-async`.
+/// One VM: clones the base image (or the template's), grows it, persists it; 201 with the VM,
+/// or 202 with the job under `Prefer: respond-async`. An array body makes many: one job, one
+/// task each, 202. 404 when the template or base image does not exist; 409 when the name is
+/// taken or the host lacks the capacity.
 #[utoipa::path(post, path = "/api/v1/vms", tag = "vms", request_body = CreateVmRequest,
     params(("Prefer" = Option<String>, Header, description = "respond-async for a 202 with the job"),
            ("Idempotency-Key" = Option<String>, Header, description = "retry safely for 24 h")),
@@ -129,7 +134,9 @@ pub(crate) async fn answer_created_vm(
         .into_response())
 }
 
-/// Delete many VMs: `{"vm_ids": [...]}` (ids or names, at most 100); 202 with the job.
+/// Delete many VMs.
+///
+/// `{"vm_ids": [...]}` (ids or names, 1 to 100); 202 with the job, one task each.
 #[utoipa::path(delete, path = "/api/v1/vms", tag = "vms", request_body = BulkDeleteVms,
     responses((status = 202, body = Accepted), (status = 400, body = crate::model::ErrorBody)))]
 pub async fn bulk_delete(
@@ -142,6 +149,8 @@ pub async fn bulk_delete(
 }
 
 /// Get a VM.
+///
+/// A VM by id or name, with its configuration and status.
 #[utoipa::path(get, path = "/api/v1/vms/{id}", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = Vm), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
@@ -150,7 +159,9 @@ pub async fn get(State(agent): State<Agent>, Path(id): Path<String>) -> ApiResul
     Ok(Json(agent.vms.to_api(&entry)))
 }
 
-/// A VM's configuration.
+/// Get a VM's configuration.
+///
+/// The VM's configuration: vCPUs, memory, disk, boot, network, pinning and I/O limits.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/config", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = VmConfig), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
@@ -162,7 +173,9 @@ pub async fn config(
     Ok(Json(agent.vms.vm_config(&entry).await))
 }
 
-/// A VM's status.
+/// Get a VM's status.
+///
+/// The VM's status and, when it runs, its process and uptime.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/status", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = StatusResponse), (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody)))]
@@ -184,13 +197,13 @@ pub async fn status(
     }))
 }
 
-/// Power action: start, stop, shutdown, poweroff, reboot, reset, pause, resume.
+/// Run a power action on a VM.
 ///
-/// `stop` presses the ACPI power button (retried) and forces the VM off after
-/// `timeout` seconds (default 60); `shutdown` only asks, and answers 409 if
-/// the guest is still running after `timeout`; `poweroff` forces at once.
-/// `start`, `stop`, `pause`, `resume` answer 200 when already there;
-/// `reboot` on a VM that is not running is 409.
+/// `stop` presses the ACPI power button (retried) and forces the VM off after `timeout` seconds
+/// (default 60); `shutdown` only asks, and answers 409 if the guest is still running after
+/// `timeout`; `poweroff` forces at once; `reboot`, `reset`, `pause` and `resume` do what they
+/// say. `start`, `stop`, `pause`, `resume` answer 200 when already there; `reboot` on a VM that
+/// is not running is 409. 503 when the agent cannot run QEMU.
 #[utoipa::path(post, path = "/api/v1/vms/{id}/{action}", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name"),
            ("action" = String, Path, description = "start | stop | shutdown | poweroff | reboot | reset | pause | resume")),
@@ -286,7 +299,9 @@ fn outcome_message(o: Outcome) -> String {
     }
 }
 
-/// Delete a VM: stop it if needed, remove its disk, runtime files and record.
+/// Delete a VM.
+///
+/// Stops the VM if needed, then removes its disk, runtime files and record.
 #[utoipa::path(delete, path = "/api/v1/vms/{id}", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = DeleteResponse), (status = 400, body = crate::model::ErrorBody),
@@ -313,7 +328,9 @@ pub async fn delete(
     .await
 }
 
-/// Change vCPUs (next start) and pinning (live).
+/// Change a VM's vCPUs.
+///
+/// Changes the vCPU count (from the next start) and the CPU pinning (live on a running VM).
 #[utoipa::path(put, path = "/api/v1/vms/{id}/cpu", tag = "vms", request_body = UpdateCpuRequest,
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
@@ -340,7 +357,9 @@ pub async fn put_cpu(
     .await
 }
 
-/// Change memory: live through the balloon up to the boot size, else at the next start.
+/// Change a VM's memory.
+///
+/// Changes the memory: live through the balloon up to the boot size, else from the next start.
 #[utoipa::path(put, path = "/api/v1/vms/{id}/memory", tag = "vms", request_body = UpdateMemoryRequest,
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
@@ -366,7 +385,10 @@ pub async fn put_memory(
     .await
 }
 
-/// Grow the disk (live on a running VM) and change its I/O limits (live).
+/// Change a VM's disk.
+///
+/// Grows the disk (live on a running VM; it never shrinks: 409) and changes its I/O limits
+/// (live).
 #[utoipa::path(put, path = "/api/v1/vms/{id}/disk", tag = "vms", request_body = UpdateDiskRequest,
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
@@ -393,7 +415,10 @@ pub async fn put_disk(
     .await
 }
 
-/// Change any subset of a VM's fields, and/or its desired status.
+/// Change a VM.
+///
+/// Changes any subset of a VM's fields, and/or its desired status (`running`, `stopped`,
+/// `paused`).
 #[utoipa::path(patch, path = "/api/v1/vms/{id}", tag = "vms", request_body = PatchVmRequest,
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = UpdateResponse), (status = 400, body = crate::model::ErrorBody),
@@ -415,7 +440,10 @@ pub async fn patch(
     .await
 }
 
-/// Live performance metrics, from the background sampler. 409 when not running.
+/// Get a VM's live performance.
+///
+/// Live CPU, memory, disk and network figures from the background sampler. 409 when the VM does
+/// not run.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/performance", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = Performance), (status = 404, body = crate::model::ErrorBody), (status = 409, body = crate::model::ErrorBody)))]
@@ -427,7 +455,9 @@ pub async fn performance(
     Ok(Json(agent.vms.performance(&entry)?))
 }
 
-/// Configured cpu/memory/disk next to what is used.
+/// Get a VM's resources.
+///
+/// The configured vCPUs, memory and disk next to what the guest uses.
 #[utoipa::path(get, path = "/api/v1/vms/{id}/resources", tag = "vms",
     params(("id" = String, Path, description = "VM id (UUID) or name")),
     responses((status = 200, body = Resources), (status = 404, body = crate::model::ErrorBody)))]

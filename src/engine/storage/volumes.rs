@@ -330,7 +330,7 @@ impl StorageEngine {
                     .img
                     .create(&tmp, format, *bytes)
                     .await
-                    .map_err(|e| EngineError::internal("qemu-img create", e))?;
+                    .map_err(|e| too_large(&def.name, *bytes, e))?;
             }
             Making::Copy { src, format } => {
                 let job = Convert {
@@ -607,4 +607,49 @@ fn is_ova(path: &Path) -> bool {
     }
     let end = head[..100].iter().position(|b| *b == 0).unwrap_or(100);
     head[..end].ends_with(b".ovf")
+}
+
+/// qemu-img refusing a size the pool's filesystem cannot hold in one file
+/// (a raw volume is a sparse file of its whole capacity) is the pool's
+/// capacity, not a failure of the host: 409, like any other shortfall.
+fn too_large(pool: &str, bytes: u64, e: crate::host::qemu_img::ImgError) -> EngineError {
+    use crate::host::qemu_img::ImgError;
+    if let ImgError::Failed { stderr, .. } = &e {
+        if !stderr.contains("too large") {
+            return EngineError::internal("qemu-img create", e);
+        }
+        let text = stderr.trim();
+        return EngineError::Capacity {
+            message: format!(
+                "Storage pool {pool} cannot hold a volume of {bytes} bytes: its filesystem refuses a file that large ({text})."
+            ),
+            shortfall: None,
+        };
+    }
+    EngineError::internal("qemu-img create", e)
+}
+
+#[cfg(test)]
+mod too_large_tests {
+    use super::*;
+    use crate::host::qemu_img::ImgError;
+
+    #[test]
+    fn a_size_the_filesystem_refuses_is_the_pools_capacity() {
+        let refused = ImgError::Failed {
+            op: "create",
+            stderr: "qemu-img: /p/.v: The image size is too large for file format 'raw'".into(),
+        };
+        let e = too_large("default", 1 << 45, refused);
+        assert_eq!(e.kind(), crate::engine::ErrorKind::Capacity, "{e}");
+        assert!(e.to_string().contains("default"), "{e}");
+        let other = ImgError::Failed {
+            op: "create",
+            stderr: "qemu-img: /p/.v: Permission denied".into(),
+        };
+        assert_eq!(
+            too_large("default", 1, other).kind(),
+            crate::engine::ErrorKind::Internal
+        );
+    }
 }
