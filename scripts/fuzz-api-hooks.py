@@ -164,6 +164,17 @@ def map_case(context, case):
             case.path_parameters["id"] = mine if len(mine) <= 255 else "fz-absent"
     if path == "/api/v1/storage-pools" and isinstance(case.body, dict) and "host" in case.body:
         case.body["host"] = "127.0.0.1:9"
+    if (
+        path == "/api/v1/groups/{name}"
+        and case.method.upper() == "PUT"
+        and isinstance(case.body, dict)
+        and not _is_negative(case, "body")
+    ):
+        # Members are VMs by id or name, and an unknown one is 404 like any
+        # unknown reference; right after the fuzzer made a group that 404
+        # reads to its resource check as "the group is gone". Membership is
+        # exercised by the group tests.
+        case.body.pop("vms", None)
     own = os.environ.get("FUZZ_TOKEN_ID")
     if own and path == "/api/v1/tokens/{id}" and case.method.upper() == "DELETE":
         if str((case.path_parameters or {}).get("id", "")) == own:
