@@ -34,6 +34,7 @@ have dpkg-shlibdeps || need+=(dpkg-dev)
 have lintian || need+=(lintian)
 have deb-systemd-helper || need+=(init-system-helpers)
 have adduser || need+=(adduser)
+have help2man || need+=(help2man)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
