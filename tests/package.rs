@@ -255,6 +255,20 @@ async fn the_package_installs_serves_and_goes_away_cleanly() {
     // Enabled as dh_installsystemd would (no systemd needed to record it).
     assert!(Path::new("/etc/systemd/system/multi-user.target.wants/libgod.service").exists());
 
+    // Installed again over itself (postinst sees the old version, as on an
+    // upgrade): the administrator's configuration is kept.
+    let mut conf = std::fs::read_to_string("/etc/libgo/libgod.toml").unwrap();
+    conf.push_str("# changed by the administrator\n");
+    std::fs::write("/etc/libgo/libgod.toml", &conf).unwrap();
+    run(Command::new("dpkg")
+        .arg("-i")
+        .arg(&deb)
+        .stdin(Stdio::null()));
+    assert_eq!(
+        std::fs::read_to_string("/etc/libgo/libgod.toml").unwrap(),
+        conf
+    );
+
     // Start libgod as the unit does, with the test as its service manager.
     let images = Path::new("/var/lib/libgo/images");
     for f in ["vmlinuz", "initrd.img", "base.qcow2"] {
