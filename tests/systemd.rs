@@ -437,12 +437,12 @@ async fn journal_entries_carry_vm_job_and_request_ids() {
             "job {job} has no finished entry"
         );
     }
-    // Lines logged inside a job (its span) carry the job's id too.
+    // Lines logged inside a job (its span) carry the job's id too, and the
+    // VM's.
     assert!(
-        entries
-            .iter()
-            .any(|e| e.get("JOB_ID").is_some()
-                && e.get("SPAN_NAME").map(String::as_str) == Some("job")),
+        entries.iter().any(|e| e.get("JOB_ID").is_some()
+            && e.get("VM_ID") == Some(&id)
+            && e.get("SPAN_NAME").map(String::as_str) == Some("job")),
         "no line logged inside a job span: {entries:#?}"
     );
     kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();

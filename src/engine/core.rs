@@ -159,8 +159,12 @@ impl Core {
     {
         let job = handle.snapshot();
         let core = self.clone();
-        // Whatever the job logs carries its id (journald: JOB_ID).
-        let span = tracing::info_span!("job", job_id = %handle.id());
+        // Whatever the job logs carries its id (journald: JOB_ID), and the
+        // VM's when it acts on one (VM_ID).
+        let span = tracing::info_span!("job", job_id = %handle.id(), vm_id = tracing::field::Empty);
+        if let Some(Target::Vm(id)) = job.target {
+            span.record("vm_id", tracing::field::display(id));
+        }
         let result = tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let r = work.await;
