@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,7 +246,7 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(args, notifier.map(std::sync::Arc::new)))
+        .block_on(run(args, notifier.map(Arc::new)))
 }
 
 async fn run(args: Args, notifier: Option<Arc<Notifier>>) -> anyhow::Result<()> {
@@ -360,7 +359,7 @@ async fn serve(cfg: Config, notifier: Option<Arc<Notifier>>) -> anyhow::Result<(
         }
         // A manager that went away is no reason to stop serving guests.
         if let Err(e) = n.notify(&format!(
-            "READY=1\nMAINPID={}\nSTATUS=serving {} ({vms} VMs re-adopted or known)",
+            "READY=1\nMAINPID={}\nSTATUS=serving {}, {vms} VMs",
             std::process::id(),
             socket.display()
         )) {
