@@ -502,3 +502,51 @@ fn the_unit_verifies() {
         out.status
     );
 }
+
+/// A daemon that cannot start tells the manager why (`systemctl status`
+/// shows it) and never claims to be ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_start_says_why_and_is_never_ready() {
+    let d = Daemon::start().await;
+    let dir = tempfile::Builder::new()
+        .prefix("lgn")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // A second daemon on the first one's socket.
+    let out = Command::new(env!("CARGO_BIN_EXE_libgod"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--readonly-socket")
+        .arg(dir.path().join("ro.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .args(["--accel", "tcg"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a second daemon started on one socket"
+    );
+    let mut buf = [0u8; 1024];
+    let n = notify.recv(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with("STATUS=failed: ") && text.contains("another libgod"),
+        "{text}"
+    );
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(notify.recv(&mut buf).is_err(), "more than the failure");
+    // The first daemon still serves.
+    assert_eq!(d.req("GET", "/health", None).await.0, 200);
+}
