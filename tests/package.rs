@@ -140,14 +140,14 @@ impl Drop for Restore {
     }
 }
 
-/// The binaries this test build made, in a directory of their own (the
-/// shared target directory may hold others).
+/// The binaries this test build made, linked into a directory of their own
+/// (the target directory may hold others; debug binaries are large).
 fn bin_dir(into: &Path) -> PathBuf {
     let dir = into.join("bin");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_libgod"), dir.join("libgod")).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_libgod"), dir.join("libgod")).unwrap();
     if let Some(cli) = option_env!("CARGO_BIN_EXE_libgo") {
-        std::fs::copy(cli, dir.join("libgo")).unwrap();
+        std::os::unix::fs::symlink(cli, dir.join("libgo")).unwrap();
     }
     dir
 }
