@@ -24,6 +24,17 @@ have python3 || need+=(python3)
 have tgtd || need+=(tgt)
 have iscsi-ls || need+=(libiscsi-bin)
 dpkg -s qemu-block-extra >/dev/null 2>&1 || need+=(qemu-block-extra)
+# The unit is checked with systemd-analyze verify (no systemd as PID 1
+# needed); tests/systemd.rs runs the daemon in a mount namespace (unshare).
+have systemd-analyze || need+=(systemd)
+have unshare || need+=(util-linux)
+# The Debian package: built with dpkg-deb, its dependencies found by
+# dpkg-shlibdeps, checked by lintian, installed and removed by the suite.
+have dpkg-shlibdeps || need+=(dpkg-dev)
+have lintian || need+=(lintian)
+have deb-systemd-helper || need+=(init-system-helpers)
+have adduser || need+=(adduser)
+have help2man || need+=(help2man)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

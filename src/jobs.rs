@@ -71,7 +71,7 @@ impl JobHandle {
             &job.created_at,
             job,
         ) {
-            tracing::error!(job = %job.id, error = %e, "cannot persist job");
+            tracing::error!(job_id = %job.id, error = %e, "cannot persist job");
         }
         *lock(&self.last_persist) = Instant::now();
     }
@@ -244,6 +244,13 @@ impl Jobs {
             last_persist: Mutex::new(Instant::now()),
         });
         h.persist(&job);
+        tracing::info!(
+            job_id = %id,
+            kind,
+            vm_id = vm_of(job.target).map(tracing::field::display),
+            requested_by = requester,
+            "job started"
+        );
         lock(&self.running).insert(id, h.clone());
         self.events.emit(
             "job.created",
@@ -288,6 +295,14 @@ impl Jobs {
             h.persist(&job);
             job.clone()
         };
+        tracing::info!(
+            job_id = %job.id,
+            kind = %job.kind,
+            vm_id = vm_of(job.target).map(tracing::field::display),
+            state = state_str(job.state),
+            error = job.error.as_deref(),
+            "job finished"
+        );
         lock(&self.running).remove(&job.id);
         let _ = h.done.send(true);
         self.events.emit_progress(
@@ -351,6 +366,14 @@ impl Jobs {
                 .put_job(job.id, &job.kind, "failed", &job.created_at, &job)?;
         }
         Ok(running)
+    }
+}
+
+/// The VM a job acts on, for its log lines' `vm_id` field.
+fn vm_of(target: Option<Target>) -> Option<Uuid> {
+    match target {
+        Some(Target::Vm(id)) => Some(id),
+        _ => None,
     }
 }
 

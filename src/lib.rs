@@ -25,6 +25,8 @@ pub mod host;
 pub mod jobs;
 /// Wire types shared by the API and its clients.
 pub mod model;
+/// Readiness, watchdog and stop notifications to systemd (`sd_notify`).
+pub mod notify;
 /// Keyset pagination, the one pager of every list.
 pub mod page;
 /// One QEMU process: argv, spawn/reattach, QMP.

@@ -282,7 +282,23 @@ async fn request_id(req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req-{}", uuid::Uuid::new_v4().simple()));
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    // Whatever the handler logs carries the id (journald: REQUEST_ID).
+    let span = tracing::info_span!("request", request_id = %id);
+    let started = std::time::Instant::now();
+    let mut resp =
+        tracing::Instrument::instrument(REQUEST_ID.scope(id.clone(), next.run(req)), span).await;
+    // Writes are in the audit trail (at info, with their request_id); every
+    // request, reads included, at debug.
+    tracing::debug!(
+        request_id = %id,
+        %method,
+        path = %clip(&path, 256),
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

@@ -4,10 +4,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use libgo::config::{Accel, Config, IoLayer};
+use libgo::notify::Notifier;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::prelude::*;
 
@@ -163,6 +166,11 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// Logs go to journald when systemd started the daemon (its journal socket
+/// answers), to stderr otherwise. In the journal every field of an event and
+/// of the spans around it is a field of the entry, upper-cased and without a
+/// prefix: `vm_id` is `VM_ID`, `job_id` `JOB_ID`, `request_id` `REQUEST_ID`,
+/// so `journalctl VM_ID=<uuid>` shows one guest's history.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -172,7 +180,11 @@ fn init_logging() {
         if let Ok(journald) = tracing_journald::layer() {
             tracing_subscriber::registry()
                 .with(filter)
-                .with(journald)
+                .with(
+                    journald
+                        .with_field_prefix(None)
+                        .with_syslog_identifier("libgod".into()),
+                )
                 .init();
             return;
         }
@@ -221,11 +233,46 @@ fn bind_socket(
     Ok((listener, group.map(|g| g.gid)))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before the runtime starts any thread: this edits the environment so
+    // that QEMU and helpers never inherit NOTIFY_SOCKET.
+    let notifier = libgo::notify::Notifier::take_from_env();
     init_logging();
-    let cfg = load_config(&args)?;
+    let notifier = notifier.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: no readiness or watchdog notifications");
+        None
+    });
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args, notifier.map(Arc::new)))
+}
+
+async fn run(args: Args, notifier: Option<Arc<Notifier>>) -> anyhow::Result<()> {
+    let cfg = match load_config(&args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            notify_failure(notifier.as_deref(), &e);
+            return Err(e);
+        }
+    };
+    let result = serve(cfg, notifier.clone()).await;
+    if let Err(e) = &result {
+        notify_failure(notifier.as_deref(), e);
+    }
+    result
+}
+
+/// Tells the service manager why the daemon gives up (`systemctl status`).
+fn notify_failure(notifier: Option<&Notifier>, e: &anyhow::Error) {
+    if let Some(n) = notifier {
+        let status = format!("{e:#}").replace('\n', " ");
+        let _ = n.notify(&format!("STATUS=failed: {status}"));
+    }
+}
+
+async fn serve(cfg: Config, notifier: Option<Arc<Notifier>>) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let agent = libgo::engine::Agent::open(cfg.clone()).await?;
     let nofile = libgo::api::listen::raise_nofile();
@@ -277,20 +324,95 @@ async fn main() -> anyhow::Result<()> {
         ready_ms = started.elapsed().as_millis() as u64,
         "libgod serving"
     );
+    let vms = agent.vms.count();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let stopping = notifier.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
+        if let Some(n) = &stopping {
+            let _ = n.notify("STOPPING=1\nSTATUS=stopping; guests keep running");
+        }
         tracing::info!("stopping; guests keep running");
     };
     let app = libgo::api::router(agent, auth);
-    libgo::api::listen::serve(listeners, app, &cfg.connections, shutdown).await;
+    let connections = cfg.connections.clone();
+    let server = tokio::spawn(async move {
+        libgo::api::listen::serve(listeners, app, &connections, shutdown).await;
+    });
+    if let Some(n) = notifier {
+        // Guests were re-adopted by Agent::open; READY=1 once the socket
+        // answers a request, so a unit ordered after libgod finds it serving.
+        let socket = cfg.socket.clone();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Err(e) = self_check(&socket).await {
+                tracing::debug!(error = %e, "the API socket does not answer yet");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if ready.is_err() {
+            anyhow::bail!("the API socket did not answer within 30 s");
+        }
+        // A manager that went away is no reason to stop serving guests.
+        if let Err(e) = n.notify(&format!(
+            "READY=1\nMAINPID={}\nSTATUS=serving {}, {vms} VMs",
+            std::process::id(),
+            socket.display()
+        )) {
+            tracing::error!(error = %e, "cannot notify readiness to the service manager");
+        }
+        if let Some(timeout) = n.watchdog_timeout() {
+            tokio::spawn(watchdog(n.clone(), socket, timeout));
+        }
+    }
+    server.await.context("the API server task")?;
     if !cfg.readonly_socket.as_os_str().is_empty() {
         let _ = std::fs::remove_file(&cfg.readonly_socket);
     }
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
+}
+
+/// One `GET /health` over the admin socket, as a client would send it: the
+/// accept loop, the router and the VM registry's lock all answer it.
+async fn self_check(socket: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: libgod\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await?;
+    anyhow::ensure!(
+        &head[..9] == b"HTTP/1.1 " && &head[9..12] == b"200",
+        "answered {:?}",
+        String::from_utf8_lossy(&head)
+    );
+    Ok(())
+}
+
+/// Pings the watchdog at half its timeout, each time only after the daemon
+/// answered a health request on its own socket within that half: a daemon
+/// whose runtime, accept loop or VM registry is wedged stops pinging and
+/// systemd restarts it (guests keep running and are re-adopted).
+async fn watchdog(n: Arc<Notifier>, socket: PathBuf, timeout: Duration) {
+    let period = timeout / 2;
+    tracing::info!(period_ms = period.as_millis() as u64, "watchdog enabled");
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(period, self_check(&socket)).await {
+            Ok(Ok(())) => {
+                if let Err(e) = n.notify("WATCHDOG=1") {
+                    tracing::warn!(error = %e, "cannot ping the watchdog");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "health check failed: watchdog not pinged"),
+            Err(_) => tracing::warn!("health check timed out: watchdog not pinged"),
+        }
+    }
 }

@@ -159,17 +159,26 @@ impl Core {
     {
         let job = handle.snapshot();
         let core = self.clone();
-        let result = tokio::spawn(async move {
-            let r = work.await;
-            if let Err(e) = &r {
-                if e.kind() == super::error::ErrorKind::Internal {
-                    tracing::error!(job = %handle.id(), error = %super::error::chain(e), "job failed");
+        // Whatever the job logs carries its id (journald: JOB_ID), and the
+        // VM's when it acts on one (VM_ID).
+        let span = tracing::info_span!("job", job_id = %handle.id(), vm_id = tracing::field::Empty);
+        if let Some(Target::Vm(id)) = job.target {
+            span.record("vm_id", tracing::field::display(id));
+        }
+        let result = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let r = work.await;
+                if let Err(e) = &r {
+                    if e.kind() == super::error::ErrorKind::Internal {
+                        tracing::error!(job_id = %handle.id(), error = %super::error::chain(e), "job failed");
+                    }
                 }
-            }
-            core.jobs
-                .finish(&handle, r.as_ref().err().map(|e| e.to_string()));
-            r
-        });
+                core.jobs
+                    .finish(&handle, r.as_ref().err().map(|e| e.to_string()));
+                r
+            },
+            span,
+        ));
         Submitted {
             job,
             vm: preview,

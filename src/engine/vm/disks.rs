@@ -496,7 +496,7 @@ impl VmEngine {
                     .unwrap_or(false);
                 if present {
                     if let Err(e) = qdisks::unplug(&rt.monitor, &d.name, UNPLUG_DEADLINE).await {
-                        tracing::warn!(vm = %rec.id, disk = %d.name, error = %e, "cannot unplug a disk left half-attached");
+                        tracing::warn!(vm_id = %rec.id, disk = %d.name, error = %e, "cannot unplug a disk left half-attached");
                         continue;
                     }
                 }
@@ -507,9 +507,9 @@ impl VmEngine {
                 DiskState::Attached => false,
             };
             if let Err(e) = self.finish_detach(entry, d, delete) {
-                tracing::warn!(vm = %rec.id, disk = %d.name, error = %e, "cannot settle a disk");
+                tracing::warn!(vm_id = %rec.id, disk = %d.name, error = %e, "cannot settle a disk");
             } else {
-                tracing::info!(vm = %rec.id, disk = %d.name, "settled a disk attach or detach cut short");
+                tracing::info!(vm_id = %rec.id, disk = %d.name, "settled a disk attach or detach cut short");
             }
         }
     }

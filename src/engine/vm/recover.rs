@@ -37,7 +37,7 @@ impl VmEngine {
                     self.remove_files(rec.id)?;
                     super::power::remove_owned_volumes(&rec);
                     self.core().store.delete_vm(rec.id)?;
-                    tracing::info!(vm = %rec.id, status = rec.status.as_str(), "finished an interrupted create/delete");
+                    tracing::info!(vm_id = %rec.id, status = rec.status.as_str(), "finished an interrupted create/delete");
                     continue;
                 }
                 Recovery::Adopt | Recovery::Discard(_) => {
@@ -108,10 +108,10 @@ impl VmEngine {
             for pid in found {
                 let _ = process::kill_launch(pid);
                 process::wait_gone(pid, Duration::from_secs(10)).await;
-                tracing::info!(vm = %rec.id, pid, "killed a QEMU launch whose start was cut short before its pidfile");
+                tracing::info!(vm_id = %rec.id, pid, "killed a QEMU launch whose start was cut short before its pidfile");
             }
         }
-        tracing::error!(vm = %rec.id, "processes launched for the VM keep appearing");
+        tracing::error!(vm_id = %rec.id, "processes launched for the VM keep appearing");
     }
 
     async fn adopt(&self, entry: Arc<VmEntry>, pid: u32, qmp_path: PathBuf) {
@@ -152,7 +152,7 @@ impl VmEngine {
                 event,
                 Some("start interrupted by a restart of libgod".into()),
             );
-            tracing::info!(vm = %entry.id, pid, "discarded a QEMU whose start was cut short");
+            tracing::info!(vm_id = %entry.id, pid, "discarded a QEMU whose start was cut short");
             return;
         }
         let boot_memory = monitor
@@ -165,7 +165,7 @@ impl VmEngine {
             RunState::Running => VmEvent::AdoptRunning,
             RunState::Paused | RunState::Prelaunch => VmEvent::AdoptPaused,
             other => {
-                tracing::warn!(vm = %entry.id, status = %other, "adopted QEMU in an unusual state");
+                tracing::warn!(vm_id = %entry.id, status = %other, "adopted QEMU in an unusual state");
                 VmEvent::AdoptPaused
             }
         };
@@ -175,10 +175,10 @@ impl VmEngine {
         // cgroup lost: re-apply what the record says.
         let rec = entry.record();
         if let Err(e) = self.apply_pinning(&rt, rec.cpu_pinning.as_ref()).await {
-            tracing::warn!(vm = %entry.id, error = %e, "re-applying pinning");
+            tracing::warn!(vm_id = %entry.id, error = %e, "re-applying pinning");
         }
         if let Err(e) = self.apply_io(&rec, &rt).await {
-            tracing::warn!(vm = %entry.id, error = %e, "re-applying I/O limits");
+            tracing::warn!(vm_id = %entry.id, error = %e, "re-applying I/O limits");
         }
         // A reboot interrupted by the restart left QEMU told to pause on shutdown.
         let _ = rt
@@ -186,6 +186,6 @@ impl VmEngine {
             .set_shutdown_action(ShutdownAction::Poweroff)
             .await;
         debug_assert!(entry.status() != VmStatus::Creating);
-        tracing::info!(vm = %entry.id, pid, "re-adopted");
+        tracing::info!(vm_id = %entry.id, pid, "re-adopted");
     }
 }

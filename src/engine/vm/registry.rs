@@ -613,7 +613,7 @@ impl VmEngine {
             let mut rec = lock(&entry.rec);
             let old = rec.status;
             let new = lifecycle::next(old, event).map_err(|e| {
-                tracing::warn!(vm = %rec.id, from = old.as_str(), ?event, "refused status change");
+                tracing::warn!(vm_id = %rec.id, from = old.as_str(), ?event, "refused status change");
                 EngineError::Conflict(e.to_string())
             })?;
             if old == new && rec.status_reason == reason {
@@ -623,9 +623,9 @@ impl VmEngine {
             rec.status_reason = reason;
             rec.updated_at = crate::clock::now();
             if let Err(e) = self.core().store.update_vm(rec.id, new.as_str(), &*rec) {
-                tracing::error!(vm = %rec.id, error = %e, "cannot persist VM status");
+                tracing::error!(vm_id = %rec.id, error = %e, "cannot persist VM status");
             }
-            tracing::info!(vm = %rec.id, name = %rec.name, status = new.as_str(), "status");
+            tracing::info!(vm_id = %rec.id, name = %rec.name, status = new.as_str(), "status");
             (old, new, rec.name.clone())
         };
         entry.touch();

@@ -245,7 +245,7 @@ impl VmEngine {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 Err(e) => {
-                    tracing::warn!(vm = %id, error = %e, "cannot remove the VM's cgroup");
+                    tracing::warn!(vm_id = %id, error = %e, "cannot remove the VM's cgroup");
                     return;
                 }
             }

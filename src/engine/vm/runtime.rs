@@ -286,7 +286,7 @@ impl VmEngine {
             .map_err(|e| EngineError::internal("setting the extra disks' I/O limits", e))?;
         rt.monitor.cont().await.map_err(qmp_err("cont"))?;
         tracing::info!(
-            vm = %rec.id,
+            vm_id = %rec.id,
             pid,
             qmp_up_us = qmp_up.as_micros() as u64,
             pin_us = pinned.as_micros() as u64,
@@ -365,7 +365,7 @@ impl VmEngine {
         exited: watch::Sender<bool>,
     ) {
         while let Some(ev) = events.recv().await {
-            tracing::debug!(vm = %entry.id, event = %ev.name, data = %ev.data, "QMP event");
+            tracing::debug!(vm_id = %entry.id, event = %ev.name, data = %ev.data, "QMP event");
             let idle = entry.busy_op().is_none();
             match ev.name.as_str() {
                 "SHUTDOWN" => {
@@ -430,7 +430,7 @@ impl VmEngine {
             } else {
                 format!("QEMU exited unexpectedly ({how}): {tail}")
             };
-            tracing::warn!(vm = %entry.id, %reason, "VM crashed");
+            tracing::warn!(vm_id = %entry.id, %reason, "VM crashed");
             self.settle(&entry, VmEvent::Crash, Some(reason));
         }
         let _ = exited.send(true);
@@ -555,7 +555,7 @@ impl VmEngine {
             let _ = std::fs::remove_file(f);
         }
         self.remove_cgroup(id).await;
-        tracing::info!(vm = %id, pid, "killed a QEMU that was not attached");
+        tracing::info!(vm_id = %id, pid, "killed a QEMU that was not attached");
         Ok(())
     }
 
@@ -633,7 +633,7 @@ async fn kill_launched(pid: u32, id: Uuid) {
     }
     let _ = process::kill_launch(pid);
     if !process::wait_gone(pid, Duration::from_secs(10)).await {
-        tracing::error!(vm = %id, pid, "QEMU survived SIGKILL while undoing a start");
+        tracing::error!(vm_id = %id, pid, "QEMU survived SIGKILL while undoing a start");
     }
 }
 

@@ -445,7 +445,7 @@ impl VmEngine {
                 continue;
             };
             if let Err(e) = self.reconcile_one(&entry).await {
-                tracing::warn!(vm = %id, error = %e, "cannot reconcile the snapshots");
+                tracing::warn!(vm_id = %id, error = %e, "cannot reconcile the snapshots");
             }
         }
     }
@@ -471,12 +471,12 @@ impl VmEngine {
                         .await?
                 }
             }
-            tracing::warn!(vm = %entry.id, snapshot = %s.name, "dropped a snapshot an interrupted job left in the image");
+            tracing::warn!(vm_id = %entry.id, snapshot = %s.name, "dropped a snapshot an interrupted job left in the image");
         }
         for r in &rows {
             if !in_image.iter().any(|s| s.name == r.name) {
                 self.core().store.delete_snapshot(entry.id, &r.name)?;
-                tracing::warn!(vm = %entry.id, snapshot = %r.name, "forgot a snapshot the image no longer holds");
+                tracing::warn!(vm_id = %entry.id, snapshot = %r.name, "forgot a snapshot the image no longer holds");
                 if entry.record().current_snapshot.as_deref() == Some(r.name.as_str()) {
                     let parent = (!r.parent.is_empty()).then(|| r.parent.clone());
                     self.set_current(entry, parent)?;
