@@ -40,11 +40,10 @@ if [ -z "$bin_dir" ]; then
     cargo build --release --bins
     bin_dir="${CARGO_TARGET_DIR:-target}/release"
 fi
-[ -x "$bin_dir/libgod" ] || { echo "package: $bin_dir/libgod missing" >&2; exit 1; }
-# The client arrives with its own branch; the package carries it (with its
-# completions and man pages) as soon as it is built.
-client=""
-[ -x "$bin_dir/libgo" ] && client="$bin_dir/libgo"
+for bin in libgod libgo; do
+    [ -x "$bin_dir/$bin" ] || { echo "package: $bin_dir/$bin missing" >&2; exit 1; }
+done
+client="$bin_dir/libgo"
 
 mkdir -p "$out_dir"
 stage=$(mktemp -d "${TMPDIR:-/tmp}/libgo-deb.XXXXXX")
@@ -77,25 +76,21 @@ chmod 0644 "$root/usr/share/man/man8/libgod.8.gz"
 install -d -m 0755 "$root/usr/share/lintian/overrides"
 install -m 0644 packaging/debian/lintian-overrides "$root/usr/share/lintian/overrides/libgo"
 
-if [ -n "$client" ]; then
-    install -m 0755 -s "$client" "$root/usr/bin/libgo"
-    install -d -m 0755 "$root/usr/share/bash-completion/completions" \
-        "$root/usr/share/zsh/vendor-completions" \
-        "$root/usr/share/fish/vendor_completions.d" "$root/usr/share/man/man1"
-    "$client" completion bash >"$root/usr/share/bash-completion/completions/libgo"
-    "$client" completion zsh >"$root/usr/share/zsh/vendor-completions/_libgo"
-    "$client" completion fish >"$root/usr/share/fish/vendor_completions.d/libgo.fish"
-    "$client" man --dir "$root/usr/share/man/man1"
-    for page in "$root"/usr/share/man/man1/*.1; do
-        gzip -9n "$page"
-    done
-    chmod 0644 "$root"/usr/share/bash-completion/completions/libgo \
-        "$root"/usr/share/zsh/vendor-completions/_libgo \
-        "$root"/usr/share/fish/vendor_completions.d/libgo.fish \
-        "$root"/usr/share/man/man1/*.1.gz
-else
-    echo "package: no $bin_dir/libgo: the package holds the daemon only" >&2
-fi
+install -m 0755 -s "$client" "$root/usr/bin/libgo"
+install -d -m 0755 "$root/usr/share/bash-completion/completions" \
+    "$root/usr/share/zsh/vendor-completions" \
+    "$root/usr/share/fish/vendor_completions.d" "$root/usr/share/man/man1"
+"$client" completion bash >"$root/usr/share/bash-completion/completions/libgo"
+"$client" completion zsh >"$root/usr/share/zsh/vendor-completions/_libgo"
+"$client" completion fish >"$root/usr/share/fish/vendor_completions.d/libgo.fish"
+"$client" man --dir "$root/usr/share/man/man1"
+for page in "$root"/usr/share/man/man1/*.1; do
+    gzip -9n "$page"
+done
+chmod 0644 "$root"/usr/share/bash-completion/completions/libgo \
+    "$root"/usr/share/zsh/vendor-completions/_libgo \
+    "$root"/usr/share/fish/vendor_completions.d/libgo.fish \
+    "$root"/usr/share/man/man1/*.1.gz
 
 for f in postinst prerm postrm; do
     install -m 0755 "packaging/debian/$f" "$root/DEBIAN/$f"
