@@ -8,6 +8,7 @@ pub mod console;
 pub mod output;
 mod remote;
 mod resources;
+mod views;
 mod vm;
 
 use std::io::IsTerminal;

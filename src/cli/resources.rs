@@ -8,7 +8,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::output::{to_value, View};
-use super::vm::{SpecArgs, VM_VIEW};
+use super::views::{STATS_VIEW, VM_VIEW, VOLUME_VIEW};
+use super::vm::SpecArgs;
 use super::{assignments, gib, mib, usage, Ctx};
 use crate::client::{segment, ListQuery};
 use crate::model::*;
@@ -69,17 +70,6 @@ const ENGINE_VOLUME_VIEW: View = View {
         ("NAME", "name"),
         ("DRIVER", "driver"),
         ("MOUNTPOINT", "mountpoint"),
-    ],
-    id: "name",
-};
-pub const VOLUME_VIEW: View = View {
-    cols: &[
-        ("POOL", "pool"),
-        ("NAME", "name"),
-        ("FORMAT", "format"),
-        ("CAPACITY", "capacity"),
-        ("ALLOCATION", "allocation"),
-        ("STATE", "state"),
     ],
     id: "name",
 };
@@ -482,10 +472,8 @@ pub async fn container(ctx: &Ctx, cmd: ContainerCmd) -> anyhow::Result<()> {
         }
         ContainerCmd::Stats { name } => {
             let (c, name) = ctx.target(&name)?;
-            ctx.out.one(
-                &to_value(&c.container_stats(&name).await?),
-                &super::vm::STATS_VIEW,
-            );
+            ctx.out
+                .one(&to_value(&c.container_stats(&name).await?), &STATS_VIEW);
         }
         ContainerCmd::Adopt { name } => {
             let (c, name) = ctx.target(&name)?;

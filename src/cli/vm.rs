@@ -7,33 +7,10 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::output::{to_value, View};
+use super::views::{STATS_VIEW, VM_VIEW, VOLUME_VIEW};
 use super::{assignments, gib, mib, usage, Ctx};
 use crate::client::{Client, ListQuery};
 use crate::model::*;
-
-pub const VM_VIEW: View = View {
-    cols: &[
-        ("NAME", "name"),
-        ("STATUS", "status"),
-        ("VCPUS", "vcpus"),
-        ("MEMORY", "memory"),
-        ("DISK", "disk_size"),
-        ("NODE", "node"),
-        ("ID", "id"),
-    ],
-    id: "id",
-};
-
-pub const STATS_VIEW: View = View {
-    cols: &[
-        ("CPU%", "cpu_usage"),
-        ("MEMORY", "memory_usage"),
-        ("READ B/S", "disk_read_bytes_per_sec"),
-        ("WRITE B/S", "disk_write_bytes_per_sec"),
-        ("SAMPLED", "sampled_at"),
-    ],
-    id: "id",
-};
 
 const SNAPSHOT_VIEW: View = View {
     cols: &[
@@ -605,7 +582,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
             {
                 let pool = pool.unwrap_or_else(|| "default".into());
                 let vol = c.pool_volume(&pool, &volume).await?;
-                ctx.out.one(&to_value(&vol), &super::resources::VOLUME_VIEW);
+                ctx.out.one(&to_value(&vol), &VOLUME_VIEW);
             }
         }
     }

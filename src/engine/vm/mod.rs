@@ -1,8 +1,10 @@
 //! The QEMU backend: VMs created from base images, run as detached QEMU
 //! processes driven over QMP, re-adopted when the daemon restarts.
 
-/// The serial console hub, the display's VNC socket, screenshots.
+/// A VM's consoles: the serial console, the display's VNC socket, screenshots.
 pub mod console;
+/// The serial console hub: one connection shared by every client.
+pub mod console_hub;
 /// Creating a VM: a request resolved into a record, the disk cloned, the row committed.
 pub mod create;
 /// Extra disks: attached, hot-plugged, detached.

@@ -128,7 +128,7 @@ pub struct VmShared {
     /// The user QEMU runs as; None: QEMU runs as root (`qemu_user = ""`).
     pub(crate) qemu_user: Option<QemuUser>,
     /// Serial console hubs of the VMs with console clients.
-    pub(crate) consoles: Arc<super::console::Consoles>,
+    pub(crate) consoles: Arc<super::console_hub::Consoles>,
 }
 
 /// The QEMU backend. Cheap to clone.

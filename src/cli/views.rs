@@ -1,0 +1,40 @@
+//! Table views shared by several commands: which fields are columns, and
+//! which one `-q` prints.
+
+use super::output::View;
+
+pub const VM_VIEW: View = View {
+    cols: &[
+        ("NAME", "name"),
+        ("STATUS", "status"),
+        ("VCPUS", "vcpus"),
+        ("MEMORY", "memory"),
+        ("DISK", "disk_size"),
+        ("NODE", "node"),
+        ("ID", "id"),
+    ],
+    id: "id",
+};
+
+pub const STATS_VIEW: View = View {
+    cols: &[
+        ("CPU%", "cpu_usage"),
+        ("MEMORY", "memory_usage"),
+        ("READ B/S", "disk_read_bytes_per_sec"),
+        ("WRITE B/S", "disk_write_bytes_per_sec"),
+        ("SAMPLED", "sampled_at"),
+    ],
+    id: "id",
+};
+
+pub const VOLUME_VIEW: View = View {
+    cols: &[
+        ("POOL", "pool"),
+        ("NAME", "name"),
+        ("FORMAT", "format"),
+        ("CAPACITY", "capacity"),
+        ("ALLOCATION", "allocation"),
+        ("STATE", "state"),
+    ],
+    id: "name",
+};
