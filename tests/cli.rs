@@ -744,6 +744,68 @@ async fn the_client_follows_jobs_and_carries_the_error_body() {
     // Bulk create through the CLI: NAME-1 … NAME-N, one job.
     let cfg = tempfile::tempdir().unwrap();
     let cli = local(&d, cfg.path());
+
+    // The same through the CLI: a file streamed up, and down into a file
+    // and to standard output.
+    let files = tempfile::tempdir().unwrap();
+    let src = files.path().join("blob.bin");
+    std::fs::write(&src, &content[..150_001]).unwrap();
+    let out = cli.ok(&[
+        "volume",
+        "upload",
+        "default/blob2.raw",
+        src.to_str().unwrap(),
+        "-f",
+        "json",
+    ]);
+    let vol: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(vol["name"], "blob2.raw", "{out}");
+    let dst = files.path().join("down.raw");
+    let said = cli.ok(&[
+        "volume",
+        "download",
+        "blob2.raw",
+        "-o",
+        dst.to_str().unwrap(),
+    ]);
+    assert!(said.contains("150001 bytes written"), "{said}");
+    assert!(
+        std::fs::read(&dst).unwrap() == content[..150_001],
+        "download differs"
+    );
+    let piped = cli.run(&["volume", "download", "default/blob2.raw", "-o", "-"]);
+    assert!(piped.status.success());
+    assert!(
+        piped.stdout == content[..150_001],
+        "stdout download differs"
+    );
+    let missing = files.path().join("missing.raw");
+    let err = cli.fails(
+        1,
+        &[
+            "volume",
+            "download",
+            "nope.raw",
+            "-o",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("not found") || err.contains("No such"),
+        "{err}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(files.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("missing"))
+        .collect();
+    assert!(leftovers.is_empty(), "a failed download left {leftovers:?}");
+    // A file that cannot be read is a usage error, not the server's.
+    cli.fails(
+        2,
+        &["volume", "upload", "default/x.raw", "/nonexistent/file"],
+    );
+    cli.ok(&["volume", "rm", "default/blob2.raw"]);
     let out = cli.ok(&[
         "vm",
         "create",

@@ -1,6 +1,7 @@
 //! `libgo container|template|image|network|volume|pool|job|group|user|token …`
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use clap::Subcommand;
 use hyper::Method;
@@ -825,6 +826,22 @@ pub enum VolumeCmd {
         after_help = "Examples:\n  libgo volume rm default/old.qcow2"
     )]
     Delete { volumes: Vec<String> },
+    /// Upload a file as a volume's content (`POOL/NAME`, or NAME in
+    /// `default`): made, or replaced whole; streamed, never held in memory.
+    #[command(after_help = "Examples:
+  libgo volume upload default/debian-12.qcow2 ./debian-12-genericcloud-amd64.qcow2
+  libgo volume upload appliance.ova ./appliance.ova && libgo volume create appliance.qcow2 --import default/appliance.ova")]
+    Upload { volume: String, file: PathBuf },
+    /// Download a volume's content into a file (`-` for standard output).
+    #[command(after_help = "Examples:
+  libgo volume download default/web1.ova -o web1.ova
+  libgo volume download fast/data.qcow2 -o - | qemu-img info /dev/stdin")]
+    Download {
+        volume: String,
+        /// Where to write (default: the volume's name in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn pool_volume(s: &str) -> (String, String) {
@@ -908,6 +925,49 @@ pub async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<()> {
                 let (p, v) = pool_volume(&v);
                 c.delete_pool_volume(&p, &v).await?;
                 ctx.out.say(&format!("Volume {p}/{v} deleted."));
+            }
+        }
+        VolumeCmd::Upload { volume, file } => {
+            let (c, v) = ctx.target(&volume)?;
+            let (p, v) = pool_volume(&v);
+            let f = tokio::fs::File::open(&file)
+                .await
+                .map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
+            let vol = c.upload_pool_volume_file(&p, &v, f).await?;
+            ctx.out.one(&to_value(&vol), &VOLUME_VIEW);
+        }
+        VolumeCmd::Download { volume, output } => {
+            let (c, v) = ctx.target(&volume)?;
+            let (p, v) = pool_volume(&v);
+            let resp = c.download_pool_volume(&p, &v).await?;
+            let output = output.unwrap_or_else(|| PathBuf::from(&v));
+            let written = if output.as_os_str() == "-" {
+                copy_body(resp, tokio::io::stdout()).await?
+            } else {
+                // Written beside its name and renamed when whole, so a cut
+                // download never looks like a whole one.
+                let mut part = output.clone().into_os_string();
+                part.push(".part");
+                let part = PathBuf::from(part);
+                let mut f = tokio::fs::File::create(&part).await?;
+                let copied = match copy_body(resp, &mut f).await {
+                    Ok(n) => f.sync_all().await.map(|()| n).map_err(Into::into),
+                    Err(e) => Err(e),
+                };
+                match copied {
+                    Ok(n) => {
+                        tokio::fs::rename(&part, &output).await?;
+                        n
+                    }
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&part).await;
+                        return Err(e);
+                    }
+                }
+            };
+            if output.as_os_str() != "-" {
+                ctx.out
+                    .say(&format!("{written} bytes written to {}.", output.display()));
             }
         }
     }
@@ -1422,4 +1482,23 @@ pub async fn audit(
     let page = ctx.client()?.audit(&q).await?;
     ctx.out.list(&values(&page.events), &AUDIT_VIEW);
     Ok(())
+}
+
+/// Copies a response's body to `out` as it arrives; the byte count.
+async fn copy_body(
+    resp: hyper::Response<hyper::body::Incoming>,
+    mut out: impl tokio::io::AsyncWrite + Unpin,
+) -> anyhow::Result<u64> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            out.write_all(&data).await?;
+            n += data.len() as u64;
+        }
+    }
+    out.flush().await?;
+    Ok(n)
 }

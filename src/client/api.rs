@@ -938,6 +938,31 @@ impl Client {
         Err(super::ClientError::from_answer(status, &bytes))
     }
 
+    /// Writes a volume's content from a file, streamed (made, or replaced
+    /// whole).
+    pub async fn upload_pool_volume_file(
+        &self,
+        pool: &str,
+        name: &str,
+        file: tokio::fs::File,
+    ) -> Result<StorageVolume> {
+        let path = format!(
+            "/api/v1/storage-pools/{}/volumes/{}/content",
+            s(pool),
+            s(name)
+        );
+        let resp = self
+            .send_file(
+                Method::PUT,
+                &path,
+                file,
+                &[("content-type", "application/octet-stream")],
+            )
+            .await?;
+        let (_, bytes) = Client::read(resp).await?;
+        super::decode(&bytes)
+    }
+
     /// Writes a volume's content (made, or replaced whole).
     pub async fn upload_pool_volume(
         &self,

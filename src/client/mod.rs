@@ -30,8 +30,10 @@ mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use futures::TryStreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -244,6 +246,50 @@ impl Client {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> Result<Response<Incoming>> {
+        let json = body.is_some()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        let mut all = headers.to_vec();
+        if json {
+            all.push(("content-type", "application/json"));
+        }
+        let full = Full::new(Bytes::from(body.unwrap_or_default()))
+            .map_err(|never| match never {})
+            .boxed();
+        self.send_body(method, path, full, &all).await
+    }
+
+    /// Sends one request whose body is streamed from `file` (uploads of
+    /// disk images: never held in memory whole).
+    pub async fn send_file(
+        &self,
+        method: Method,
+        path: &str,
+        file: tokio::fs::File,
+        headers: &[(&str, &str)],
+    ) -> Result<Response<Incoming>> {
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| ClientError::Invalid(format!("reading the file to send: {e}")))?
+            .len()
+            .to_string();
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
+        let mut all = headers.to_vec();
+        all.push(("content-length", &len));
+        self.send_body(method, path, StreamBody::new(stream).boxed(), &all)
+            .await
+    }
+
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: BoxBody<Bytes, std::io::Error>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response<Incoming>> {
         let io = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
@@ -259,9 +305,6 @@ impl Client {
                 "user-agent",
                 concat!("libgo-client/", env!("CARGO_PKG_VERSION")),
             );
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -269,7 +312,7 @@ impl Client {
             req = req.header(*k, *v);
         }
         let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(body)
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         sender
             .send_request(req)
@@ -277,15 +320,8 @@ impl Client {
             .map_err(|e| ClientError::Transport(e.to_string()))
     }
 
-    /// One call: status and body bytes; an error status is `Err(Api)`.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        headers: &[(&str, &str)],
-    ) -> Result<(StatusCode, Bytes)> {
-        let resp = self.send(method, path, body, headers).await?;
+    /// The body of an answer, or `Err(Api)` for an error status.
+    pub async fn read(resp: Response<Incoming>) -> Result<(StatusCode, Bytes)> {
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -297,6 +333,17 @@ impl Client {
             return Err(ClientError::from_answer(status.as_u16(), &bytes));
         }
         Ok((status, bytes))
+    }
+
+    /// One call: status and body bytes; an error status is `Err(Api)`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Bytes)> {
+        Client::read(self.send(method, path, body, headers).await?).await
     }
 
     /// The core of every typed method: `method path` with an optional JSON
