@@ -37,6 +37,36 @@ pub fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(v, |v, k| &v[k])
 }
 
+/// A column's value: `path` names the field; a `bytes:` prefix marks a
+/// count of bytes, shown with a binary unit to people (`1.5 GiB`) and as
+/// the number to scripts.
+fn column(v: &Value, path: &str, human: bool) -> String {
+    match path.strip_prefix("bytes:") {
+        Some(p) => match field(v, p).as_u64() {
+            Some(n) if human => bytes(n),
+            _ => cell(field(v, p)),
+        },
+        None => cell(field(v, path)),
+    }
+}
+
+/// `n` bytes with a binary unit, three significant digits at most.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    match u {
+        0 => format!("{n} B"),
+        _ if x >= 100.0 => format!("{x:.0} {}", UNITS[u]),
+        _ if x >= 10.0 => format!("{x:.1} {}", UNITS[u]),
+        _ => format!("{x:.2} {}", UNITS[u]),
+    }
+}
+
 /// A value as one table or CSV cell.
 pub fn cell(v: &Value) -> String {
     match v {
@@ -78,7 +108,7 @@ impl Output {
                 let mut t = table();
                 t.set_header(view.cols.iter().map(|(h, _)| *h));
                 for i in items {
-                    t.add_row(view.cols.iter().map(|(_, p)| cell(field(i, p))));
+                    t.add_row(view.cols.iter().map(|(_, p)| column(i, p, true)));
                 }
                 self.write(&render(t));
             }
@@ -164,7 +194,7 @@ fn csv_text(items: &[Value], view: &View) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record(view.cols.iter().map(|(h, _)| h.to_ascii_lowercase()));
     for i in items {
-        let _ = w.write_record(view.cols.iter().map(|(_, p)| cell(field(i, p))));
+        let _ = w.write_record(view.cols.iter().map(|(_, p)| column(i, p, false)));
     }
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
@@ -183,6 +213,12 @@ mod tests {
         assert_eq!(cell(field(&v, "missing")), "");
         assert_eq!(cell(field(&v, "cpu.vcpus")), "2");
         assert_eq!(cell(field(&v, "o")), r#"{"k":1}"#);
+        assert_eq!(column(&json!({"c": 1536}), "bytes:c", true), "1.50 KiB");
+        assert_eq!(column(&json!({"c": 1536}), "bytes:c", false), "1536");
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(67108864), "64.0 MiB");
+        assert_eq!(bytes(270553174016), "252 GiB");
         let view = View {
             cols: &[("NAME", "name"), ("TAGS", "tags")],
             id: "name",

@@ -51,7 +51,7 @@ const TEMPLATE_VIEW: View = View {
 const IMAGE_VIEW: View = View {
     cols: &[
         ("TAGS", "tags"),
-        ("SIZE", "size"),
+        ("SIZE", "bytes:size"),
         ("CREATED", "created_at"),
         ("ID", "id"),
     ],
@@ -80,8 +80,8 @@ const POOL_VIEW: View = View {
         ("TYPE", "type"),
         ("STATE", "state"),
         ("PATH", "path"),
-        ("CAPACITY", "capacity"),
-        ("AVAILABLE", "available"),
+        ("CAPACITY", "bytes:capacity"),
+        ("AVAILABLE", "bytes:available"),
         ("VOLUMES", "volumes"),
     ],
     id: "name",
