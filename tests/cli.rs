@@ -138,6 +138,7 @@ async fn a_vm_is_driven_through_its_life_by_the_cli() {
         &cmdline,
         "--tag",
         "cli",
+        "--display",
         "-q",
     ]);
     let id = out.trim().to_owned();
@@ -171,6 +172,15 @@ async fn a_vm_is_driven_through_its_life_by_the_cli() {
     assert_eq!(yaml["name"], "cli1");
     assert_eq!(cli.ok(&["vm", "ls", "-q"]), format!("{id}\n"));
     assert_eq!(cli.ok(&["vm", "list", "--status", "running", "-q"]), "");
+    // No screenshot of a VM that does not run: the server's 409, exit 1.
+    let shots = tempfile::tempdir().unwrap();
+    let shot = shots.path().join("cli1.png");
+    let err = cli.fails(
+        1,
+        &["vm", "screenshot", "cli1", "-o", shot.to_str().unwrap()],
+    );
+    assert!(err.contains("cli1"), "{err}");
+    assert!(!shot.exists(), "a refused screenshot left a file");
 
     // Start with --async: a job id, which `job wait` follows to its end.
     let _slot = guest_slot().await;
@@ -186,6 +196,16 @@ async fn a_vm_is_driven_through_its_life_by_the_cli() {
     let shown: Value = serde_json::from_str(&cli.ok(&["job", "show", &job, "-f", "json"])).unwrap();
     assert_eq!(shown["id"], job.as_str());
     d.wait_marker(&id, READY, 1, BOOT).await;
+
+    // A screenshot of the running display: a PNG of the VGA screen.
+    cli.ok(&["vm", "screenshot", "cli1", "-o", shot.to_str().unwrap()]);
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let (w, h) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    assert!(w >= 640 && h >= 200, "{w}x{h}");
 
     // What is in force while it runs.
     let config: Value =
