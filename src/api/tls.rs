@@ -22,15 +22,9 @@ pub struct Tls {
     pub generated: bool,
 }
 
-/// SHA-256 of a DER certificate, as `AB:CD:...`.
-pub fn fingerprint(der: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+/// SHA-256 of a DER certificate, as `AB:CD:...`: the one form the agent
+/// logs and its clients pin.
+pub use crate::client::fingerprint;
 
 /// Loads or makes the listener's certificate.
 pub fn load(cfg: &Config, node: &str) -> anyhow::Result<Tls> {
