@@ -11,7 +11,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::bulk::Bulk;
-use super::core::{Core, JobTarget, Requester, Submitted};
+use super::core::{Core, Requester, Submitted};
 use super::error::{EngineError, Result};
 use super::vm::lifecycle::{plan, Plan};
 use super::vm::record as vm;
@@ -167,25 +167,16 @@ impl Groups {
         requester: &Requester,
     ) -> Result<Submitted<Vm>> {
         let group = self.row(name)?.name;
-        let plan = self.vms.prepare_create(req).await?;
-        let (handle, ctx) = self.core.start_single(
-            Uuid::new_v4(),
-            "vm.create",
-            JobTarget::Vm(plan.rec.id),
-            plan.rec.name.clone(),
-            requester,
-        )?;
-        let preview = plan.rec.to_api(&self.core.node, None);
-        let (engine, store) = (self.vms.clone(), self.core.store.clone());
-        Ok(self.core.spawn_job(handle, Some(preview), async move {
-            let vm = engine.create_run(plan, &ctx).await?;
-            match store.add_group_member(&group, vm.id) {
-                Ok(true) => ctx.log(format!("joined group {group}")),
-                Ok(false) => ctx.log(format!("group {group} was deleted meanwhile")),
-                Err(e) => ctx.log(format!("could not join group {group}: {e}")),
-            }
-            Ok(vm)
-        }))
+        let store = self.core.store.clone();
+        self.vms
+            .create_then(req, requester, move |vm, ctx| {
+                match store.add_group_member(&group, vm.id) {
+                    Ok(true) => ctx.log(format!("joined group {group}")),
+                    Ok(false) => ctx.log(format!("group {group} was deleted meanwhile")),
+                    Err(e) => ctx.log(format!("could not join group {group}: {e}")),
+                }
+            })
+            .await
     }
 
     /// Starts or stops every member: one job, one task per VM.

@@ -196,6 +196,17 @@ impl VmEngine {
         req: CreateVmRequest,
         requester: &Requester,
     ) -> Result<Submitted<Vm>> {
+        self.create_then(req, requester, |_, _| {}).await
+    }
+
+    /// Creates one VM as a job, then runs `then` in that job with the new
+    /// VM (a step that cannot undo the create, such as joining a group).
+    pub async fn create_then(
+        &self,
+        req: CreateVmRequest,
+        requester: &Requester,
+        then: impl FnOnce(&Vm, &JobCtx) + Send + 'static,
+    ) -> Result<Submitted<Vm>> {
         let plan = self.prepare_create(req).await?;
         let (handle, ctx) = self.core().start_single(
             Uuid::new_v4(),
@@ -210,7 +221,9 @@ impl VmEngine {
             .inner
             .core
             .spawn_job(handle, Some(preview), async move {
-                engine.create_run(plan, &ctx).await
+                let vm = engine.create_run(plan, &ctx).await?;
+                then(&vm, &ctx);
+                Ok(vm)
             }))
     }
 
