@@ -59,6 +59,7 @@ impl EventBus {
             progress_percent,
             at: crate::clock::now(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            node: None,
         };
         let _ = self.tx.send(ev);
     }
@@ -115,6 +116,7 @@ mod tests {
             progress_percent: None,
             at: String::new(),
             seq: 1,
+            node: None,
         };
         assert!(matches(&ev, &[], None));
         assert!(matches(&ev, &["vm.".into()], Some("web")));

@@ -670,6 +670,7 @@ async fn the_client_follows_jobs_and_carries_the_error_body() {
     let req = CreateVmRequest {
         name: Some("full1".into()),
         template: None,
+        node: None,
         spec: VmSpec {
             vcpus: Some(1),
             memory: Some(64),

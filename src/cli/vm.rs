@@ -416,6 +416,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
             let req = |name: Option<String>| CreateVmRequest {
                 name,
                 template: template.clone(),
+                node: None,
                 spec: spec.clone(),
             };
             if count == 1 {

@@ -374,6 +374,7 @@ impl Admission {
                 vcpus: f.limits.vcpus.saturating_sub(committed.vcpus),
                 disk_bytes: free.saturating_sub(promised),
             },
+            pools: Vec::new(),
             notes,
         }
     }

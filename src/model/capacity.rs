@@ -12,6 +12,9 @@ pub struct NodeResources {
     pub limits: CapacityLimits,
     pub committed: CommittedResources,
     pub available: AvailableResources,
+    /// The node's storage pools (active ones), with the base images each holds.
+    #[serde(default)]
+    pub pools: Vec<super::PoolCapacity>,
     /// Why a figure may be incomplete (the Docker engine did not answer).
     pub notes: Vec<String>,
 }

@@ -112,6 +112,10 @@ pub struct EventMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_percent: Option<u8>,
     pub at: String,
-    /// Increases by one per event of this agent.
+    /// Increases by one per event of this agent, also across restarts; a
+    /// stream opened with `?since=SEQ` first replays what came after SEQ.
     pub seq: u64,
+    /// The node the event happened on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }

@@ -6,6 +6,7 @@
 mod access;
 mod capacity;
 mod cloud_init;
+mod cluster;
 mod common;
 mod container;
 mod disk;
@@ -20,6 +21,7 @@ mod vm;
 pub use access::*;
 pub use capacity::*;
 pub use cloud_init::*;
+pub use cluster::*;
 pub use common::*;
 pub use container::*;
 pub use disk::*;

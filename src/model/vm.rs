@@ -252,6 +252,10 @@ pub struct CreateVmRequest {
     /// A template whose values fill the fields this request leaves out.
     #[serde(default)]
     pub template: Option<String>,
+    /// The node to create it on. An agent takes only its own name (or
+    /// `self`); the aggregator places a VM without one by filters and scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     #[serde(flatten)]
     #[schema(inline)]
     pub spec: VmSpec,
@@ -295,6 +299,10 @@ pub struct Vm {
     /// `/api/v1/vms/{id}/screenshot` when the VM has a display.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screenshot: Option<String>,
+    /// Set by the aggregator on the VMs of a node that stopped answering:
+    /// what is shown is that node's last answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
     /// Process id of the VM's QEMU while it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,

@@ -132,6 +132,7 @@ impl VmRecord {
             screenshot: self
                 .display
                 .then(|| format!("/api/v1/vms/{}/screenshot", self.id)),
+            stale: false,
             pid,
             created_at: self.created_at.clone(),
             updated_at: self.updated_at.clone(),
