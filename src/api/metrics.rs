@@ -314,24 +314,3 @@ pub async fn serve(State(state): State<AppState>) -> impl IntoResponse {
         render(&state.agent, &state.http),
     )
 }
-
-/// Get a node's resources.
-///
-/// What the host has, what admission control allows (`[capacity]`), what guests with a process
-/// hold and what is left for a start or a create. 404 for another node's name.
-#[utoipa::path(get, path = "/api/v1/nodes/{node}/resources", tag = "system",
-    params(("node" = String, Path, description = "this agent's node name, or `self`")),
-    responses((status = 200, body = crate::model::NodeResources),
-              (status = 404, body = crate::model::ErrorBody, description = "another node")))]
-pub async fn node_resources(
-    State(agent): State<Agent>,
-    axum::extract::Path(node): axum::extract::Path<String>,
-) -> crate::api::error::ApiResult<axum::Json<crate::model::NodeResources>> {
-    if node != "self" && node != agent.node() {
-        return Err(crate::api::error::ApiError::not_found(format!(
-            "Node not found: this agent is node {} (or `self`).",
-            agent.node()
-        )));
-    }
-    Ok(axum::Json(agent.node_resources().await))
-}

@@ -40,7 +40,8 @@ use crate::engine::Agent;
         super::users::patch_user, super::users::delete_user,
         super::users::list_tokens, super::users::create_token, super::users::get_token,
         super::users::revoke_token, super::audit::list,
-        super::metrics::node_resources,
+        super::nodes::list, super::nodes::get, super::nodes::resources, super::nodes::totals,
+        super::nodes::cluster,
         super::snapshots::list, super::snapshots::create, super::snapshots::get,
         super::snapshots::delete, super::snapshots::revert,
         super::storage::list, super::storage::create, super::storage::get, super::storage::delete,
@@ -103,6 +104,9 @@ pub struct Limits {
     pub max_disk_gib: u64,
     /// The host cores that are online: pinning may name only these.
     pub online_cores: Vec<u32>,
+    /// The agent's node name: the one `node` a create may give (beside
+    /// `self`). None: any node name (the aggregator places on many).
+    pub node: Option<String>,
 }
 
 impl Limits {
@@ -114,6 +118,7 @@ impl Limits {
             online_cores: std::fs::read_to_string("/sys/devices/system/cpu/online")
                 .map(|s| crate::host::pinning::parse_cpu_list(&s))
                 .unwrap_or_default(),
+            node: None,
         }
     }
 }
@@ -309,8 +314,13 @@ fn add_links(doc: &mut Value) {
 pub async fn serve(State(agent): State<Agent>) -> Json<Value> {
     static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     Json(
-        DOC.get_or_init(|| document_for(&Limits::of(agent.config())))
-            .clone(),
+        DOC.get_or_init(|| {
+            document_for(&Limits {
+                node: Some(agent.node().to_owned()),
+                ..Limits::of(agent.config())
+            })
+        })
+        .clone(),
     )
 }
 
@@ -504,6 +514,12 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         .into();
     item["additionalProperties"] = Value::Bool(false);
     unsigned_bounds(&mut item);
+    let node = match &l.node {
+        Some(n) => json!({"type": ["string", "null"], "enum": ["self", n, null]}),
+        None => json!({"type": ["string", "null"], "pattern": DNS_LABEL, "maxLength": 63}),
+    };
+    item["properties"]["node"] = node.clone();
+    refine(s, "CreateVmRequest", "node", node);
     s.insert("CreateVmItem".into(), item);
     let tags = json!({"maxItems": 32, "items": {"type": "string", "pattern": TAG}});
     let pool_file = json!({"pattern": POOL_FILE, "maxLength": 4096});

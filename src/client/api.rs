@@ -120,6 +120,24 @@ impl Client {
         self.get("/api/v1/nodes/self/resources").await
     }
 
+    /// The nodes: the agent itself, or every node behind an aggregator.
+    pub async fn nodes(&self) -> Result<crate::model::NodeList> {
+        self.get("/api/v1/nodes").await
+    }
+
+    pub async fn node(&self, name: &str) -> Result<crate::model::Node> {
+        self.get(&format!("/api/v1/nodes/{}", s(name))).await
+    }
+
+    /// The totals over the nodes and each node's figures.
+    pub async fn resources(&self) -> Result<crate::model::ClusterResources> {
+        self.get("/api/v1/resources").await
+    }
+
+    pub async fn cluster(&self) -> Result<crate::model::Cluster> {
+        self.get("/api/v1/cluster").await
+    }
+
     /// The OpenAPI document.
     pub async fn openapi(&self) -> Result<Value> {
         self.get("/openapi.json").await

@@ -184,10 +184,48 @@ impl Agent {
     /// The host's figures, the admission limits, what guests hold and
     /// what is left (`GET /nodes/{node}/resources`).
     pub async fn node_resources(&self) -> crate::model::NodeResources {
-        self.core
-            .admission
-            .report(&self.core.node, &self.core.cfg.state_dir.join("vms"))
-            .await
+        let disks = self.core.cfg.state_dir.join("vms");
+        let mut r = self.core.admission.report(&self.core.node, &disks).await;
+        r.pools = self.pool_capacity(&r.host).await;
+        r
+    }
+
+    /// Each active storage pool's size, what its volumes promise guests
+    /// (virtual sizes), what is written, and the images it holds; first
+    /// `vms`, the directory of the VMs' own disks.
+    async fn pool_capacity(
+        &self,
+        host: &crate::model::HostResources,
+    ) -> Vec<crate::model::PoolCapacity> {
+        use crate::model::{PoolCapacity, PoolState};
+        let gib = 1u64 << 30;
+        let mut out = vec![PoolCapacity {
+            name: "vms".into(),
+            total_bytes: host.storage_total_bytes,
+            allocated_bytes: self.vms.all().iter().map(|v| v.disk_size * gib).sum(),
+            used_bytes: host
+                .storage_total_bytes
+                .saturating_sub(host.storage_free_bytes),
+            images: Vec::new(),
+        }];
+        for pool in self.storage.pools().await {
+            if pool.state != PoolState::Active || pool.error.is_some() {
+                continue;
+            }
+            let volumes = self.storage.volumes(&pool.name).await.unwrap_or_default();
+            out.push(PoolCapacity {
+                allocated_bytes: volumes.iter().map(|v| v.capacity).sum(),
+                used_bytes: pool.allocated,
+                total_bytes: pool.capacity,
+                images: volumes
+                    .iter()
+                    .filter(|v| matches!(v.format.as_str(), "qcow2" | "raw"))
+                    .map(|v| v.name.clone())
+                    .collect(),
+                name: pool.name,
+            });
+        }
+        out
     }
 
     pub fn job(&self, id: Uuid) -> Result<Job> {

@@ -144,7 +144,8 @@ pub struct PoolCapacity {
     pub allocated_bytes: u64,
     /// What is written (total − free).
     pub used_bytes: u64,
-    /// Base images the pool holds (names usable as `base_image`).
+    /// Its volumes `qemu-img` reads as qcow2 or raw: what a create may name
+    /// as `base_image` (a kernel file reads as raw too).
     #[serde(default)]
     pub images: Vec<String>,
 }

@@ -33,6 +33,12 @@ impl VmEngine {
     /// Applies the template, checks every field and resolves every path.
     /// Everything that can be refused is refused here, before any job.
     pub async fn prepare_create(&self, req: CreateVmRequest) -> Result<CreatePlan> {
+        let node = &self.inner.core.node;
+        if let Some(asked) = req.node.as_deref().filter(|n| *n != "self" && n != node) {
+            return Err(EngineError::Invalid(format!(
+                "Invalid parameter: node {asked:?}: this agent is node {node} (the aggregator places VMs on other nodes)."
+            )));
+        }
         let spec = self.apply_template(req)?;
         let cfg = &self.inner.core.cfg;
         vm::validate_create(&spec, &vm::Bounds::of(cfg))?;
