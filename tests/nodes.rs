@@ -152,6 +152,65 @@ async fn an_agent_is_a_cluster_of_one_with_the_hosts_figures() {
     assert_eq!(c["membership"], "self");
     assert_eq!(c["totals"]["cpus"], t["cpus"]);
 
+    // The CLI lists the node and creates on it by name.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_libgo"))
+            .args(args)
+            .env("LIBGO_HOST", format!("unix://{}", d.socket.display()))
+            .env("LIBGO_CONFIG_DIR", d.state_dir())
+            .env_remove("LIBGO_TOKEN")
+            .env_remove("LIBGO_REMOTE")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&["node", "list", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(nodes[0]["name"], d.node.as_str(), "{out}");
+    let (code, out, err) = cli(&["node", "ls"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&d.node) && out.contains("online"), "{out}");
+    let (code, _, err) = cli(&["node", "show", "elsewhere"]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, _, err) = cli(&[
+        "vm",
+        "create",
+        "cli1",
+        "--node",
+        &d.node,
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--disk-size",
+        "1",
+        "--base-image",
+        "base.qcow2",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&[
+        "vm",
+        "create",
+        "cli2",
+        "--node",
+        "elsewhere",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--disk-size",
+        "1",
+        "--base-image",
+        "base.qcow2",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("elsewhere"), "{err}");
+
     // The served document takes only this node's name (or `self`).
     let (_, doc) = d.req("GET", "/openapi.json", None).await;
     let node_schema = &doc["components"]["schemas"]["CreateVmRequest"]["properties"]["node"];

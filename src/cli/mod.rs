@@ -57,6 +57,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `libgo node …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List the nodes.
+    #[command(visible_alias = "ls")]
+    List,
+    /// One node, with its capacity.
+    Show {
+        /// A node name (`self` on an agent).
+        name: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Virtual machines.
@@ -143,6 +156,12 @@ pub enum Command {
         after_help = "Examples:\n  libgo remote add prod https://node1:8443 --token lgo_…\n  libgo remote list\n  libgo remote switch prod"
     )]
     Remote(remote::RemoteCmd),
+    /// The nodes: the agent itself, or every node behind an aggregator.
+    #[command(after_help = "Examples:\n  libgo node list\n  libgo node show self --format yaml")]
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// The agent: version, node, accelerator, capacity.
     #[command(after_help = "Examples:\n  libgo info\n  libgo info --remote prod --format yaml")]
     Info,
@@ -376,6 +395,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(c) => resources::user(&ctx, c).await,
         Command::Token(c) => resources::token(&ctx, c).await,
         Command::Remote(c) => remote::run(ctx, c).await,
+        Command::Node { cmd } => {
+            let c = ctx.client()?;
+            let view = output::View {
+                cols: &[
+                    ("NAME", "name"),
+                    ("STATUS", "status"),
+                    ("VMS", "vms"),
+                    ("CPUS", "resources.host.cpus"),
+                    ("FREE MEM MiB", "resources.available.memory_mib"),
+                    ("LAST SEEN", "last_seen"),
+                ],
+                id: "name",
+            };
+            match cmd {
+                NodeCmd::List => {
+                    let nodes = c.nodes().await?;
+                    let items: Vec<_> = nodes.nodes.iter().map(output::to_value).collect();
+                    ctx.out.list(&items, &view);
+                }
+                NodeCmd::Show { name } => {
+                    ctx.out.one(&output::to_value(&c.node(&name).await?), &view)
+                }
+            }
+            Ok(())
+        }
         Command::Info => {
             let c = ctx.client()?;
             let mut v = output::to_value(&c.health().await?);

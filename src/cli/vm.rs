@@ -140,6 +140,9 @@ pub enum VmCmd {
         /// A template whose values fill what is not given.
         #[arg(long)]
         template: Option<String>,
+        /// The node to create it on (an agent takes its own name or `self`).
+        #[arg(long)]
+        node: Option<String>,
         /// Create this many (named NAME-1 … NAME-N), as one bulk job.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
         count: u32,
@@ -402,6 +405,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
         VmCmd::Create {
             name,
             template,
+            node,
             count,
             spec,
         } => {
@@ -416,7 +420,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
             let req = |name: Option<String>| CreateVmRequest {
                 name,
                 template: template.clone(),
-                node: None,
+                node: node.clone(),
                 spec: spec.clone(),
             };
             if count == 1 {
