@@ -37,11 +37,6 @@ pub async fn stream(
     Query(q): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let ws = ws.map_err(|e| {
-        ApiError::invalid(format!(
-            "GET /api/v1/events expects a WebSocket upgrade: {e}"
-        ))
-    })?;
     let types: Vec<String> = q
         .get("types")
         .or_else(|| q.get("type"))
@@ -64,6 +59,11 @@ pub async fn stream(
             })
         })
         .transpose()?;
+    let ws = ws.map_err(|e| {
+        ApiError::invalid(format!(
+            "GET /api/v1/events expects a WebSocket upgrade: {e}"
+        ))
+    })?;
     // Subscribe before taking the history: nothing falls between the two,
     // and what is in both is skipped by seq.
     let rx = agent.events().subscribe();
