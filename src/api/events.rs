@@ -28,7 +28,8 @@ const TOO_SLOW: u16 = 1008;
 /// as they happen.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
     params(("types" = Option<String>, Query, description = "comma-separated type prefixes, e.g. vm.started,job."),
-           ("resource" = Option<String>, Query, description = "a resource id or name")),
+           ("resource" = Option<String>, Query, description = "a resource id or name"),
+           ("since" = Option<u64>, Query, description = "resume after this seq: the kept events with a greater seq (that pass the filters) are sent first, then live ones, none twice; if some after it are no longer kept, an `events.lost` message comes first")),
     responses((status = 101, description = "WebSocket of EventMessage JSON texts", body = EventMessage),
               (status = 400, body = crate::model::ErrorBody)))]
 pub async fn stream(
@@ -36,11 +37,6 @@ pub async fn stream(
     Query(q): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let ws = ws.map_err(|e| {
-        ApiError::invalid(format!(
-            "GET /api/v1/events expects a WebSocket upgrade: {e}"
-        ))
-    })?;
     let types: Vec<String> = q
         .get("types")
         .or_else(|| q.get("type"))
@@ -53,31 +49,87 @@ pub async fn stream(
         })
         .unwrap_or_default();
     let resource = q.get("resource").cloned();
+    let since = q
+        .get("since")
+        .map(|s| {
+            s.trim().parse::<u64>().map_err(|_| {
+                ApiError::invalid(format!(
+                    "since: {s:?} is not a seq (a non-negative integer)"
+                ))
+            })
+        })
+        .transpose()?;
+    let ws = ws.map_err(|e| {
+        ApiError::invalid(format!(
+            "GET /api/v1/events expects a WebSocket upgrade: {e}"
+        ))
+    })?;
+    // Subscribe before taking the history: nothing falls between the two,
+    // and what is in both is skipped by seq.
     let rx = agent.events().subscribe();
-    Ok(ws.on_upgrade(move |socket| pump(socket, rx, types, resource)))
+    let mut first = Vec::new();
+    let mut last_sent = 0;
+    if let Some(since) = since {
+        let replay = agent.events().replay(since);
+        // Live events up to the newest one issued are in the replay (or
+        // filtered out of it, or at most `since`).
+        last_sent = replay.upto.max(since);
+        if replay.lost {
+            first.push(agent.events().lost_message(since));
+        }
+        first.extend(
+            replay
+                .events
+                .into_iter()
+                .filter(|ev| matches(ev, &types, resource.as_deref())),
+        );
+    }
+    Ok(ws.on_upgrade(move |socket| pump(socket, rx, first, last_sent, types, resource)))
+}
+
+/// Sends one event; false when the stream is over (closed, or closed here
+/// for being too slow).
+async fn send(socket: &mut WebSocket, ev: &EventMessage) -> bool {
+    let Ok(text) = serde_json::to_string(ev) else {
+        return true;
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        socket.send(Message::Text(text.into())),
+    )
+    .await
+    {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            close(socket, "client too slow: a message waited 5 s").await;
+            false
+        }
+    }
 }
 
 async fn pump(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<EventMessage>,
+    first: Vec<EventMessage>,
+    last_sent: u64,
     types: Vec<String>,
     resource: Option<String>,
 ) {
+    for ev in &first {
+        if !send(&mut socket, ev).await {
+            return;
+        }
+    }
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
                 Ok(ev) => {
-                    if !matches(&ev, &types, resource.as_deref()) {
+                    if ev.seq <= last_sent || !matches(&ev, &types, resource.as_deref()) {
                         continue;
                     }
-                    let Ok(text) = serde_json::to_string(&ev) else { continue };
-                    match tokio::time::timeout(Duration::from_secs(5), socket.send(Message::Text(text.into()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return,
-                        Err(_) => {
-                            close(&mut socket, "client too slow: a message waited 5 s").await;
-                            return;
-                        }
+                    if !send(&mut socket, &ev).await {
+                        return;
                     }
                 }
                 Err(RecvError::Lagged(n)) => {

@@ -91,15 +91,6 @@ impl Agent {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let store = Arc::new(Store::open(&cfg.db_path()).context("opening the state database")?);
-        let events = EventBus::default();
-        let jobs = Jobs::new(store.clone(), events.clone());
-        let interrupted = jobs.fail_interrupted()?;
-        if !interrupted.is_empty() {
-            tracing::warn!(
-                interrupted = interrupted.len(),
-                "jobs interrupted by the last stop marked failed"
-            );
-        }
         let node = if cfg.node_name.is_empty() {
             nix::unistd::gethostname()
                 .ok()
@@ -108,6 +99,15 @@ impl Agent {
         } else {
             cfg.node_name.clone()
         };
+        let events = EventBus::for_node(node.clone());
+        let jobs = Jobs::new(store.clone(), events.clone());
+        let interrupted = jobs.fail_interrupted()?;
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                interrupted = interrupted.len(),
+                "jobs interrupted by the last stop marked failed"
+            );
+        }
         let pools = pools::Pools::load(&cfg, &store).context("loading the storage pools")?;
         let core = Arc::new(Core {
             admission: capacity::Admission::new(cfg.capacity.clone()),

@@ -98,7 +98,8 @@ pub struct EventMessage {
     /// `vm.created`, `vm.starting`, `vm.started`, `vm.stopping`, `vm.stopped`,
     /// `vm.paused`, `vm.resumed`, `vm.rebooting`, `vm.crashed`, `vm.error`,
     /// `vm.updated`, `vm.deleted`, `job.created`, `job.progress`, `job.finished`,
-    /// `template.created`, `template.updated`, `template.deleted`.
+    /// `template.created`, `template.updated`, `template.deleted`;
+    /// `events.lost` (resource `/api/v1/events`) on a resumed stream.
     #[serde(rename = "type")]
     pub kind: String,
     /// The resource's path (`/api/v1/vms/{id}`).
@@ -112,8 +113,11 @@ pub struct EventMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_percent: Option<u8>,
     pub at: String,
-    /// Increases by one per event of this agent, also across restarts; a
-    /// stream opened with `?since=SEQ` first replays what came after SEQ.
+    /// Strictly increasing per event of this agent, also across restarts: a
+    /// run starts at its start time in microseconds since the epoch and adds
+    /// one per event. A stream opened with `?since=SEQ` first replays the
+    /// kept events after SEQ (an `events.lost` message, whose `seq` is SEQ,
+    /// comes first when some are no longer kept).
     pub seq: u64,
     /// The node the event happened on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,6 +14,9 @@ pub enum Target {
     Container(Uuid),
     Template(Uuid),
     Job(Uuid),
+    /// The event stream itself (`/api/v1/events`, id nil): what an
+    /// `events.lost` message is about.
+    Events,
 }
 
 impl Target {
@@ -21,6 +24,7 @@ impl Target {
     pub fn id(&self) -> Uuid {
         match *self {
             Target::Vm(id) | Target::Container(id) | Target::Template(id) | Target::Job(id) => id,
+            Target::Events => Uuid::nil(),
         }
     }
 
@@ -30,6 +34,7 @@ impl Target {
             Target::Container(_) => "containers",
             Target::Template(_) => "templates",
             Target::Job(_) => "jobs",
+            Target::Events => "events",
         }
     }
 }
@@ -37,7 +42,10 @@ impl Target {
 /// The resource's path: `/api/v1/vms/{id}`.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "/api/v1/{}/{}", self.collection(), self.id())
+        match self {
+            Target::Events => f.write_str("/api/v1/events"),
+            _ => write!(f, "/api/v1/{}/{}", self.collection(), self.id()),
+        }
     }
 }
 
@@ -46,6 +54,9 @@ impl FromStr for Target {
     fn from_str(s: &str) -> Result<Target, String> {
         let bad = || format!("not a resource path: {s:?}");
         let rest = s.strip_prefix("/api/v1/").ok_or_else(bad)?;
+        if rest == "events" {
+            return Ok(Target::Events);
+        }
         let (coll, id) = rest.split_once('/').ok_or_else(bad)?;
         let id = Uuid::parse_str(id).map_err(|_| bad())?;
         Ok(match coll {
@@ -90,5 +101,7 @@ mod tests {
         }
         assert_eq!(Target::Vm(id).to_string(), format!("/api/v1/vms/{id}"));
         assert!("/api/v1/things/x".parse::<Target>().is_err());
+        assert_eq!(Target::Events.to_string(), "/api/v1/events");
+        assert_eq!("/api/v1/events".parse::<Target>(), Ok(Target::Events));
     }
 }
