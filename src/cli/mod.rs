@@ -61,9 +61,15 @@ pub struct Cli {
 #[derive(clap::Subcommand, Debug)]
 pub enum NodeCmd {
     /// List the nodes.
-    #[command(visible_alias = "ls")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  libgo node list\n  libgo node ls --remote cluster --format json"
+    )]
     List,
     /// One node, with its capacity.
+    #[command(
+        after_help = "Examples:\n  libgo node show self\n  libgo node show n1 --format yaml"
+    )]
     Show {
         /// A node name (`self` on an agent).
         name: String,
