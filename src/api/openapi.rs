@@ -518,7 +518,8 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         Some(n) => json!({"type": ["string", "null"], "enum": ["self", n, null]}),
         None => json!({"type": ["string", "null"], "pattern": DNS_LABEL, "maxLength": 63}),
     };
-    item["properties"]["node"] = node.clone();
+    // A bulk item's node is checked in its task, like its other fields.
+    item["properties"]["node"] = json!({"type": ["string", "null"]});
     refine(s, "CreateVmRequest", "node", node);
     s.insert("CreateVmItem".into(), item);
     let tags = json!({"maxItems": 32, "items": {"type": "string", "pattern": TAG}});
@@ -708,7 +709,12 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         json!({"propertyNames": {"pattern": "^[^=\\x00]+$"},
                "additionalProperties": {"type": "string", "pattern": "^[^\\x00]*$"}}),
     );
-    refine(s, c, "command", json!({"minItems": 1}));
+    refine(
+        s,
+        c,
+        "command",
+        json!({"minItems": 1, "prefixItems": [{"type": "string", "minLength": 1}]}),
+    );
     refine(s, "UpdateContainerRequest", "vcpus", container_vcpus);
     refine(
         s,
@@ -737,7 +743,12 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
         "target",
         json!({"pattern": "^(/[^/\\x00.][^/\\x00]*)+$"}),
     );
-    refine(s, "ExecRequest", "command", json!({"minItems": 1}));
+    refine(
+        s,
+        "ExecRequest",
+        "command",
+        json!({"minItems": 1, "prefixItems": [{"type": "string", "minLength": 1}]}),
+    );
     refine(s, "ExecRequest", "timeout", int(1, 3600));
     refine(
         s,

@@ -37,9 +37,10 @@ impl ContainerEngine {
                 c.name
             )));
         }
-        if req.command.is_empty() {
+        if req.command.first().is_none_or(String::is_empty) {
             return Err(EngineError::Invalid(
-                "Invalid parameter: command must not be empty.".into(),
+                "Invalid parameter: command must not be empty, nor its first item (the program)."
+                    .into(),
             ));
         }
         if c.status != ContainerStatus::Running {

@@ -203,6 +203,16 @@ impl ContainerEngine {
             ));
         }
         docker::check_image_ref(&req.image)?;
+        if req
+            .command
+            .as_ref()
+            .and_then(|c| c.first())
+            .is_some_and(String::is_empty)
+        {
+            return Err(EngineError::Invalid(
+                "Invalid parameter: command's first item (the program) must not be empty.".into(),
+            ));
+        }
         if let Some(n) = &req.network {
             docker::check_name("network", n)?;
         }
