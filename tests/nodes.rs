@@ -126,6 +126,10 @@ async fn an_agent_is_a_cluster_of_one_with_the_hosts_figures() {
     let t = &totals["totals"];
     assert_eq!(t["nodes"], 1);
     assert_eq!(t["cpus"].as_u64().unwrap(), online_cpus());
+    assert_eq!(
+        t["committed_memory_mib"], 0,
+        "a stopped VM holds no memory: {t}"
+    );
     assert_eq!(totals["nodes"][0]["node"], d.node.as_str());
     let vms_pool = &totals["nodes"][0]["pools"][0];
     assert_eq!(
