@@ -109,10 +109,40 @@ async fn wait_stats(d: &Daemon, id: &str, what: &str, ok: impl Fn(&Value) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_lifecycle_logs_exec_stats_and_limits() {
-    leftovers(&["life"]);
+    leftovers(&["life", "life-bad"]);
     let _engine = engine_lock(false);
     let d = Daemon::start().await;
     import_busybox(&d, IMAGE).await;
+
+    // A program that is not in the image: the engine makes the container, but
+    // neither a start nor a restart can run it; that is a 409, never a 500.
+    let (code, bad) = d
+        .req(
+            "POST",
+            "/api/v1/containers",
+            Some(json!({"name": "life-bad", "image": IMAGE, "command": ["/no-such-program"]})),
+        )
+        .await;
+    assert_eq!(code, 201, "{bad}");
+    for action in ["start", "restart"] {
+        let (code, e) = d
+            .req(
+                "POST",
+                &format!("/api/v1/containers/life-bad/{action}"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 409, "{action}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no-such-program"),
+            "{e}"
+        );
+    }
+    let (code, e) = d.req("DELETE", "/api/v1/containers/life-bad", None).await;
+    assert!(code == 200 || code == 204, "{code} {e}");
     let (code, c) = d
         .req("POST", "/api/v1/containers", Some(json!({
             "name": "life", "image": IMAGE,

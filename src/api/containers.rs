@@ -180,7 +180,7 @@ pub async fn put_resources(
 ///
 /// `start`, `stop` (graceful, then killed after `timeout`), `restart`, `kill`, `pause` or
 /// `unpause`. 409 when the container's state does not allow the action (pausing a stopped
-/// container).
+/// container) or its program cannot be started (missing or not executable).
 #[utoipa::path(post, path = "/api/v1/containers/{id}/{action}", tag = "containers",
     params(("id" = String, Path), ("action" = String, Path, description = "start | stop | restart | kill | pause | unpause")),
     request_body(content = Option<ActionRequest>),

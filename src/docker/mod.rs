@@ -129,9 +129,12 @@ impl DockerBackend {
 }
 
 /// Engine refusals that are about the state of what a request names.
-const STATE_CONFLICTS: [&str; 4] = [
+const STATE_CONFLICTS: [&str; 5] = [
     "is ambiguous",
     "No command specified",
+    // The container's program cannot be run (missing or not executable):
+    // a start or a restart meets what the container is, not a bad request.
+    "unable to start container process",
     "is not paused",
     "is already paused",
 ];
@@ -363,6 +366,27 @@ mod tests {
     fn a_missing_socket_is_unavailable() {
         let b = DockerBackend::new("/nonexistent/docker.sock".into());
         assert!(matches!(b.client(), Err(DockerError::Unavailable { .. })));
+    }
+
+    #[test]
+    fn a_program_that_cannot_start_is_a_conflict_not_an_engine_failure() {
+        let b = DockerBackend::new("/nonexistent/docker.sock".into());
+        let restart = BollardError::DockerResponseServerError {
+            status_code: 500,
+            message: "Cannot restart container 57: failed to create shim task: OCI runtime \
+                      create failed: runc create failed: unable to start container process: \
+                      exec: \"x\": executable file not found in $PATH"
+                .into(),
+        };
+        assert!(matches!(
+            b.map("restart c", restart),
+            DockerError::Conflict(_)
+        ));
+        let other = BollardError::DockerResponseServerError {
+            status_code: 500,
+            message: "disk full".into(),
+        };
+        assert!(matches!(b.map("restart c", other), DockerError::Engine(_)));
     }
 }
 
