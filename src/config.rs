@@ -141,6 +141,10 @@ pub struct CapacityConfig {
     /// Memory kept for the host itself: libgod, Docker, QEMU's own
     /// overhead per guest, the page cache (MiB).
     pub reserved_memory_mib: u64,
+    /// Count every VM, stopped ones too, and admit creates against the
+    /// limits: allocation rather than use, what a node placed on by an
+    /// aggregator needs so that two placements cannot overcommit it.
+    pub count_stopped: bool,
 }
 
 impl Default for CapacityConfig {
@@ -149,6 +153,7 @@ impl Default for CapacityConfig {
             memory_overcommit: 1.0,
             vcpu_overcommit: 4.0,
             reserved_memory_mib: 1024,
+            count_stopped: false,
         }
     }
 }

@@ -135,6 +135,20 @@ impl EventBus {
         self.emit_progress(kind, resource, name, status, None);
     }
 
+    /// Publishes an event another bus issued (a node's, on an aggregator):
+    /// it keeps its `node` and everything else but takes this bus's `seq`,
+    /// so one stream resumes across all the buses it merges.
+    pub fn relay(&self, mut ev: EventMessage) {
+        let mut h = self.history();
+        ev.seq = h.next;
+        h.next += 1;
+        if h.ring.len() == h.capacity {
+            h.ring.pop_front();
+        }
+        h.ring.push_back(ev.clone());
+        let _ = self.tx.send(ev);
+    }
+
     pub fn emit_progress(
         &self,
         kind: &str,

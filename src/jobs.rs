@@ -231,6 +231,9 @@ impl Jobs {
                     error: None,
                     started_at: single.then(|| created_at.clone()),
                     finished_at: None,
+                    node: None,
+                    node_job: None,
+                    placement: None,
                 })
                 .collect(),
         };

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod client;
 /// Wall-clock times as the API shows them.
 pub mod clock;
+/// The aggregator: many node agents served as one API.
+pub mod cluster;
 /// All paths, binaries, limits and timeouts, with embedded defaults.
 pub mod config;
 /// The container backend: the Docker Engine API on its socket.

@@ -671,6 +671,7 @@ async fn the_client_follows_jobs_and_carries_the_error_body() {
         name: Some("full1".into()),
         template: None,
         node: None,
+        placement: None,
         spec: VmSpec {
             vcpus: Some(1),
             memory: Some(64),

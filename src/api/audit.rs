@@ -3,6 +3,7 @@
 //! at `GET /api/v1/audit`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Query, Request, State};
@@ -14,9 +15,8 @@ use axum::Json;
 use super::access::{is_mutating, Caller};
 use super::error::{current_request_id, ApiError, ApiResult};
 use super::users::AuditActor;
-use crate::engine::Agent;
 use crate::model::{AuditEvent, AuditPage, ErrorBody};
-use crate::store::{AuditEntry, AuditQuery};
+use crate::store::{AuditEntry, AuditQuery, Store};
 
 /// The object a path acts on: the collection and the id after `/api/v1/`
 /// (`/api/v1/vms/web1/start` -> `vms/web1`).
@@ -42,7 +42,7 @@ pub fn outcome(status: StatusCode) -> &'static str {
 
 /// Records every mutating call: who, over what, what, on which object, the
 /// outcome and how long it took.
-pub async fn middleware(State(agent): State<Agent>, req: Request, next: Next) -> Response {
+pub async fn middleware(State(store): State<Arc<Store>>, req: Request, next: Next) -> Response {
     if !is_mutating(req.method()) {
         return next.run(req).await;
     }
@@ -93,8 +93,7 @@ pub async fn middleware(State(agent): State<Agent>, req: Request, next: Next) ->
         request_id = %entry.request_id,
     );
     let store_entry = entry.clone();
-    let agent2 = agent.clone();
-    let written = tokio::task::spawn_blocking(move || agent2.store().audit(&store_entry)).await;
+    let written = tokio::task::spawn_blocking(move || store.audit(&store_entry)).await;
     if !matches!(written, Ok(Ok(_))) {
         // The call happened but cannot be accounted for: say so rather than
         // answer as if all were well.
@@ -125,7 +124,7 @@ pub async fn middleware(State(agent): State<Agent>, req: Request, next: Next) ->
         ("page_token" = Option<String>, Query, description = "Cursor from the previous page")),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody)))]
 pub async fn list(
-    State(agent): State<Agent>,
+    State(store): State<Arc<Store>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<AuditPage>> {
     let req = super::page::request::<i64>(&q, "seq", true)?;
@@ -158,8 +157,7 @@ pub async fn list(
         before_seq: req.after,
         limit: req.limit,
     };
-    let store = agent.clone();
-    let (rows, more) = tokio::task::spawn_blocking(move || store.store().audit_page(&query))
+    let (rows, more) = tokio::task::spawn_blocking(move || store.audit_page(&query))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

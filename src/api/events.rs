@@ -15,7 +15,6 @@ use axum::response::Response;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::{ApiError, ApiResult};
-use crate::engine::Agent;
 use crate::events::matches;
 use crate::model::EventMessage;
 
@@ -33,7 +32,7 @@ const TOO_SLOW: u16 = 1008;
     responses((status = 101, description = "WebSocket of EventMessage JSON texts", body = EventMessage),
               (status = 400, body = crate::model::ErrorBody)))]
 pub async fn stream(
-    State(agent): State<Agent>,
+    State(bus): State<crate::events::EventBus>,
     Query(q): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
@@ -66,16 +65,16 @@ pub async fn stream(
     })?;
     // Subscribe before taking the history: nothing falls between the two,
     // and what is in both is skipped by seq.
-    let rx = agent.events().subscribe();
+    let rx = bus.subscribe();
     let mut first = Vec::new();
     let mut last_sent = 0;
     if let Some(since) = since {
-        let replay = agent.events().replay(since);
+        let replay = bus.replay(since);
         // Live events up to the newest one issued are in the replay (or
         // filtered out of it, or at most `since`).
         last_sent = replay.upto.max(since);
         if replay.lost {
-            first.push(agent.events().lost_message(since));
+            first.push(bus.lost_message(since));
         }
         first.extend(
             replay

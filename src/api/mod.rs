@@ -61,6 +61,18 @@ impl axum::extract::FromRef<AppState> for Agent {
     }
 }
 
+impl axum::extract::FromRef<AppState> for Arc<crate::store::Store> {
+    fn from_ref(s: &AppState) -> Arc<crate::store::Store> {
+        s.agent.store_arc()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for crate::events::EventBus {
+    fn from_ref(s: &AppState) -> crate::events::EventBus {
+        s.agent.events().clone()
+    }
+}
+
 impl axum::extract::FromRef<AppState> for Arc<access::AccessState> {
     fn from_ref(s: &AppState) -> Arc<access::AccessState> {
         s.access.clone()
@@ -222,7 +234,10 @@ pub fn router(agent: Agent, auth: Arc<crate::auth::Auth>) -> Router {
             access::rate_limit,
         ))
         .layer(middleware::from_fn_with_state(access, access::authenticate))
-        .layer(middleware::from_fn_with_state(agent, audit::middleware))
+        .layer(middleware::from_fn_with_state(
+            agent.store_arc(),
+            audit::middleware,
+        ))
         .layer(middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::Extension(std::sync::Arc::new(
@@ -279,7 +294,7 @@ fn clip(s: &str, max: usize) -> String {
 
 /// Gives every request an id (the client's `X-Request-Id` if it sent a sane
 /// one), visible to error bodies and echoed in the response.
-async fn request_id(req: Request, next: Next) -> Response {
+pub async fn request_id(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")

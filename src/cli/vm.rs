@@ -127,6 +127,7 @@ pub struct Names {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per command line
 pub enum VmCmd {
     /// Create a VM (or several with --count).
     #[command(after_help = "Examples:
@@ -143,6 +144,13 @@ pub enum VmCmd {
         /// The node to create it on (an agent takes its own name or `self`).
         #[arg(long)]
         node: Option<String>,
+        /// Through an aggregator, without --node: `memory` (the node with the
+        /// most free memory) or `spread` (the fewest VMs sharing its tags).
+        #[arg(long, value_parser = ["memory", "spread"])]
+        placement: Option<String>,
+        /// With `--placement spread`: the tag to spread by.
+        #[arg(long, requires = "placement")]
+        spread_tag: Option<String>,
         /// Create this many (named NAME-1 … NAME-N), as one bulk job.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
         count: u32,
@@ -406,9 +414,19 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
             name,
             template,
             node,
+            placement,
+            spread_tag,
             count,
             spec,
         } => {
+            let placement = placement.map(|p| crate::model::PlacementPolicy {
+                strategy: if p == "spread" {
+                    crate::model::PlacementStrategy::Spread
+                } else {
+                    crate::model::PlacementStrategy::Memory
+                },
+                tag: spread_tag.clone(),
+            });
             let (c, name) = match &name {
                 Some(n) => {
                     let (c, n) = ctx.target(n)?;
@@ -421,6 +439,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
                 name,
                 template: template.clone(),
                 node: node.clone(),
+                placement: placement.clone(),
                 spec: spec.clone(),
             };
             if count == 1 {

@@ -22,6 +22,11 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// The events of an open `GET /api/v1/events` WebSocket.
+    pub fn from_socket(ws: Socket) -> EventStream {
+        EventStream { ws }
+    }
+
     /// The next event; `None` when the server closed the stream (a close
     /// with a reason, such as a client too slow, is an error).
     pub async fn next(&mut self) -> Option<Result<EventMessage>> {

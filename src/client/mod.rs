@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Response, StatusCode};
@@ -256,7 +256,7 @@ impl Client {
         }
         let full = Full::new(Bytes::from(body.unwrap_or_default()))
             .map_err(|never| match never {})
-            .boxed();
+            .boxed_unsync();
         self.send_body(method, path, full, &all).await
     }
 
@@ -279,15 +279,27 @@ impl Client {
             tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
         let mut all = headers.to_vec();
         all.push(("content-length", &len));
-        self.send_body(method, path, StreamBody::new(stream).boxed(), &all)
+        self.send_body(method, path, StreamBody::new(stream).boxed_unsync(), &all)
             .await
+    }
+
+    /// Sends one request whose body is streamed as it comes (a proxy
+    /// passing a caller's body on).
+    pub async fn send_stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: UnsyncBoxBody<Bytes, std::io::Error>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response<Incoming>> {
+        self.send_body(method, path, body, headers).await
     }
 
     async fn send_body(
         &self,
         method: Method,
         path: &str,
-        body: BoxBody<Bytes, std::io::Error>,
+        body: UnsyncBoxBody<Bytes, std::io::Error>,
         headers: &[(&str, &str)],
     ) -> Result<Response<Incoming>> {
         let io = self.connect().await?;
@@ -356,6 +368,17 @@ impl Client {
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T> {
         self.request_with(method, path, body, &[]).await
+    }
+
+    /// [`Client::request`] with extra headers (`prefer`, `idempotency-key`).
+    pub async fn request_with_headers<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        headers: &[(&str, &str)],
+    ) -> Result<T> {
+        self.request_with(method, path, body, headers).await
     }
 
     async fn request_with<T: DeserializeOwned>(

@@ -394,6 +394,7 @@ mod tests {
             memory_overcommit: mem,
             vcpu_overcommit: cpu,
             reserved_memory_mib: reserved,
+            count_stopped: false,
         }
     }
 

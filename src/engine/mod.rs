@@ -170,6 +170,10 @@ impl Agent {
     pub fn config(&self) -> &Config {
         &self.core.cfg
     }
+    /// The durable state, shared (the audit trail's writers hold it).
+    pub fn store_arc(&self) -> Arc<Store> {
+        self.core.store.clone()
+    }
     pub fn store(&self) -> &Store {
         &self.core.store
     }

@@ -149,3 +149,51 @@ pub struct PoolCapacity {
     #[serde(default)]
     pub images: Vec<String>,
 }
+
+/// How an aggregator chooses a node for a create that names none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    /// The node with the most free memory (the default).
+    #[default]
+    Memory,
+    /// The node with the fewest VMs sharing the new VM's tags (ties: the
+    /// most free memory), so a service's VMs land on different hosts.
+    Spread,
+}
+
+/// `placement` of a create: how to choose its node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementPolicy {
+    #[serde(default)]
+    pub strategy: PlacementStrategy,
+    /// With `spread`: the tag to spread by (default: every tag of the VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 64)]
+    pub tag: Option<String>,
+}
+
+/// How one node fared in a placement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlacementCandidate {
+    pub node: String,
+    /// Passed every filter.
+    pub eligible: bool,
+    /// Higher is better (eligible nodes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Why it was filtered out, how it scored, or what it answered.
+    pub reasons: Vec<String>,
+}
+
+/// An aggregator's placement of a create: the node chosen and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlacementDecision {
+    pub strategy: PlacementStrategy,
+    /// The node that took the VM (none: no node could).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Every node considered, best first.
+    pub candidates: Vec<PlacementCandidate>,
+}

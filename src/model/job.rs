@@ -64,6 +64,16 @@ pub struct Task {
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// On an aggregator's job: the node the task runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// On an aggregator's job: the node's own job for the task
+    /// (`/api/v1/jobs/{node_job}`, reachable through the aggregator too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_job: Option<Uuid>,
+    /// On an aggregator's job: how the node was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<super::PlacementDecision>,
 }
 
 /// A page of jobs.

@@ -256,6 +256,10 @@ pub struct CreateVmRequest {
     /// `self`); the aggregator places a VM without one by filters and scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// How an aggregator chooses the node when `node` is absent (an agent,
+    /// a cluster of one, has nothing to choose).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<super::PlacementPolicy>,
     #[serde(flatten)]
     #[schema(inline)]
     pub spec: VmSpec,

@@ -21,6 +21,9 @@ pub struct CreatePlan {
     pub cloud_init: Option<crate::model::CloudInit>,
     /// Room for the disk, promised until the create has finished.
     pub(crate) disk_room: Option<crate::engine::capacity::Permit>,
+    /// Memory and vCPUs, promised until the create has finished (with
+    /// `capacity.count_stopped`, after which the VM counts by itself).
+    pub(crate) room: Option<crate::engine::capacity::Permit>,
 }
 
 /// A base image named in an iSCSI pool: the LUN's URL and size.
@@ -146,6 +149,21 @@ impl VmEngine {
                 spec.disk_size.saturating_mul(GIB),
             )?)
         };
+        let room = if self.core().cfg.capacity.count_stopped {
+            let demand = crate::engine::capacity::Demand {
+                memory_mib: spec.memory,
+                vcpus: u64::from(spec.vcpus),
+            };
+            Some(
+                self.core()
+                    .admission
+                    .reserve(id, demand)
+                    .await
+                    .map_err(|s| s.refuse("this create"))?,
+            )
+        } else {
+            None
+        };
         let name = spec.name.clone().unwrap_or_else(|| {
             vm::generate_name(spec.template.as_deref().unwrap_or(&spec.base_image))
         });
@@ -193,6 +211,7 @@ impl VmEngine {
             base_format: info.format,
             cloud_init: spec.cloud_init,
             disk_room,
+            room,
         })
     }
 
@@ -242,6 +261,7 @@ impl VmEngine {
             base_format,
             cloud_init,
             disk_room: _disk_room,
+            room: _room,
         } = plan;
         let store = &self.core().store;
         let mut rb = Rollback::new();

@@ -300,11 +300,13 @@ impl VmEngine {
         &self.inner.core
     }
 
-    /// What each VM with a QEMU process (or starting one) holds: the
+    /// What each VM with a QEMU process (or starting one; every VM with
+    /// `capacity.count_stopped`) holds: the
     /// larger of what it was started with and what it is configured for
     /// (a change waiting for the next start was admitted against that).
     pub(crate) fn commitments(&self) -> crate::engine::capacity::Commitments {
         let entries: Vec<Arc<VmEntry>> = read(&self.inner.vms).by_id.values().cloned().collect();
+        let count_stopped = self.core().cfg.capacity.count_stopped;
         entries
             .iter()
             .filter_map(|e| {
@@ -322,7 +324,7 @@ impl VmEngine {
                         | VmStatus::Stopping
                         | VmStatus::Rebooting
                 );
-                (rt.is_some() || holds).then(|| {
+                (rt.is_some() || holds || count_stopped).then(|| {
                     (
                         e.id,
                         crate::engine::capacity::Demand {
