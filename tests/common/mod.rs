@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agg;
+pub mod netns;
 pub mod tgt;
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -58,6 +59,10 @@ pub struct Daemon {
     /// Environment variables of the daemon (each `spawn` uses the current
     /// list, so a restart can drop one).
     pub env: Vec<(String, String)>,
+    /// The network namespace (`ip netns` name) the daemon runs in; None:
+    /// the host's. See [`netns`]: only its network is the namespace's, its
+    /// files, cgroups and admin socket are the host's.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -86,6 +91,14 @@ impl Daemon {
 
     /// A daemon with extra flags and environment variables.
     pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::prepare(extra, env);
+        d.spawn().await;
+        d
+    }
+
+    /// A daemon's directories (the fixture guest in its default pool) and
+    /// arguments, not started yet: set `node` or `netns`, then `spawn`.
+    pub fn prepare(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let root = tempfile::Builder::new()
             .prefix("lg")
             .tempdir_in("/tmp")
@@ -111,7 +124,7 @@ impl Daemon {
                 .to_lowercase()
                 .replace(['_', '.'], "-")
         );
-        let mut d = Daemon {
+        Daemon {
             node,
             socket: root.path().join("libgo.sock"),
             root,
@@ -120,10 +133,9 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            netns: None,
             child: None,
-        };
-        d.spawn().await;
-        d
+        }
     }
 
     pub async fn spawn(&mut self) {
@@ -132,7 +144,16 @@ impl Daemon {
             .append(true)
             .open(self.root.path().join("libgod.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_libgod"))
+        let libgod = env!("CARGO_BIN_EXE_libgod");
+        let mut cmd = match &self.netns {
+            None => Command::new(libgod),
+            Some(ns) => {
+                let stash = self.root.path().join("cgroup-stash");
+                std::fs::create_dir_all(&stash).unwrap();
+                netns::enter_command(ns, &stash, libgod)
+            }
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")
@@ -177,6 +198,7 @@ impl Daemon {
         std::fs::read_to_string(self.root.path().join("libgod.log")).unwrap_or_default()
     }
 
+    /// libgod's pid (in a namespace too: the wrappers exec it).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
