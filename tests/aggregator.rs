@@ -337,6 +337,13 @@ async fn placement_lists_forwarding_jobs_and_a_node_going_away() {
         .as_u64()
         .unwrap();
     assert!(victim_vms > 0);
+    // The aggregator's view has caught up with the node (one poll).
+    a.wait_for(
+        &format!("/api/v1/nodes/{}", names[1]),
+        Duration::from_secs(5),
+        |n| n["vms"].as_u64() == Some(victim_vms),
+    )
+    .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim.pid() as i32),
         nix::sys::signal::Signal::SIGSTOP,
@@ -359,7 +366,12 @@ async fn placement_lists_forwarding_jobs_and_a_node_going_away() {
         .req("GET", &format!("/api/v1/vms?node={}", names[1]), None)
         .await;
     assert_eq!(code, 200);
-    assert_eq!(l["total_count"].as_u64().unwrap(), victim_vms);
+    assert_eq!(
+        l["total_count"].as_u64().unwrap(),
+        victim_vms,
+        "{l}\n{}",
+        a.log()
+    );
     assert!(
         l["vms"]
             .as_array()

@@ -122,14 +122,22 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// One HTTP/1 connection's request side.
+type Sender = hyper::client::conn::http1::SendRequest<UnsyncBoxBody<Bytes, std::io::Error>>;
+
+/// Idle connections kept per client.
+const MAX_IDLE: usize = 16;
+
 /// A byte stream to the server: a Unix socket, TCP, or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// A client of one agent. Cheap to clone; each call opens its own
-/// connection (the agent keeps none open for a client).
+/// A client of one agent. Cheap to clone; calls reuse idle kept-alive
+/// connections (up to 16), opening new ones when none is free.
 #[derive(Clone)]
 pub struct Client {
+    /// Kept-alive connections, idle (shared by clones).
+    pool: Arc<std::sync::Mutex<Vec<Sender>>>,
     endpoint: Endpoint,
     token: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -164,6 +172,7 @@ impl Client {
             _ => None,
         };
         Ok(Client {
+            pool: Arc::default(),
             endpoint,
             token: None,
             tls,
@@ -302,13 +311,6 @@ impl Client {
         body: UnsyncBoxBody<Bytes, std::io::Error>,
         headers: &[(&str, &str)],
     ) -> Result<Response<Incoming>> {
-        let io = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -323,13 +325,61 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req
+        let mut req = req
             .body(body)
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        sender
+        // A kept-alive connection first; one the server closed meanwhile
+        // gives the request back unsent, and it goes on a new one.
+        while let Some(mut sender) = self.idle() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.keep(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(ClientError::Transport(e.into_error().to_string())),
+                },
+            }
+        }
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.keep(sender);
+        Ok(resp)
+    }
+
+    /// An idle kept-alive connection, if one is still open.
+    fn idle(&self) -> Option<Sender> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = pool.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection back once its answer has been read whole (a body
+    /// dropped unread closes it instead).
+    fn keep(&self, mut sender: Sender) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < MAX_IDLE {
+                    pool.push(sender);
+                }
+            }
+        });
     }
 
     /// The body of an answer, or `Err(Api)` for an error status.

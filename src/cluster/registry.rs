@@ -142,8 +142,11 @@ impl NodeHandle {
     }
 
     /// Takes a VM out of the view (deleted or moved away through here).
-    pub fn forget_vm(&self, id: Uuid) {
-        lock(&self.seen).vms.retain(|v| v.id != id);
+    pub fn forget_vm(&self, id_or_name: &str) {
+        let id = Uuid::parse_str(id_or_name).ok();
+        lock(&self.seen)
+            .vms
+            .retain(|v| Some(v.id) != id && v.name != id_or_name);
     }
 
     /// Reads the node's capacity again now (after a write through the

@@ -1038,16 +1038,9 @@ async fn pass_on(
     }
     if parts.method == Method::DELETE
         && resp.status().is_success()
-        && template.starts_with("/api/v1/vms/{id}")
-        && template.matches('/').count() == 4
+        && template == "/api/v1/vms/{id}"
     {
-        if let Some(id) = parts
-            .uri
-            .path()
-            .rsplit('/')
-            .next()
-            .and_then(|s| Uuid::parse_str(s).ok())
-        {
+        if let Some(id) = parts.uri.path().rsplit('/').next() {
             node.forget_vm(id);
         }
     }
