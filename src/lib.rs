@@ -11,6 +11,8 @@ pub mod cli;
 pub mod client;
 /// Wall-clock times as the API shows them.
 pub mod clock;
+/// The cluster: coordination of agents and aggregators through etcd.
+pub mod cluster;
 /// All paths, binaries, limits and timeouts, with embedded defaults.
 pub mod config;
 /// The container backend: the Docker Engine API on its socket.

@@ -1,0 +1,3 @@
+//! Several agents as one cluster: what aggregators agree on lives in etcd.
+
+pub mod etcd;
