@@ -3,6 +3,7 @@
 //! wait on the guest's own console markers (never on fixed sleeps).
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod tgt;
 
 use std::os::unix::fs::OpenOptionsExt;
