@@ -1,6 +1,7 @@
 //! libgo's coordination records against a real etcd: membership under
 //! leases and its watch, lease expiry, the name reservation race, cluster
-//! jobs' compare-and-swap and takeover.
+//! jobs' compare-and-swap and takeover, and a real `libgod` registering
+//! itself.
 
 mod common;
 
@@ -425,4 +426,169 @@ async fn raw_transactions_and_their_latency() {
         .unwrap_err();
     assert!(matches!(err, EtcdError::Unavailable { .. }), "{err:?}");
     assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+/// Polls until the node's registration satisfies `ok`.
+async fn wait_registration(
+    c: &Coord,
+    name: &str,
+    within: Duration,
+    ok: impl Fn(&Option<NodeRegistration>) -> bool,
+) -> Option<NodeRegistration> {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = c.node(name).await.unwrap();
+        if ok(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "registration of {name}: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn libgod_registers_itself_and_its_lease_ends_with_it() {
+    let etcd = EtcdServer::start().await;
+    let c = Coord::new(Etcd::new(&etcd.url()).unwrap(), "/libgo/");
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut d = common::Daemon::start_with(&["--etcd", &etcd.url(), "--listen", &listen]).await;
+    let reg = wait_registration(&c, &d.node, Duration::from_secs(10), Option::is_some)
+        .await
+        .unwrap();
+    assert_eq!(reg.url, format!("https://{listen}"));
+    assert_eq!(reg.version, env!("CARGO_PKG_VERSION"));
+    // The fingerprint is the served certificate's, and the token works on
+    // the node's TLS listener with the admin role (it may list tokens).
+    let served = libgo::client::probe_fingerprint("127.0.0.1", port)
+        .await
+        .unwrap();
+    assert_eq!(reg.fingerprint.as_deref(), Some(served.as_str()));
+    let client = libgo::client::Client::from_url(&reg.url, reg.fingerprint.as_deref())
+        .unwrap()
+        .with_token(&reg.token);
+    let tokens: serde_json::Value = client
+        .request(hyper::Method::GET, "/api/v1/tokens", None::<&()>)
+        .await
+        .unwrap();
+    let cluster: Vec<_> = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "cluster")
+        .collect();
+    assert_eq!(cluster.len(), 1, "{tokens}");
+    assert_eq!(cluster[0]["role"], "admin");
+    let bad = libgo::client::Client::from_url(&reg.url, reg.fingerprint.as_deref())
+        .unwrap()
+        .with_token("lgo_nope_nope");
+    let err = bad
+        .request::<serde_json::Value>(hyper::Method::GET, "/api/v1/vms", None::<&()>)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401));
+    let kept = d.state_dir().join("cluster.token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), reg.token);
+
+    // SIGKILL: nobody revokes; the lease (10 s) ends the registration.
+    let mut w = c.watch_nodes(0).await.unwrap();
+    d.kill(nix::sys::signal::Signal::SIGKILL);
+    let t0 = Instant::now();
+    match next_change(&mut w, Duration::from_secs(15)).await {
+        NodeChange::Gone { name, .. } => assert_eq!(name, d.node),
+        other => panic!("{other:?}"),
+    }
+    println!(
+        "libgod killed: its registration (lease ttl 10 s) was gone {:.2} s later",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(12));
+
+    // Restarted: registered again, with the same token.
+    d.spawn().await;
+    let again = wait_registration(&c, &d.node, Duration::from_secs(10), Option::is_some)
+        .await
+        .unwrap();
+    assert_eq!(again, reg);
+
+    // A restart before the old lease expires is the same node: it takes
+    // its registration back at once rather than waiting out the lease.
+    let (_, rev) = c.nodes().await.unwrap();
+    let mut changed = c.watch_nodes(rev + 1).await.unwrap();
+    d.kill(nix::sys::signal::Signal::SIGKILL);
+    assert!(c.node(&d.node).await.unwrap().is_some());
+    let t0 = Instant::now();
+    d.spawn().await;
+    // The registration is replaced (a put), never deleted in between.
+    let change = next_change(&mut changed, Duration::from_secs(5)).await;
+    assert!(
+        matches!(&change, NodeChange::Registered { node, .. } if node.token == reg.token),
+        "{change:?}"
+    );
+    println!(
+        "libgod restarted within its lease: registered again {:.2} s later",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // A clean stop revokes: gone at once.
+    d.kill(nix::sys::signal::Signal::SIGTERM);
+    assert!(c.node(&d.node).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn libgod_serves_while_etcd_is_down_and_registers_once_it_is_up() {
+    let mut etcd = EtcdServer::start().await;
+    let c = Coord::new(Etcd::new(&etcd.url()).unwrap(), "/libgo/");
+    etcd.kill();
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = common::Daemon::start_with(&["--etcd", &etcd.url(), "--listen", &listen]).await;
+    let (status, _) = d.req("GET", "/api/v1/vms", None).await;
+    assert_eq!(status, 200);
+    etcd.restart().await;
+    let t0 = Instant::now();
+    let reg = wait_registration(&c, &d.node, Duration::from_secs(15), Option::is_some)
+        .await
+        .unwrap();
+    println!(
+        "etcd back: libgod registered {:.2} s later",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(reg.url, format!("https://{listen}"));
+    assert!(d.log().contains("cannot register in etcd"), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn libgod_refuses_an_etcd_without_a_listener_to_advertise() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_libgod"))
+        .args([
+            "--etcd",
+            "http://127.0.0.1:2379",
+            "--socket",
+            "/nonexistent/x.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd needs listen"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_libgod"))
+        .args([
+            "--etcd",
+            "http://127.0.0.1:2379",
+            "--listen",
+            "0.0.0.0:8443",
+            "--socket",
+            "/nonexistent/x.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("advertise_url"), "{err}");
 }
