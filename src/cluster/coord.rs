@@ -388,10 +388,16 @@ impl Coord {
     ) {
         let mut backoff = Duration::from_secs(1);
         loop {
-            let attempt = tokio::select! {
-                r = self.register_node(&reg, ttl_secs) => r,
-                _ = stop.cancelled() => return,
-            };
+            // Not abandoned halfway on `stop`: a registration made but not
+            // yet answered would stay for a whole lease. Each call is bounded
+            // by the client's deadline.
+            let attempt = self.register_node(&reg, ttl_secs).await;
+            if stop.is_cancelled() {
+                if let Ok(lease) = attempt {
+                    let _ = lease.revoke().await;
+                }
+                return;
+            }
             let lease = match attempt {
                 Ok(lease) => lease,
                 Err(e) => {
