@@ -269,7 +269,9 @@ async fn of_concurrent_reservations_of_a_name_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_are_changed_by_compare_and_swap_and_orphans_are_claimed_once() {
-    let etcd = EtcdServer::start().await;
+    // On an address of its own, as on a bridge agents in namespaces reach.
+    let etcd = EtcdServer::start_on("127.0.0.2").await;
+    assert!(etcd.url().starts_with("http://127.0.0.2:"));
     let c = coord(&etcd);
     let a1 = c.register_aggregator("agg-1", 10).await.unwrap();
     let _a2 = c.register_aggregator("agg-2", 10).await.unwrap();
