@@ -35,6 +35,9 @@ have lintian || need+=(lintian)
 have deb-systemd-helper || need+=(init-system-helpers)
 have adduser || need+=(adduser)
 have help2man || need+=(help2man)
+# Cluster coordination: tests/etcd_coord.rs runs its own etcd (its own
+# ports and data directory), never the packaged service.
+have etcd || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -124,6 +124,15 @@ pub struct Config {
     pub qemu_gid_base: u32,
     /// Admission control: what the host may hold (`[capacity]`).
     pub capacity: CapacityConfig,
+    /// The etcd of a cluster (`http://HOST:PORT`): the agent registers
+    /// itself there under a lease; empty: none.
+    pub etcd: String,
+    /// The prefix of libgo's keys in that etcd.
+    pub etcd_prefix: String,
+    /// How other hosts reach the TCP listener (`https://HOST:PORT`), as
+    /// registered in etcd; empty: derived from `listen` (needed when
+    /// `listen` is a wildcard address).
+    pub advertise_url: String,
 }
 
 /// The limits creates and starts are checked against.
@@ -200,6 +209,9 @@ impl Default for Config {
             qemu_user: "libgo-qemu".into(),
             qemu_gid_base: DEFAULT_QEMU_GID_BASE,
             capacity: CapacityConfig::default(),
+            etcd: String::new(),
+            etcd_prefix: "/libgo/".into(),
+            advertise_url: String::new(),
         }
     }
 }
@@ -386,7 +398,67 @@ impl Config {
         if self.qmp_timeout_secs == 0 || self.qemu_start_timeout_secs == 0 {
             return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));
         }
+        self.advertised_url()?;
+        if !self.etcd.is_empty() {
+            crate::cluster::etcd::parse_url(&self.etcd)
+                .map_err(|e| ConfigError::Invalid(format!("etcd: {e}")))?;
+            if self.listen.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "etcd needs listen: other hosts reach the node over its TCP listener".into(),
+                ));
+            }
+            if !self.etcd_prefix.starts_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "etcd_prefix {:?} must start with /",
+                    self.etcd_prefix
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The URL other hosts reach the TCP listener at: `advertise_url`, or
+    /// `https://` (`http://` with `plaintext`) and the `listen` address
+    /// when that is a specific one. None without a listener; an error for
+    /// a wildcard `listen` without `advertise_url`, or an `advertise_url`
+    /// of the wrong scheme.
+    pub fn advertised_url(&self) -> Result<Option<String>, ConfigError> {
+        let scheme = if self.plaintext { "http" } else { "https" };
+        if !self.advertise_url.is_empty() {
+            let bad = |why: String| {
+                ConfigError::Invalid(format!("advertise_url {:?}: {why}", self.advertise_url))
+            };
+            let ep: crate::client::Endpoint = self
+                .advertise_url
+                .parse()
+                .map_err(|e: crate::client::ClientError| bad(e.to_string()))?;
+            let want_tls = !self.plaintext;
+            if matches!(ep, crate::client::Endpoint::Unix(_)) || ep.is_tls() != want_tls {
+                return Err(bad(format!("expected {scheme}://HOST:PORT")));
+            }
+            if self.listen.is_empty() {
+                return Err(bad("there is no TCP listener (listen) to advertise".into()));
+            }
+            return Ok(Some(ep.to_string()));
+        }
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() else {
+            return Err(ConfigError::Invalid(format!(
+                "listen {:?}: expected ADDR:PORT",
+                self.listen
+            )));
+        };
+        if addr.ip().is_unspecified() {
+            if self.etcd.is_empty() {
+                return Ok(None);
+            }
+            return Err(ConfigError::Invalid(format!(
+                "listen {addr} is a wildcard address: set advertise_url to the {scheme}://HOST:PORT other hosts reach"
+            )));
+        }
+        Ok(Some(format!("{scheme}://{addr}")))
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -430,6 +502,10 @@ mod tests {
         assert_eq!(c.qemu_user, d.qemu_user);
         assert_eq!(c.qemu_gid_base, d.qemu_gid_base);
         assert_eq!(c.capacity, d.capacity);
+        assert_eq!(
+            (&c.etcd, &c.etcd_prefix, &c.advertise_url),
+            (&d.etcd, &d.etcd_prefix, &d.advertise_url)
+        );
         c.validate().unwrap();
     }
 
@@ -464,6 +540,67 @@ mod tests {
         let mut bad = Config::default();
         bad.capacity.vcpu_overcommit = 0.0;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn etcd_needs_a_listener_and_a_url_others_reach() {
+        let mut c = Config {
+            etcd: "http://10.0.0.254:2379".into(),
+            ..Config::default()
+        };
+        // No TCP listener: nothing to advertise.
+        assert!(c.validate().is_err());
+        c.listen = "10.0.0.1:8443".into();
+        c.validate().unwrap();
+        assert_eq!(
+            c.advertised_url().unwrap().as_deref(),
+            Some("https://10.0.0.1:8443")
+        );
+        c.listen = "[fd00::1]:8443".into();
+        assert_eq!(
+            c.advertised_url().unwrap().as_deref(),
+            Some("https://[fd00::1]:8443")
+        );
+        // A wildcard listener needs advertise_url.
+        c.listen = "0.0.0.0:8443".into();
+        assert!(c.validate().is_err());
+        c.advertise_url = "https://node1.lan:8443".into();
+        c.validate().unwrap();
+        assert_eq!(
+            c.advertised_url().unwrap().as_deref(),
+            Some("https://node1.lan:8443")
+        );
+        for bad in [
+            "http://node1.lan:8443",
+            "node1.lan:8443",
+            "https://node1.lan:8443/x",
+            "unix:///run/x",
+        ] {
+            c.advertise_url = bad.into();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        // Plain HTTP on loopback advertises http.
+        c.advertise_url.clear();
+        c.listen = "127.0.0.1:8080".into();
+        c.plaintext = true;
+        assert_eq!(
+            c.advertised_url().unwrap().as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        for bad in ["https://127.0.0.1:2379", "127.0.0.1:2379", "http://h"] {
+            c.etcd = bad.into();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        c.etcd = "http://127.0.0.1:2379".into();
+        c.etcd_prefix = "libgo".into();
+        assert!(c.validate().is_err());
+        // The keys in TOML.
+        let t: Config = toml::from_str(
+            "etcd = \"http://127.0.0.1:2379\"\nlisten = \"0.0.0.0:8443\"\nadvertise_url = \"https://n1:8443\"\n",
+        )
+        .unwrap();
+        t.validate().unwrap();
+        assert_eq!(t.etcd_prefix, "/libgo/");
     }
 
     #[test]

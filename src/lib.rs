@@ -11,7 +11,8 @@ pub mod cli;
 pub mod client;
 /// Wall-clock times as the API shows them.
 pub mod clock;
-/// The aggregator: many node agents served as one API.
+/// The aggregator: many node agents served as one API, and what several
+/// of them agree on in etcd.
 pub mod cluster;
 /// All paths, binaries, limits and timeouts, with embedded defaults.
 pub mod config;

@@ -86,6 +86,13 @@ struct Args {
     /// Plain HTTP on the TCP listener: allowed on a loopback address only.
     #[arg(long)]
     plaintext: bool,
+    /// A cluster's etcd, http://HOST:PORT: register this node there.
+    #[arg(long)]
+    etcd: Option<String>,
+    /// How other hosts reach the TCP listener, https://HOST:PORT (default:
+    /// from --listen; needed when that is a wildcard address).
+    #[arg(long)]
+    advertise_url: Option<String>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -161,6 +168,12 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if args.plaintext {
         cfg.plaintext = true;
+    }
+    if let Some(v) = &args.etcd {
+        cfg.etcd = v.clone();
+    }
+    if let Some(v) = &args.advertise_url {
+        cfg.advertise_url = v.clone();
     }
     cfg.validate()?;
     Ok(cfg)
@@ -286,6 +299,7 @@ async fn serve(cfg: Config, notifier: Option<Arc<Notifier>>) -> anyhow::Result<(
     );
     let (listener, group) = bind_socket(&cfg)?;
     let mut listeners = vec![libgo::api::listen::Listener::Admin { listener, group }];
+    let mut fingerprint = None;
     if !cfg.readonly_socket.as_os_str().is_empty() {
         // Any local user who can open it may read: mode 0666.
         listeners.push(libgo::api::listen::Listener::ReadOnly(bind_unix(
@@ -309,6 +323,7 @@ async fn serve(cfg: Config, notifier: Option<Arc<Notifier>>) -> anyhow::Result<(
                 generated = tls.generated,
                 "TLS listener certificate (SHA-256)"
             );
+            fingerprint = Some(tls.fingerprint);
             Some(tls.acceptor)
         };
         listeners.push(libgo::api::listen::Listener::Tcp { listener: tcp, tls });
@@ -338,6 +353,23 @@ async fn serve(cfg: Config, notifier: Option<Arc<Notifier>>) -> anyhow::Result<(
         }
         tracing::info!("stopping; guests keep running");
     };
+    let registration = match cluster_registration(&cfg, &agent, &auth, fingerprint) {
+        Ok(r) => r,
+        Err(e) => {
+            // The node serves its own clients whatever the cluster's state.
+            tracing::error!(error = %format!("{e:#}"), "not registering in etcd");
+            None
+        }
+    };
+    let stop_registration = tokio_util::sync::CancellationToken::new();
+    let registered = registration.map(|(coord, reg)| {
+        let stop = stop_registration.clone();
+        tokio::spawn(async move {
+            coord
+                .keep_node_registered(reg, CLUSTER_LEASE_TTL_SECS, stop)
+                .await
+        })
+    });
     let app = libgo::api::router(agent, auth);
     let connections = cfg.connections.clone();
     let server = tokio::spawn(async move {
@@ -370,11 +402,109 @@ async fn serve(cfg: Config, notifier: Option<Arc<Notifier>>) -> anyhow::Result<(
         }
     }
     server.await.context("the API server task")?;
+    if let Some(task) = registered {
+        // Revoke the registration so aggregators see the node leave now,
+        // not a lease TTL later.
+        stop_registration.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("etcd registration not revoked within 5 s");
+        }
+    }
     if !cfg.readonly_socket.as_os_str().is_empty() {
         let _ = std::fs::remove_file(&cfg.readonly_socket);
     }
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
+}
+
+/// The lease of this node's registration in etcd: aggregators see a node
+/// that died gone within this many seconds.
+const CLUSTER_LEASE_TTL_SECS: i64 = 10;
+
+/// The name of the API token the node mints for the cluster, and its role:
+/// the aggregators in front of the node act for every caller they serve,
+/// storage pools included.
+const CLUSTER_TOKEN_NAME: &str = "cluster";
+const CLUSTER_TOKEN_ROLE: libgo::auth::Role = libgo::auth::Role::Admin;
+
+/// What to register in etcd, when `etcd` is configured.
+fn cluster_registration(
+    cfg: &Config,
+    agent: &libgo::engine::Agent,
+    auth: &libgo::auth::Auth,
+    fingerprint: Option<String>,
+) -> anyhow::Result<
+    Option<(
+        libgo::cluster::coord::Coord,
+        libgo::cluster::coord::NodeRegistration,
+    )>,
+> {
+    if cfg.etcd.is_empty() {
+        return Ok(None);
+    }
+    let url = cfg
+        .advertised_url()?
+        .context("no TCP listener to advertise")?;
+    let token = cluster_token(auth, &cfg.state_dir.join("cluster.token"))?;
+    let etcd = libgo::cluster::etcd::Etcd::new(&cfg.etcd)?;
+    let coord = libgo::cluster::coord::Coord::new(etcd, &cfg.etcd_prefix);
+    let reg = libgo::cluster::coord::NodeRegistration {
+        name: agent.node().to_owned(),
+        url,
+        fingerprint,
+        token,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    Ok(Some((coord, reg)))
+}
+
+/// The cluster's API token: the one whose secret is kept in `path` (mode
+/// 0600) while it still authenticates with its role, else a new one
+/// (minted once, not at every start).
+fn cluster_token(auth: &libgo::auth::Auth, path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(kept) = std::fs::read_to_string(path) {
+        let kept = kept.trim();
+        match auth.authenticate(kept) {
+            Ok(p) if p.role == CLUSTER_TOKEN_ROLE => return Ok(kept.to_owned()),
+            Ok(_) => tracing::warn!("the kept cluster token has another role: minting a new one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the kept cluster token no longer works: minting a new one")
+            }
+        }
+    }
+    let (token, secret) = auth
+        .create_token(
+            "uid:0",
+            libgo::auth::Role::Admin,
+            CLUSTER_TOKEN_NAME,
+            CLUSTER_TOKEN_ROLE,
+            None,
+        )
+        .context("minting the cluster API token")?;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        // A token nobody can use again must not stay valid.
+        let _ = auth.revoke_token(&token.id);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    tracing::info!(token = %token.id, role = CLUSTER_TOKEN_ROLE.as_str(), "minted the cluster API token");
+    Ok(secret)
 }
 
 /// One `GET /health` over the admin socket, as a client would send it: the

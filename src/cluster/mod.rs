@@ -6,6 +6,8 @@
 //! cluster-wide names, cluster jobs) lives in etcd (`etcd`, `coord`).
 
 pub mod config;
+pub mod coord;
+pub mod etcd;
 pub mod forward;
 pub mod jobs;
 pub mod merge;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agg;
+pub mod etcd;
 pub mod netns;
 pub mod tgt;
 
