@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use libgo::cluster::config::AggregatorConfig;
-use libgo::cluster::jobs::JobStore;
 use libgo::cluster::registry::{NodeHandle, Source};
 use libgo::cluster::service::{self, Aggregator};
 use tokio::signal::unix::{signal, SignalKind};
@@ -93,17 +92,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         limiter: Default::default(),
         limits: libgo::config::Config::default().rate_limits,
     });
-    let membership = if cfg.etcd.is_empty() {
-        "static"
+    let coord = if cfg.etcd.is_empty() {
+        None
     } else {
-        "etcd"
+        let etcd = libgo::cluster::etcd::Etcd::new(&cfg.etcd)?;
+        Some(libgo::cluster::coord::Coord::new(etcd, &cfg.etcd_prefix))
     };
-    let agg = Aggregator::new(cfg.clone(), JobStore::default(), membership);
+    let agg = Aggregator::new(cfg.clone(), coord.clone());
     for entry in &cfg.nodes {
         let node = NodeHandle::new(entry, Source::Static)
             .with_context(|| format!("node {}", entry.name))?;
         agg.add_node(node).await;
     }
+    if let Some(c) = coord {
+        agg.join(c).await.context("joining etcd")?;
+    }
+    let membership = agg.membership.clone();
     for n in agg.registry.all() {
         let v = n.view();
         tracing::info!(node = %v.name, url = %n.url, status = ?v.status, error = ?v.error, "node");

@@ -169,6 +169,27 @@ pub struct Stored {
 pub enum JobStore {
     /// This aggregator's memory (no etcd): its jobs end with it.
     Local(Arc<Mutex<BTreeMap<Uuid, Stored>>>),
+    /// etcd: every aggregator reads them, any takes over an orphan.
+    Etcd(Box<super::coord::Coord>),
+}
+
+fn unavailable(e: super::coord::CoordError) -> super::ClusterError {
+    super::ClusterError::Unavailable(format!("etcd: {e}"))
+}
+
+fn stored(s: super::coord::StoredJob) -> super::Result<Stored> {
+    let job = serde_json::from_value(s.doc).map_err(|e| {
+        super::ClusterError::Unavailable(format!("etcd holds a cluster job libgo cannot read: {e}"))
+    })?;
+    Ok(Stored {
+        job,
+        owner: s.owner,
+        revision: s.mod_revision,
+    })
+}
+
+fn doc(job: &ClusterJob) -> serde_json::Value {
+    serde_json::to_value(job).unwrap_or_default()
 }
 
 impl Default for JobStore {
@@ -191,18 +212,35 @@ impl JobStore {
                 );
                 Ok(())
             }
+            JobStore::Etcd(c) => c
+                .create_job(job.id, owner, &doc(job))
+                .await
+                .map_err(unavailable),
         }
     }
 
     pub async fn get(&self, id: Uuid) -> super::Result<Option<Stored>> {
         match self {
             JobStore::Local(m) => Ok(lock(m).get(&id).cloned()),
+            JobStore::Etcd(c) => c
+                .job(id)
+                .await
+                .map_err(unavailable)?
+                .map(stored)
+                .transpose(),
         }
     }
 
     pub async fn list(&self) -> super::Result<Vec<Stored>> {
         match self {
             JobStore::Local(m) => Ok(lock(m).values().cloned().collect()),
+            JobStore::Etcd(c) => c
+                .jobs()
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .map(stored)
+                .collect(),
         }
     }
 
@@ -227,14 +265,43 @@ impl JobStore {
                     _ => Ok(None),
                 }
             }
+            JobStore::Etcd(c) => {
+                if !c
+                    .update_job(job.id, revision, owner, &doc(job))
+                    .await
+                    .map_err(unavailable)?
+                {
+                    return Ok(None);
+                }
+                Ok(c.job(job.id)
+                    .await
+                    .map_err(unavailable)?
+                    .map(|s| s.mod_revision))
+            }
         }
     }
 
     /// Unfinished jobs whose owner is no longer alive (never with a local
     /// store: its owner is this aggregator).
-    pub async fn orphans(&self, _me: &str) -> super::Result<Vec<Stored>> {
+    pub async fn orphans(&self, me: &str) -> super::Result<Vec<Stored>> {
         match self {
             JobStore::Local(_) => Ok(Vec::new()),
+            JobStore::Etcd(c) => c
+                .orphaned_jobs(me)
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .map(stored)
+                .collect(),
+        }
+    }
+
+    /// Makes `me` the owner of a job at `revision` (a takeover): false when
+    /// another aggregator was first.
+    pub async fn claim(&self, id: Uuid, me: &str, revision: i64) -> super::Result<bool> {
+        match self {
+            JobStore::Local(_) => Ok(false),
+            JobStore::Etcd(c) => c.claim_job(id, me, revision).await.map_err(unavailable),
         }
     }
 }

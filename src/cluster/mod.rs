@@ -10,6 +10,7 @@ pub mod coord;
 pub mod etcd;
 pub mod forward;
 pub mod jobs;
+pub mod membership;
 pub mod merge;
 pub mod placement;
 pub mod registry;

@@ -131,6 +131,25 @@ impl NodeHandle {
             .any(|v| Some(v.id) == id || v.name == id_or_name)
     }
 
+    /// The id of the VM named `name` in the last list.
+    pub fn vm_named(&self, name: &str) -> Option<Uuid> {
+        lock(&self.seen)
+            .vms
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.id)
+    }
+
+    /// The name of the VM `id_or_name` in the last list.
+    pub fn vm_name(&self, id_or_name: &str) -> Option<String> {
+        let id = Uuid::parse_str(id_or_name).ok();
+        lock(&self.seen)
+            .vms
+            .iter()
+            .find(|v| Some(v.id) == id || v.name == id_or_name)
+            .map(|v| v.name.clone())
+    }
+
     /// Records a VM this aggregator just made or changed there, so the view
     /// has it before the next poll.
     pub fn note_vm(&self, vm: Vm) {

@@ -45,6 +45,8 @@ pub struct Aggregator {
     pub events: EventBus,
     /// `static` or `etcd`.
     pub membership: String,
+    /// etcd, when the aggregator has it.
+    pub coord: Option<super::coord::Coord>,
     /// Aggregators registered in etcd, as last read.
     pub peers: Mutex<Vec<String>>,
     /// One placement at a time from this aggregator (other aggregators are
@@ -55,8 +57,13 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new(cfg: AggregatorConfig, jobs: JobStore, membership: &str) -> Arc<Aggregator> {
+    pub fn new(cfg: AggregatorConfig, coord: Option<super::coord::Coord>) -> Arc<Aggregator> {
+        let (jobs, membership) = match &coord {
+            Some(c) => (JobStore::Etcd(Box::new(c.clone())), "etcd"),
+            None => (JobStore::default(), "static"),
+        };
         Arc::new(Aggregator {
+            coord,
             registry: Arc::new(Registry::new(cfg.poll_interval, cfg.poll_timeout)),
             cfg,
             jobs,
@@ -77,7 +84,7 @@ impl Aggregator {
         node.attach(tokio::spawn(relay_events(n, bus, interval)));
     }
 
-    fn node(&self, name: &str) -> Result<Arc<NodeHandle>, ClusterError> {
+    pub(crate) fn node(&self, name: &str) -> Result<Arc<NodeHandle>, ClusterError> {
         self.registry.get(name).ok_or_else(|| {
             ClusterError::NotFound(format!("No node named {name:?} in the cluster."))
         })
@@ -477,6 +484,9 @@ async fn create_vms(
         let node = agg.node(&n)?;
         let mut req = items[0].clone();
         req.node = Some("self".into());
+        if let Some(name) = &req.name {
+            agg.reserve_name(name, &node.name).await?;
+        }
         let body = serde_json::to_vec(&req).map_err(|e| ApiError::invalid(e.to_string()))?;
         let resp = forward::to_node(
             &node,
@@ -485,8 +495,18 @@ async fn create_vms(
             &headers,
             Body::from(body),
         )
-        .await?;
-        return Ok(learn(&agg, &node, resp).await);
+        .await;
+        let ok = resp.as_ref().is_ok_and(|r| r.status().is_success());
+        if let (false, Some(name)) = (ok, &req.name) {
+            agg.release_name(name).await;
+        }
+        let resp = learn(&agg, &node, resp?).await;
+        if let (true, Some(name)) = (ok, &req.name) {
+            if let Some(vm) = node.vm_named(name) {
+                agg.name_made(name, &node.name, vm).await;
+            }
+        }
+        return Ok(resp);
     }
     for it in &items {
         if let Some(n) = &it.node {
@@ -748,6 +768,13 @@ impl Aggregator {
             decision.node = Some(name.clone());
             job.tasks[i].node = Some(name.clone());
             job.tasks[i].placement = Some(decision);
+            if let Some(vm_name) = &req.name {
+                if let Err(e) = self.reserve_name(vm_name, &name).await {
+                    job.tasks[i].node = None;
+                    job.tasks[i].error = Some(e.to_string());
+                    return self.save(job, revision).await;
+                }
+            }
             self.save(job, revision).await?;
             let Some(node) = self.registry.get(&name) else {
                 refused.insert(name, "left the cluster".into());
@@ -776,19 +803,31 @@ impl Aggregator {
                         node.note_vm(vm);
                     }
                     node.charge(want.memory_mib, u64::from(want.vcpus));
+                    if let (Some(vm_name), Some(vm)) = (&req.name, job.tasks[i].vm) {
+                        self.name_made(vm_name, &name, vm).await;
+                    }
                     return self.save(job, revision).await;
                 }
                 Err(crate::client::ClientError::Api { status: 409, body })
                     if body.error.status == "INSUFFICIENT_CAPACITY" =>
                 {
+                    if let Some(vm_name) = &req.name {
+                        self.release_name(vm_name).await;
+                    }
                     refused.insert(name, format!("refused: {}", body.error.message));
                     job.tasks[i].node = None;
                 }
                 Err(crate::client::ClientError::Api { body, .. }) => {
+                    if let Some(vm_name) = &req.name {
+                        self.release_name(vm_name).await;
+                    }
                     job.tasks[i].error = Some(format!("node {name}: {}", body.error.message));
                     return self.save(job, revision).await;
                 }
                 Err(e) => {
+                    if let Some(vm_name) = &req.name {
+                        self.release_name(vm_name).await;
+                    }
                     refused.insert(name, format!("unreachable: {e}"));
                     job.tasks[i].node = None;
                 }
@@ -1032,7 +1071,21 @@ async fn pass_on(
     let Some(node) = node else {
         return merged_list(&agg, parts.uri.path(), &q).await;
     };
+    // The name of a VM about to be deleted, to free it cluster-wide.
+    let deleting = (parts.method == Method::DELETE && template == "/api/v1/vms/{id}")
+        .then(|| {
+            parts
+                .uri
+                .path()
+                .rsplit('/')
+                .next()
+                .and_then(|id| node.vm_name(id))
+        })
+        .flatten();
     let resp = forward::to_node(&node, parts.method.clone(), &path, &parts.headers, body).await?;
+    if let (true, Some(name)) = (resp.status().is_success(), &deleting) {
+        agg.release_name(name).await;
+    }
     if access::is_mutating(&parts.method) && resp.status().is_success() {
         node.refresh_resources(agg.cfg.poll_timeout).await;
     }
