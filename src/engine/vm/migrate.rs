@@ -477,7 +477,8 @@ impl VmEngine {
                 let _ = rt.monitor.blockdev_del(MIRROR_NODE).await;
             });
         }
-        m.blockdev_mirror(MIRROR_JOB, ROOT_DRIVE, MIRROR_NODE, plan.max_bandwidth)
+        let root = root_node(rt).await?;
+        m.blockdev_mirror(MIRROR_JOB, &root, MIRROR_NODE, plan.max_bandwidth)
             .await
             .map_err(qmp_err("blockdev-mirror"))?;
         {
@@ -817,8 +818,9 @@ impl VmEngine {
                 .nbd_server_start(&host, nbd_port)
                 .await
                 .map_err(qmp_err("nbd-server-start"))?;
+            let node = root_node(&rt).await?;
             rt.monitor
-                .nbd_export_writable("migrate-root", ROOT_DRIVE, ROOT_EXPORT)
+                .nbd_export_writable("migrate-root", &node, ROOT_EXPORT)
                 .await
                 .map_err(qmp_err("block-export-add"))?;
             let port = free_port(ip)?;
@@ -1020,6 +1022,22 @@ async fn stop_nbd(incoming: &Incoming) {
             let _ = child.kill().await;
         }
     }
+}
+
+/// The node name of the root disk's image (QEMU names the nodes of a
+/// `-drive` itself).
+async fn root_node(rt: &Runtime) -> Result<String> {
+    let blocks = rt
+        .monitor
+        .query_block()
+        .await
+        .map_err(qmp_err("query-block"))?;
+    blocks
+        .into_iter()
+        .find(|b| b.device.as_deref() == Some(ROOT_DRIVE))
+        .and_then(|b| b.inserted)
+        .and_then(|i| i.node_name)
+        .ok_or_else(|| EngineError::failed("the root disk has no node in QEMU"))
 }
 
 /// The mirror's block job.
