@@ -194,6 +194,45 @@ async fn a_stopped_vm_moves_cold_with_its_disk() {
         )
         .await;
     assert_eq!(code, 409, "{e}");
+    // The target refuses a name it already has, and the URL must be the node named.
+    let other = create_vm(&b.d, "traveller", 128).await;
+    let (code, e) =
+        a.d.req(
+            "POST",
+            &format!("/api/v1/vms/{id}/migrate"),
+            Some(json!({"node": b.d.node, "target": b.target()})),
+        )
+        .await;
+    assert_eq!(code, 409, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("name already in use"),
+        "{e}"
+    );
+    let (code, e) =
+        a.d.req(
+            "POST",
+            &format!("/api/v1/vms/{id}/migrate"),
+            Some(json!({"node": "elsewhere", "target": b.target()})),
+        )
+        .await;
+    assert_eq!(code, 409, "{e}");
+    let (code, _) =
+        b.d.req(
+            "DELETE",
+            &format!("/api/v1/vms/{}", other["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+    // Nothing was left by the refusals, and the VM is still whole on A.
+    assert_eq!(b.vm_dirs().len(), 0, "{:?}", b.vm_dirs());
+    assert_eq!(
+        a.d.req("GET", &format!("/api/v1/vms/{id}"), None).await.0,
+        200
+    );
 
     let (code, r) =
         a.d.req(
@@ -387,6 +426,13 @@ async fn a_cancelled_live_move_leaves_the_guest_running_at_home() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!b.vm_dirs().is_empty(), "the target prepared nothing");
+    // The arriving VM is not one of B's VMs yet.
+    let (_, list) = b.d.req("GET", "/api/v1/vms", None).await;
+    assert_eq!(list["total_count"], 0, "{list}");
+    assert_eq!(
+        b.d.req("GET", &format!("/api/v1/vms/{id}"), None).await.0,
+        404
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (code, c) =
         a.d.req("DELETE", &format!("/api/v1/jobs/{job}"), None)

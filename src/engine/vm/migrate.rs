@@ -24,7 +24,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::Method;
 use uuid::Uuid;
 
 use super::lifecycle::VmEvent;
@@ -370,17 +369,28 @@ impl VmEngine {
         let node = &plan.node;
         let id = entry.id;
         ctx.check()?;
-        let prepared: PreparedMigration = plan
+        // The address given must be the node named.
+        let health = plan
             .client
-            .request(Method::POST, "/api/v1/migrations", Some(&plan.incoming))
+            .health()
+            .await
+            .map_err(|e| target_err(node, "its health check", e))?;
+        if health.node != *node {
+            return Err(EngineError::Conflict(format!(
+                "target.url answers as node {}, not {node}.",
+                health.node
+            )));
+        }
+        let prepared = plan
+            .client
+            .prepare_migration(&plan.incoming)
             .await
             .map_err(|e| target_err(node, "to prepare", e))?;
         {
             let client = plan.client.clone();
             let node = node.clone();
             undo.push_async("the target's preparation", async move {
-                let path = format!("/api/v1/migrations/{id}");
-                if let Err(e) = client.call(Method::DELETE, &path, None, &[]).await {
+                if let Err(e) = client.abort_migration(id).await {
                     tracing::error!(vm_id = %id, node, error = %e, "the target did not abort the move");
                 }
             });
@@ -444,10 +454,8 @@ impl VmEngine {
             }
         };
         ctx.check()?;
-        let path = format!("/api/v1/migrations/{id}/complete");
-        let _: Vm = plan
-            .client
-            .request(Method::POST, &path, None::<&()>)
+        plan.client
+            .complete_migration(id)
             .await
             .map_err(|e| target_err(node, "to complete", e))?;
         ctx.progress(99);
