@@ -499,3 +499,137 @@ async fn cancelled_at(phase: &str) {
     b.d.req("POST", &format!("/api/v1/vms/{id}/poweroff"), None)
         .await;
 }
+
+/// What a source sends to prepare a move.
+fn incoming(id: &str, name: &str, live: bool, mac: &str) -> Value {
+    json!({
+        "id": id, "name": name, "mac_address": mac, "live": live,
+        "spec": {"vcpus": 1, "memory": 128, "disk_size": 1, "base_image": "base.qcow2",
+                 "boot": {"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": fixture_cmdline()}},
+        "disks": [{"name": "root", "virtual_size": 1u64 << 30}],
+    })
+}
+
+/// The target side alone: prepared moves are hidden, an abort leaves
+/// nothing, bad definitions are refused, and a restart of the target
+/// removes what it had prepared (qemu-nbd and QEMU included).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_target_hides_aborts_and_forgets_unfinished_moves() {
+    let mut b = Node::start().await;
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    // Refusals: a second disk, an unknown kernel, a bad MAC, unknown fields.
+    let mut bad = incoming(&ids[0], "arriving", false, "52:54:00:aa:bb:01");
+    bad["disks"] =
+        json!([{"name": "root", "virtual_size": 1}, {"name": "data", "virtual_size": 1}]);
+    assert_eq!(
+        b.d.req("POST", "/api/v1/migrations", Some(bad)).await.0,
+        400
+    );
+    let mut bad = incoming(&ids[0], "arriving", false, "52:54:00:aa:bb:01");
+    bad["spec"]["boot"]["kernel"] = json!("nope");
+    assert_eq!(
+        b.d.req("POST", "/api/v1/migrations", Some(bad)).await.0,
+        404
+    );
+    let bad = incoming(&ids[0], "arriving", false, "52:54:00:AA:bb:01");
+    assert_eq!(
+        b.d.req("POST", "/api/v1/migrations", Some(bad)).await.0,
+        400
+    );
+    let mut bad = incoming(&ids[0], "arriving", false, "52:54:00:aa:bb:01");
+    bad["extra"] = json!(1);
+    assert_eq!(
+        b.d.req("POST", "/api/v1/migrations", Some(bad)).await.0,
+        400
+    );
+    assert!(b.vm_dirs().is_empty());
+
+    // Cold and live preparations, hidden from lists and lookups.
+    for (i, live) in [(0, false), (1, true), (2, false)] {
+        let (code, p) =
+            b.d.req(
+                "POST",
+                "/api/v1/migrations",
+                Some(incoming(
+                    &ids[i],
+                    &format!("arriving-{i}"),
+                    live,
+                    &format!("52:54:00:aa:bb:0{i}"),
+                )),
+            )
+            .await;
+        assert_eq!(code, 201, "{p}\n{}", b.d.log());
+        assert_eq!(p["exports"][0]["export"], "root");
+        assert_eq!(p["host"], "127.0.0.1");
+        assert_eq!(p["migration_port"].is_u64(), live, "{p}");
+        assert_eq!(b.processes_of_move(&ids[i]).len(), 1, "{p}");
+    }
+    let (code, e) =
+        b.d.req(
+            "POST",
+            "/api/v1/migrations",
+            Some(incoming(&ids[0], "arriving-x", false, "52:54:00:aa:bb:09")),
+        )
+        .await;
+    assert_eq!(code, 409, "{e}");
+    let (_, list) = b.d.req("GET", "/api/v1/vms", None).await;
+    assert_eq!(list["total_count"], 0, "{list}");
+    assert_eq!(
+        b.d.req("GET", &format!("/api/v1/vms/{}", ids[0]), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(b.vm_dirs().len(), 3);
+    // An abort: nothing left of it.
+    let (code, _) =
+        b.d.req("DELETE", &format!("/api/v1/migrations/{}", ids[2]), None)
+            .await;
+    assert_eq!(code, 204);
+    assert!(b.processes_of_move(&ids[2]).is_empty());
+    assert_eq!(b.vm_dirs().len(), 2);
+    assert_eq!(
+        b.d.req("DELETE", &format!("/api/v1/migrations/{}", ids[2]), None)
+            .await
+            .0,
+        404
+    );
+    // Completing: a bad id, a move nobody prepared.
+    let unknown = uuid::Uuid::new_v4();
+    assert_eq!(
+        b.d.req(
+            "POST",
+            &format!("/api/v1/migrations/{unknown}/complete"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (code, e) =
+        b.d.req(
+            "POST",
+            &format!("/api/v1/migrations/{}/complete", "not-a-uuid"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 400, "{e}");
+
+    // A restart of the target removes the unfinished ones, processes too.
+    b.d.kill(nix::sys::signal::Signal::SIGKILL);
+    b.d.spawn().await;
+    for id in &ids {
+        assert!(b.processes_of_move(id).is_empty(), "{id}");
+    }
+    assert!(b.vm_dirs().is_empty(), "{:?}", b.vm_dirs());
+    let (_, list) = b.d.req("GET", "/api/v1/vms", None).await;
+    assert_eq!(list["total_count"], 0, "{list}");
+}
+
+impl Node {
+    /// The processes a target runs for an arriving VM: its QEMU or qemu-nbd
+    /// (both carry the VM's id).
+    fn processes_of_move(&self, id: &str) -> Vec<u32> {
+        processes_carrying(id)
+    }
+}

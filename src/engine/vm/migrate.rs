@@ -881,9 +881,10 @@ impl VmEngine {
             .arg(ip.to_string())
             .arg("--port")
             .arg(port.to_string())
-            // The VM's id on its command line: a leftover is recognisable.
+            // The VM's id as an argument of its own: a leftover found by
+            // its pidfile is recognisable (`recover` kills it).
             .arg("--description")
-            .arg(format!("libgo migration of {}", rec.id))
+            .arg(rec.id.to_string())
             .arg(&rec.disk_file)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -915,6 +916,9 @@ impl VmEngine {
                 return Err(EngineError::failed("qemu-nbd did not listen within 10 s"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(nbd_pidfile(&self.state_dir(rec.id)), format!("{pid}\n"));
         }
         *lock(&incoming.nbd) = Some(child);
         let incoming = incoming.clone();
@@ -979,6 +983,7 @@ impl VmEngine {
         };
         self.transition(&entry, event, None)?;
         let _ = std::fs::remove_file(self.state_dir(id).join("qemu-nbd.log"));
+        let _ = std::fs::remove_file(nbd_pidfile(&self.state_dir(id)));
         tracing::info!(vm_id = %id, live = incoming.live, "VM moved here");
         Ok(self.to_api(&entry))
     }
@@ -1014,6 +1019,12 @@ impl VmEngine {
 
 fn virtual_size(disks: &[MigrationDisk]) -> u64 {
     disks.first().map(|d| d.virtual_size).unwrap_or(0)
+}
+
+/// Where the pid of the `qemu-nbd` of a cold move is kept (in the VM's
+/// state directory).
+pub(crate) fn nbd_pidfile(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("qemu-nbd.pid")
 }
 
 /// Ends the `qemu-nbd` of a cold move (it flushes and closes the disk).
