@@ -135,7 +135,7 @@ impl VmEngine {
         req: MigrateRequest,
         requester: &Requester,
     ) -> Result<Submitted<MigrationResult>> {
-        let node = req.node.trim().to_owned();
+        let node = req.node.clone();
         if node.is_empty() || node.len() > 253 {
             return Err(EngineError::Invalid(
                 "Invalid parameter: node must be 1 to 253 characters.".into(),
@@ -454,10 +454,18 @@ impl VmEngine {
             }
         };
         ctx.check()?;
-        plan.client
-            .complete_migration(id)
-            .await
-            .map_err(|e| target_err(node, "to complete", e))?;
+        if let Err(e) = plan.client.complete_migration(id).await {
+            // An answer lost on the way back must not leave the guest
+            // running on both nodes: the target is asked what it holds.
+            match plan.client.vm(&id.to_string()).await {
+                Ok(vm) if vm.status != VmStatus::Creating => {
+                    ctx.log(format!(
+                        "the target completed the move (its answer was lost: {e})"
+                    ));
+                }
+                _ => return Err(target_err(node, "to complete", e)),
+            }
+        }
         ctx.progress(99);
         Ok(figures)
     }
