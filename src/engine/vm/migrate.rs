@@ -218,12 +218,19 @@ impl VmEngine {
                 return self.core().refused(handle, e);
             }
         };
+        let incoming = match self.incoming_of(&rec, mode == MigrationMode::Live).await {
+            Ok(i) => i,
+            Err(e) => {
+                drop(guard);
+                return self.core().refused(handle, e);
+            }
+        };
         let plan = Plan {
             node,
             client,
             target_host,
             mode,
-            incoming: self.incoming_of(&rec, mode == MigrationMode::Live).await?,
+            incoming,
             max_bandwidth: req.max_bandwidth.unwrap_or(0),
         };
         let engine = self.clone();
