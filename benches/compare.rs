@@ -110,6 +110,7 @@ fn launch_spec(
         vnc_socket: None,
         throttle: None,
         extra_disks: Vec::new(),
+        incoming: false,
     }
 }
 

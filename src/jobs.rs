@@ -131,6 +131,11 @@ impl JobHandle {
         });
     }
 
+    /// Records what the job produced (shown once it has finished).
+    pub fn set_result(&self, value: serde_json::Value) {
+        self.update(true, |j| j.result = Some(value));
+    }
+
     pub fn task_target(&self, i: usize, target: Target) {
         self.update(true, |j| {
             if let Some(t) = j.tasks.get_mut(i) {
@@ -214,6 +219,7 @@ impl Jobs {
             error: None,
             created_at: created_at.clone(),
             finished_at: None,
+            result: None,
             tasks: tasks
                 .into_iter()
                 .enumerate()

@@ -77,6 +77,7 @@ impl Vm {
             vnc_socket: None,
             throttle: None,
             extra_disks: extra.clone(),
+            incoming: false,
         };
         let mut child = Command::new("qemu-system-x86_64")
             .args(argv::build(&spec))

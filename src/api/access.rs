@@ -197,6 +197,11 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/api/v1/vms/{id}/console", Min(Operator)),
     ("GET", "/api/v1/vms/{id}/screenshot", Min(Viewer)),
     ("POST", "/api/v1/vms/{id}/export", Min(Operator)),
+    ("POST", "/api/v1/vms/{id}/migrate", Min(Operator)),
+    // The target side of a move: what a source agent calls with its token.
+    ("POST", "/api/v1/migrations", Min(Operator)),
+    ("DELETE", "/api/v1/migrations/{id}", Min(Operator)),
+    ("POST", "/api/v1/migrations/{id}/complete", Min(Operator)),
     ("GET", "/api/v1/vms/{id}/disks", Min(Viewer)),
     ("POST", "/api/v1/vms/{id}/disks", Min(Operator)),
     ("GET", "/api/v1/vms/{id}/disks/{disk}", Min(Viewer)),

@@ -16,6 +16,7 @@ pub mod job_sink;
 pub mod jobs;
 pub mod listen;
 pub mod metrics;
+pub mod migrations;
 pub mod nodes;
 pub mod openapi;
 pub mod page;
@@ -119,6 +120,10 @@ fn routes() -> (Router<AppState>, Vec<(String, String)>) {
         "/vms/{id}/snapshots/{name}" => get(snapshots::get), delete(snapshots::delete);
         "/vms/{id}/snapshots/{name}/revert" => post(snapshots::revert);
         "/vms/{id}/export" => post(storage::export);
+        "/vms/{id}/migrate" => post(migrations::migrate);
+        "/migrations" => post(migrations::prepare);
+        "/migrations/{id}" => delete(migrations::abort);
+        "/migrations/{id}/complete" => post(migrations::complete);
         "/vms/{id}/disks" => get(disks::list), post(disks::attach);
         "/vms/{id}/disks/{disk}" => get(disks::get), delete(disks::delete);
         "/vms/{id}/disks/{disk}/detach" => post(disks::detach);

@@ -387,6 +387,41 @@ impl Client {
         .await
     }
 
+    // --- Moving VMs between nodes ----------------------------------------
+
+    /// Moves a VM to another node; answers once it lives there.
+    pub async fn migrate_vm(&self, vm: &str, req: &MigrateRequest) -> Result<MigrationResult> {
+        self.send_json(Method::POST, &format!("/api/v1/vms/{}/migrate", s(vm)), req)
+            .await
+    }
+
+    pub async fn migrate_vm_async(&self, vm: &str, req: &MigrateRequest) -> Result<Accepted> {
+        self.submit(
+            Method::POST,
+            &format!("/api/v1/vms/{}/migrate", s(vm)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Target side of a move: prepares to receive the VM.
+    pub async fn prepare_migration(&self, req: &IncomingMigration) -> Result<PreparedMigration> {
+        self.send_json(Method::POST, "/api/v1/migrations", req)
+            .await
+    }
+
+    /// Target side of a move: the VM becomes an ordinary VM of the node.
+    pub async fn complete_migration(&self, id: Uuid) -> Result<Vm> {
+        self.bare(Method::POST, &format!("/api/v1/migrations/{id}/complete"))
+            .await
+    }
+
+    /// Target side of a move: gives it up, nothing left.
+    pub async fn abort_migration(&self, id: Uuid) -> Result<()> {
+        self.bare(Method::DELETE, &format!("/api/v1/migrations/{id}"))
+            .await
+    }
+
     pub async fn disks(&self, vm: &str) -> Result<DiskList> {
         self.get(&format!("/api/v1/vms/{}/disks", s(vm))).await
     }

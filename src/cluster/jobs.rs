@@ -148,6 +148,14 @@ impl ClusterJob {
             requested_by: self.requested_by.clone(),
             error: (!errors.is_empty() && all_done).then(|| errors.join("; ")),
             created_at: self.created_at.clone(),
+            // One task: its node job's result is the job's.
+            result: match self.tasks.as_slice() {
+                [t] => t
+                    .node_job
+                    .and_then(|id| node_jobs.get(&id))
+                    .and_then(|j| j.result.clone()),
+                _ => None,
+            },
             finished_at: all_done
                 .then(|| tasks.iter().filter_map(|t| t.finished_at.clone()).max())
                 .flatten(),
@@ -334,6 +342,7 @@ mod tests {
             created_at: "t0".into(),
             finished_at: (state != JobState::Running).then(|| "t1".into()),
             tasks: Vec::new(),
+            result: None,
         }
     }
 

@@ -37,6 +37,12 @@ pub struct Job {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// What a finished job produced, for the jobs that report figures
+    /// (`vm.migrate`: a `MigrationResult`; `vm.migrate_in`: a
+    /// `PreparedMigration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
     /// One per item of the job (one for a single-resource call).
     #[serde(default)]
     pub tasks: Vec<Task>,

@@ -62,6 +62,9 @@ pub struct LaunchSpec {
     /// port in this order (`hp0` first). Their I/O limits are not on the
     /// command line: see `disks::apply_limits`.
     pub extra_disks: Vec<ExtraDisk>,
+    /// Receive the guest from another host: `-incoming defer` (the address
+    /// is given later with `migrate-incoming`).
+    pub incoming: bool,
 }
 
 /// QEMU's per-drive I/O throttling (0 = no limit).
@@ -234,6 +237,9 @@ pub fn build(spec: &LaunchSpec) -> Vec<String> {
             push(&["-append", cmdline]);
         }
     }
+    if spec.incoming {
+        push(&["-incoming", "defer"]);
+    }
     push(&["-msg", "timestamp=on"]);
     a
 }
@@ -263,6 +269,7 @@ mod tests {
             vnc_socket: None,
             throttle: None,
             extra_disks: Vec::new(),
+            incoming: false,
         }
     }
 

@@ -145,10 +145,14 @@ pub enum VmEvent {
     AdoptRunning,
     /// A restart of the daemon found QEMU with the guest paused.
     AdoptPaused,
+    /// A VM moved here live (`POST /migrations/{id}/complete`): its guest,
+    /// received while the VM was still `creating` (and unlisted), runs.
+    /// A VM moved here cold is `Created` like any other.
+    MigratedIn,
 }
 
 impl VmEvent {
-    pub const ALL: [VmEvent; 16] = [
+    pub const ALL: [VmEvent; 17] = [
         VmEvent::Created,
         VmEvent::Start,
         VmEvent::Run,
@@ -165,6 +169,7 @@ impl VmEvent {
         VmEvent::Delete,
         VmEvent::AdoptRunning,
         VmEvent::AdoptPaused,
+        VmEvent::MigratedIn,
     ];
 }
 
@@ -182,6 +187,7 @@ pub fn next(from: VmStatus, event: VmEvent) -> Result<VmStatus, InvalidTransitio
     use VmStatus as S;
     let to = match (event, from) {
         (E::Created, S::Creating) => S::Stopped,
+        (E::MigratedIn, S::Creating) => S::Running,
         (E::Start, S::Stopped | S::Crashed | S::Error) => S::Starting,
         (E::Run, S::Starting | S::Paused | S::Rebooting | S::Stopping | S::Running) => S::Running,
         (E::StartFailed, S::Starting) => S::Stopped,
@@ -337,6 +343,7 @@ mod tests {
                 E::Delete => (s != S::Creating).then_some(S::Deleting),
                 E::AdoptRunning => settled.then_some(S::Running),
                 E::AdoptPaused => settled.then_some(S::Paused),
+                E::MigratedIn => (s == S::Creating).then_some(S::Running),
             }
         };
         let mut pairs = 0;
@@ -349,7 +356,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(pairs, 160);
+        assert_eq!(pairs, 170);
     }
 
     /// A proceeding action never starts from a status whose first event is

@@ -13,6 +13,8 @@ pub mod disks;
 pub mod lifecycle;
 /// A live QEMU process as the engine holds it.
 pub mod live;
+/// Moving a VM to another agent (source) and receiving one (target).
+pub mod migrate;
 /// Power actions and delete as jobs.
 pub mod power;
 /// The VM record that is persisted, and the checks of its fields.

@@ -33,6 +33,14 @@ impl VmEngine {
                         let _ = process::signal(pid, Signal::SIGKILL);
                         process::wait_gone(pid, Duration::from_secs(10)).await;
                     }
+                    // The qemu-nbd of a VM arriving cold from another node.
+                    let nbd = super::migrate::nbd_pidfile(&self.state_dir(rec.id));
+                    if let Some(pid) =
+                        process::read_pidfile(&nbd).filter(|p| process::is_qemu_of(*p, rec.id))
+                    {
+                        let _ = process::signal(pid, Signal::SIGKILL);
+                        process::wait_gone(pid, Duration::from_secs(10)).await;
+                    }
                     self.remove_cgroup(rec.id).await;
                     self.remove_files(rec.id)?;
                     super::power::remove_owned_volumes(&rec);

@@ -129,6 +129,9 @@ pub struct VmShared {
     pub(crate) qemu_user: Option<QemuUser>,
     /// Serial console hubs of the VMs with console clients.
     pub(crate) consoles: Arc<super::console_hub::Consoles>,
+    /// VMs arriving from another agent (`POST /migrations`): not listed,
+    /// not found by id or name, until their move completes.
+    pub(crate) incoming: Mutex<HashMap<Uuid, Arc<super::migrate::Incoming>>>,
 }
 
 /// The QEMU backend. Cheap to clone.
@@ -282,6 +285,7 @@ impl VmEngine {
                 faults: FailSteps::from_env(),
                 qemu_user,
                 consoles: Default::default(),
+                incoming: Default::default(),
             }),
         };
         {
@@ -351,11 +355,17 @@ impl VmEngine {
         if let Some(gid) = lock(&entry.rec).qemu_gid {
             return Ok(gid);
         }
+        let arriving: Vec<u32> = lock(&self.inner.incoming)
+            .values()
+            .filter(|i| i.entry.id != entry.id)
+            .filter_map(|i| lock(&i.entry.rec).qemu_gid)
+            .collect();
         let used = map
             .by_id
             .values()
             .filter(|e| e.id != entry.id)
-            .filter_map(|e| lock(&e.rec).qemu_gid);
+            .filter_map(|e| lock(&e.rec).qemu_gid)
+            .chain(arriving);
         let gid = confine::free_gid(self.core().cfg.qemu_gid_base, used).ok_or_else(|| {
             EngineError::Conflict(format!(
                 "every one of the {} VM group ids is in use",

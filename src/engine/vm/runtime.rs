@@ -91,6 +91,7 @@ impl VmEngine {
                 .then(|| drive_throttle(rec.io_limits.as_ref()))
                 .flatten(),
             extra_disks: self.start_disks(rec),
+            incoming: false,
         }
     }
 
@@ -120,7 +121,7 @@ impl VmEngine {
         let mut undo = Rollback::new();
         let mut attached = None;
         let result = self
-            .start_steps(entry, &rec, ctx, &mut undo, &mut attached)
+            .start_steps(entry, &rec, ctx, &mut undo, &mut attached, false)
             .await;
         match result {
             Ok(()) => {
@@ -151,14 +152,16 @@ impl VmEngine {
     }
 
     /// The steps of a start; each pushes its undo on `undo`. The runtime,
-    /// once attached, is left in `attached`.
-    async fn start_steps(
+    /// once attached, is left in `attached`. `incoming`: QEMU waits for the
+    /// guest from another host (`-incoming defer`) and is left paused.
+    pub(crate) async fn start_steps(
         &self,
         entry: &Arc<VmEntry>,
         rec: &VmRecord,
         ctx: &JobCtx,
         undo: &mut Rollback,
         attached: &mut Option<Arc<Runtime>>,
+        incoming: bool,
     ) -> Result<()> {
         ctx.check()?;
         let files = self.run_files(rec.id);
@@ -199,7 +202,9 @@ impl VmEngine {
             _ => None,
         };
         let tap_fd = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        let argv = argv::build(&self.launch_spec(rec, &files, tap_fd));
+        let mut spec = self.launch_spec(rec, &files, tap_fd);
+        spec.incoming = incoming;
+        let argv = argv::build(&spec);
         let log = self.state_dir(rec.id).join("qemu.log");
         let qemu = &self.core().cfg.qemu_binary;
         let spawned_qemu = process::spawn(
@@ -284,6 +289,10 @@ impl VmEngine {
         crate::qemu::disks::apply_limits(&rt.monitor, &self.start_disks(rec))
             .await
             .map_err(|e| EngineError::internal("setting the extra disks' I/O limits", e))?;
+        if incoming {
+            ctx.log("QEMU waits for the incoming guest");
+            return Ok(());
+        }
         rt.monitor.cont().await.map_err(qmp_err("cont"))?;
         tracing::info!(
             vm_id = %rec.id,

@@ -320,6 +320,108 @@ impl Monitor {
         self.run("job-dismiss", Some(json!({"id": id}))).await
     }
 
+    // ---- Moving a VM to another host ----------------------------------
+    // Target: `nbd-server-start`, `block-export-add` per disk, then
+    // `migrate-incoming`. Source: `blockdev-add` of an nbd node per disk,
+    // `blockdev-mirror` onto it, `migrate`, then `block-job-cancel`.
+
+    /// `nbd-server-start` on `host:port` (TCP).
+    pub async fn nbd_server_start(&self, host: &str, port: u16) -> Result<(), QmpError> {
+        let addr = json!({"type": "inet", "data": {"host": host, "port": port.to_string()}});
+        self.run("nbd-server-start", Some(json!({ "addr": addr })))
+            .await
+    }
+
+    /// `nbd-server-stop`: ends the NBD server and its exports.
+    pub async fn nbd_server_stop(&self) -> Result<(), QmpError> {
+        self.run("nbd-server-stop", None).await
+    }
+
+    /// `block-export-add` of `node` (a node or backend name) as the
+    /// writable NBD export `name`.
+    pub async fn nbd_export_writable(
+        &self,
+        id: &str,
+        node: &str,
+        name: &str,
+    ) -> Result<(), QmpError> {
+        let args =
+            json!({"type": "nbd", "id": id, "node-name": node, "name": name, "writable": true});
+        self.run("block-export-add", Some(args)).await
+    }
+
+    /// `migrate-incoming`: a QEMU started with `-incoming defer` listens on `uri`.
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
+        self.run("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+    }
+
+    /// `blockdev-add` of a node named `node` on NBD export `export` of `host:port`.
+    pub async fn blockdev_add_nbd(
+        &self,
+        node: &str,
+        host: &str,
+        port: u16,
+        export: &str,
+    ) -> Result<(), QmpError> {
+        let args = json!({
+            "driver": "nbd",
+            "node-name": node,
+            "server": {"type": "inet", "host": host, "port": port.to_string()},
+            "export": export,
+        });
+        self.run("blockdev-add", Some(args)).await
+    }
+
+    /// `blockdev-mirror` of `device` onto node `target`, the whole disk
+    /// (`sync: full`), at most `speed` bytes/s (0: unlimited).
+    pub async fn blockdev_mirror(
+        &self,
+        job: &str,
+        device: &str,
+        target: &str,
+        speed: u64,
+    ) -> Result<(), QmpError> {
+        let args = json!({"job-id": job, "device": device, "target": target, "sync": "full", "speed": speed});
+        self.run("blockdev-mirror", Some(args)).await
+    }
+
+    /// `query-block-jobs`, with [`QUERY_DEADLINE`].
+    pub async fn query_block_jobs(&self) -> Result<Vec<BlockJob>, QmpError> {
+        self.ask("query-block-jobs", None, Some(QUERY_DEADLINE))
+            .await
+    }
+
+    /// `block-job-cancel`: a ready mirror ends consistent (`force` ends it
+    /// at once, wherever it is).
+    pub async fn block_job_cancel(&self, job: &str, force: bool) -> Result<(), QmpError> {
+        self.run(
+            "block-job-cancel",
+            Some(json!({"device": job, "force": force})),
+        )
+        .await
+    }
+
+    /// `migrate-set-parameters`.
+    pub async fn migrate_set_parameters(&self, params: Value) -> Result<(), QmpError> {
+        self.run("migrate-set-parameters", Some(params)).await
+    }
+
+    /// `migrate` to `uri` (`tcp:host:port`).
+    pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
+        self.run("migrate", Some(json!({ "uri": uri }))).await
+    }
+
+    /// `migrate_cancel`.
+    pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
+        self.run("migrate_cancel", None).await
+    }
+
+    /// `query-migrate`, with [`QUERY_DEADLINE`].
+    pub async fn query_migrate(&self) -> Result<MigrateInfo, QmpError> {
+        self.ask("query-migrate", None, Some(QUERY_DEADLINE)).await
+    }
+
     // ---- Hot-plug -----------------------------------------------------
     // Disks: `blockdev-add` then `device_add`; removal: `device_del`, wait
     // for DEVICE_DELETED, then `blockdev-del` (see `qemu::disks`).
@@ -740,6 +842,53 @@ pub struct PciBridge {
     /// Absent when the bridge has none.
     #[serde(default)]
     pub devices: Vec<PciDevice>,
+}
+
+/// One block job (`query-block-jobs`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BlockJob {
+    /// The job's id (`job-id`).
+    pub device: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub len: u64,
+    pub offset: u64,
+    /// A mirror has copied everything once and now follows the writes.
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `query-migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct MigrateInfo {
+    /// `none`, `setup`, `active`, `completed`, `failed`, `cancelling`,
+    /// `cancelled`, ...; absent before any migration.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub ram: Option<MigrateRam>,
+    /// Milliseconds the guest was stopped at the switch-over (completed).
+    #[serde(default)]
+    pub downtime: Option<u64>,
+    #[serde(rename = "total-time", default)]
+    pub total_time: Option<u64>,
+    #[serde(rename = "error-desc", default)]
+    pub error_desc: Option<String>,
+}
+
+/// The memory part of `query-migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct MigrateRam {
+    #[serde(default)]
+    pub transferred: u64,
+    #[serde(default)]
+    pub remaining: u64,
+    #[serde(default)]
+    pub total: u64,
 }
 
 /// One QEMU background job (`query-jobs`).
