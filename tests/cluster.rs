@@ -260,3 +260,168 @@ async fn two_aggregators_on_etcd_over_three_namespaced_nodes() {
     let (code, _) = b.req("GET", &format!("/api/v1/vms/{stale_vm}"), None).await;
     assert_eq!(code, 200);
 }
+
+/// The `tick N` numbers on a console, in order.
+fn ticks(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("tick ")?.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vms_move_between_namespaces_through_the_aggregator() {
+    use common::agg::NodeInfo;
+    let net = TestNet::new(2);
+    let (n1, n2) = tokio::join!(NetAgent::start(&net, 0, &[]), NetAgent::start(&net, 1, &[]));
+    let infos: Vec<NodeInfo> = [&n1, &n2]
+        .iter()
+        .map(|n| NodeInfo {
+            name: n.name.clone(),
+            url: n.url.clone(),
+            token: n.token.clone(),
+            fingerprint: n.fingerprint.clone(),
+        })
+        .collect();
+    let a = Aggregator::start("agg-m", &infos, "1s", &[]).await;
+
+    // A stopped VM moves cold: disk copied, definition moved, nothing left.
+    let mut body = vm_body("cold1", 64);
+    body["node"] = json!(n1.name);
+    let (code, vm) = a.req("POST", "/api/v1/vms", Some(body)).await;
+    assert_eq!(code, 201, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let (code, r) = a
+        .req(
+            "POST",
+            "/api/v1/vms/cold1/migrate",
+            Some(json!({"node": n2.name})),
+        )
+        .await;
+    assert_eq!(code, 200, "{r}\n{}", n1.daemon.log());
+    assert_eq!(r["mode"], "cold", "{r}");
+    let (code, moved) = a.req("GET", "/api/v1/vms/cold1", None).await;
+    assert_eq!(code, 200, "{moved}");
+    assert_eq!(
+        (moved["id"].as_str(), moved["node"].as_str()),
+        (Some(id.as_str()), Some(n2.name.as_str()))
+    );
+    assert_eq!(
+        n1.daemon
+            .req("GET", &format!("/api/v1/vms/{id}"), None)
+            .await
+            .0,
+        404
+    );
+    let (code, e) = a
+        .req(
+            "POST",
+            "/api/v1/vms/cold1/migrate",
+            Some(json!({"node": n2.name, "target": {"url": "https://x:1", "token": "t"}})),
+        )
+        .await;
+    assert_eq!(code, 400, "{e}");
+    let (code, _) = a
+        .req(
+            "POST",
+            "/api/v1/vms/cold1/migrate",
+            Some(json!({"node": "nowhere"})),
+        )
+        .await;
+    assert_eq!(code, 404);
+
+    // A running guest moves live between the namespaces; its serial
+    // counter goes on across the move.
+    let _slot = common::guest_slot().await;
+    let (code, vm) = a
+        .req(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({
+                "name": "runner", "vcpus": 1, "memory": 256, "disk_size": 1, "base_image": "base.qcow2",
+                "node": n1.name,
+                "boot": {"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": common::fixture_cmdline()},
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let (code, s) = a.req("POST", "/api/v1/vms/runner/start", None).await;
+    assert_eq!(code, 200, "{s}");
+    n1.daemon
+        .wait_marker(&id, common::READY, 1, common::BOOT)
+        .await;
+    let (rc, out) = n1
+        .daemon
+        .guest_cmd(
+            &id,
+            "(i=0; while :; do i=$((i+1)); echo \"tick $i\" >/dev/ttyS0; usleep 200000; done) </dev/null >/dev/null 2>&1 &",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(rc, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticks(&n1.daemon.console_text(&id)).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no ticks: {}",
+            n1.daemon.console_text(&id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = *ticks(&n1.daemon.console_text(&id)).last().unwrap();
+    let (code, r) = a
+        .req(
+            "POST",
+            "/api/v1/vms/runner/migrate",
+            Some(json!({"node": n2.name, "live": true})),
+        )
+        .await;
+    assert_eq!(code, 200, "{r}\n{}\n{}", n1.daemon.log(), n2.daemon.log());
+    assert_eq!(r["mode"], "live");
+    let (downtime, total) = (
+        r["downtime_ms"].as_u64().unwrap(),
+        r["total_ms"].as_u64().unwrap(),
+    );
+    println!(
+        "live move of a 256 MiB guest between namespaces: downtime {downtime} ms, total {total} ms, {} bytes",
+        r["bytes_sent"]
+    );
+    // The job through the aggregator carries the figures.
+    let (code, job) = a
+        .req(
+            "GET",
+            &format!("/api/v1/jobs/{}", r["job_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{job}");
+    assert_eq!(job["result"]["downtime_ms"], downtime);
+    let (_, moved) = a.req("GET", "/api/v1/vms/runner", None).await;
+    assert_eq!(
+        (moved["node"].as_str(), moved["status"].as_str()),
+        (Some(n2.name.as_str()), Some("running")),
+        "{moved}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let on_n2 = loop {
+        let t = ticks(&n2.daemon.console_text(&id));
+        if t.len() >= 5 {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ticks on n2: {}",
+            n2.daemon.console_text(&id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        on_n2[0] > seen,
+        "n2 starts at {} after {seen} on n1",
+        on_n2[0]
+    );
+    assert!(on_n2.windows(2).all(|w| w[1] == w[0] + 1), "{on_n2:?}");
+    assert!(common::processes_carrying(&id).len() == 1);
+    let (code, _) = a.req("POST", "/api/v1/vms/runner/poweroff", None).await;
+    assert_eq!(code, 200);
+}

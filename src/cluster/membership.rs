@@ -156,12 +156,15 @@ impl Aggregator {
             let Some(held) = coord.name_owner(name).await.map_err(e)? else {
                 continue;
             };
-            let holder = self.registry.get(&held.node);
-            let gone = match (held.vm, &holder) {
-                (Some(id), Some(h)) => h.online() && !h.has_vm(&id.to_string()),
-                (Some(_), None) => true,
+            let gone = match held.vm {
+                // Gone from every node (it may have moved), all answering.
+                Some(id) => {
+                    let nodes = self.registry.all();
+                    nodes.iter().all(|n| n.online())
+                        && !nodes.iter().any(|n| n.has_vm(&id.to_string()))
+                }
                 // Still being made: only its aggregator's death frees it.
-                (None, _) => !coord.aggregator_alive(&held.by).await.map_err(e)?,
+                None => !coord.aggregator_alive(&held.by).await.map_err(e)?,
             };
             if !gone {
                 return Err(ClusterError::Conflict(format!(

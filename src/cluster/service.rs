@@ -200,6 +200,7 @@ pub fn router(agg: Arc<Aggregator>, access: Arc<AccessState>, store: Arc<Store>)
         ("GET", "/api/v1/jobs/{id}/tasks"),
         ("GET", "/api/v1/jobs/{id}/tasks/{task_id}"),
         ("GET", "/api/v1/events"),
+        ("POST", "/api/v1/vms/{id}/migrate"),
     ];
     let mut r = Router::<AggState>::new()
         .route("/health", get(health))
@@ -233,6 +234,7 @@ pub fn router(agg: Arc<Aggregator>, access: Arc<AccessState>, store: Arc<Store>)
         .route("/api/v1/resources", get(resources))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/vms/{id}/migrate", axum::routing::post(migrate))
         .route("/api/v1/jobs/{id}", get(job).delete(cancel_job))
         .route("/api/v1/jobs/{id}/tasks", get(job_tasks))
         .route("/api/v1/jobs/{id}/tasks/{task_id}", get(job_task));
@@ -615,6 +617,57 @@ async fn create_vms(
         resp.headers_mut().insert(axum::http::header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// `POST /api/v1/vms/{id}/migrate`: to the VM's node, with how to reach the
+/// target node (its URL, token and pinned certificate) filled in.
+async fn migrate(
+    State(agg): State<Arc<Aggregator>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let mut req: crate::model::MigrateRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("Invalid request body: {e}")))?;
+    if req.target.is_some() {
+        return Err(ApiError::invalid(
+            "target: the aggregator fills it in from its node list; give only node.",
+        ));
+    }
+    let target = agg.node(&req.node)?;
+    let token = target.token.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "node {} has no token in the aggregator's configuration",
+                target.name
+            ),
+        )
+    })?;
+    req.target = Some(crate::model::MigrationTarget {
+        url: target.url.clone(),
+        token,
+        fingerprint: target.fingerprint.clone(),
+    });
+    let path = format!("/api/v1/vms/{}", crate::client::segment(&id));
+    let source = owner(&agg, "/api/v1/vms/{id}", &path, &Method::GET)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("No VM {id:?} on any node.")))?;
+    let body = serde_json::to_vec(&req).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let resp = forward::to_node(
+        &source,
+        Method::POST,
+        &format!("{path}/migrate"),
+        &headers,
+        Body::from(body),
+    )
+    .await?;
+    if resp.status() == StatusCode::OK {
+        // Moved: the source has it no more, the target has it now.
+        source.forget_vm(&id);
+        target.poll(agg.cfg.poll_timeout).await;
+    }
+    Ok(learn(&agg, &source, resp).await)
 }
 
 /// Notes what a forwarded answer tells: a job's node, a VM's node.
