@@ -12,12 +12,16 @@
 #
 # Layout:
 #   /usr/bin/libgod, /usr/bin/libgo           the daemon and its client
+#   /usr/bin/libgo-aggregator                 the cluster aggregator
+#   /lib/systemd/system/libgo-aggregator.service  (starts once configured)
+#   /usr/share/doc/libgo/examples/aggregator.toml  its commented configuration
 #   /lib/systemd/system/libgod.service        the unit (Type=notify)
 #   /usr/lib/tmpfiles.d/libgo.conf            /run/libgo across reboots
 #   /etc/libgo/libgod.toml                    commented configuration (conffile)
 #   /usr/share/bash-completion/completions/libgo, zsh and fish completions
 #   /usr/share/man/man1/libgo*.1.gz           from `libgo man`
 #   /usr/share/man/man8/libgod.8.gz           from `libgod --help` (help2man)
+#   /usr/share/man/man8/libgo-aggregator.8.gz likewise
 #   /usr/share/doc/libgo/                     README, CHANGELOG, copyright
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +44,7 @@ if [ -z "$bin_dir" ]; then
     cargo build --release --bins
     bin_dir="${CARGO_TARGET_DIR:-target}/release"
 fi
-for bin in libgod libgo; do
+for bin in libgod libgo libgo-aggregator; do
     [ -x "$bin_dir/$bin" ] || { echo "package: $bin_dir/$bin missing" >&2; exit 1; }
 done
 client="$bin_dir/libgo"
@@ -56,6 +60,10 @@ install -m 0755 -s "$bin_dir/libgod" "$root/usr/bin/libgod"
 install -m 0644 systemd/libgod.service "$root/lib/systemd/system/libgod.service"
 install -m 0644 systemd/libgo.tmpfiles.conf "$root/usr/lib/tmpfiles.d/libgo.conf"
 install -m 0644 packaging/libgod.toml "$root/etc/libgo/libgod.toml"
+install -m 0755 -s "$bin_dir/libgo-aggregator" "$root/usr/bin/libgo-aggregator"
+install -m 0644 systemd/libgo-aggregator.service "$root/lib/systemd/system/libgo-aggregator.service"
+install -d -m 0755 "$root/usr/share/doc/libgo/examples"
+install -m 0644 packaging/aggregator.toml "$root/usr/share/doc/libgo/examples/aggregator.toml"
 install -m 0644 README.md "$root/usr/share/doc/libgo/README.md"
 install -m 0644 packaging/debian/copyright "$root/usr/share/doc/libgo/copyright"
 gzip -9n -c CHANGELOG.md >"$root/usr/share/doc/libgo/CHANGELOG.md.gz"
@@ -73,6 +81,10 @@ help2man --no-info --section 8 --name "libgo node agent: VMs on QEMU, containers
     --include packaging/libgod.8.include "$bin_dir/libgod" |
     gzip -9n >"$root/usr/share/man/man8/libgod.8.gz"
 chmod 0644 "$root/usr/share/man/man8/libgod.8.gz"
+help2man --no-info --section 8 --name "libgo cluster aggregator: many agents as one API" \
+    "$bin_dir/libgo-aggregator" |
+    gzip -9n >"$root/usr/share/man/man8/libgo-aggregator.8.gz"
+chmod 0644 "$root/usr/share/man/man8/libgo-aggregator.8.gz"
 install -d -m 0755 "$root/usr/share/lintian/overrides"
 install -m 0644 packaging/debian/lintian-overrides "$root/usr/share/lintian/overrides/libgo"
 

@@ -452,7 +452,6 @@ async fn two_aggregators_placing_at_once_never_overcommit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn merged_events_carry_the_node_and_resume() {
-    use futures::StreamExt;
     let nodes = agents(&[1024, 1024]).await;
     let infos: Vec<NodeInfo> = nodes.iter().map(|(_, i)| i.clone()).collect();
     let a = Aggregator::start("agg-e", &infos, "500ms", &[]).await;
@@ -512,5 +511,54 @@ async fn merged_events_carry_the_node_and_resume() {
         names.insert(ev.name.clone().unwrap());
     }
     assert!(names.iter().all(|n| n.starts_with("ev2-")), "{names:?}");
-    let _ = StreamExt::next(&mut futures::stream::empty::<()>()).await;
+
+    // The same CLI works against the aggregator: nodes, placed creates,
+    // moves (refused here with the node's own answer: nothing to move to).
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_libgo"))
+            .args(args)
+            .env("LIBGO_HOST", format!("unix://{}", a.socket.display()))
+            .env("LIBGO_CONFIG_DIR", a.root.path())
+            .env_remove("LIBGO_TOKEN")
+            .env_remove("LIBGO_REMOTE")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&["node", "list", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{out}");
+    let (code, out, err) = cli(&[
+        "vm",
+        "create",
+        "cli1",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--disk-size",
+        "1",
+        "--base-image",
+        "base.qcow2",
+        "--placement",
+        "spread",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = cli(&["vm", "move", "cli1", "--node", "nowhere"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("nowhere"), "{err}");
+    // The aggregator's document: a move names only its node.
+    let (_, doc) = a.req("GET", "/openapi.json", None).await;
+    let props = &doc["components"]["schemas"]["MigrateRequest"]["properties"];
+    assert!(
+        props.get("node").is_some() && props.get("target").is_none(),
+        "{props}"
+    );
 }

@@ -146,6 +146,11 @@ fn bin_dir(into: &Path) -> PathBuf {
     let dir = into.join("bin");
     std::fs::create_dir_all(&dir).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_libgod"), dir.join("libgod")).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_libgo-aggregator"),
+        dir.join("libgo-aggregator"),
+    )
+    .unwrap();
     if let Some(cli) = option_env!("CARGO_BIN_EXE_libgo") {
         std::os::unix::fs::symlink(cli, dir.join("libgo")).unwrap();
     }
@@ -229,6 +234,10 @@ async fn the_package_installs_serves_and_goes_away_cleanly() {
     run(Command::new("dpkg").arg("-i").arg(&deb));
     let mut files = vec![
         "/usr/bin/libgod",
+        "/usr/bin/libgo-aggregator",
+        "/lib/systemd/system/libgo-aggregator.service",
+        "/usr/share/doc/libgo/examples/aggregator.toml",
+        "/usr/share/man/man8/libgo-aggregator.8.gz",
         "/lib/systemd/system/libgod.service",
         "/usr/lib/tmpfiles.d/libgo.conf",
         "/etc/libgo/libgod.toml",
@@ -416,6 +425,7 @@ async fn the_package_installs_serves_and_goes_away_cleanly() {
     // Remove: the programs go, the guests' disks and the configuration stay.
     run(Command::new("dpkg").args(["-r", "libgo"]));
     assert!(!Path::new("/usr/bin/libgod").exists());
+    assert!(!Path::new("/usr/bin/libgo-aggregator").exists());
     assert!(!Path::new("/usr/bin/libgo").exists());
     assert!(!Path::new("/lib/systemd/system/libgod.service").exists());
     for d in &disks {

@@ -38,3 +38,16 @@ pub const VOLUME_VIEW: View = View {
     ],
     id: "name",
 };
+
+/// A move's result.
+pub const MOVE_VIEW: View = View {
+    cols: &[
+        ("NAME", "name"),
+        ("NODE", "node"),
+        ("MODE", "mode"),
+        ("DOWNTIME MS", "downtime_ms"),
+        ("TOTAL MS", "total_ms"),
+        ("BYTES", "bytes_sent"),
+    ],
+    id: "id",
+};

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::output::{to_value, View};
-use super::views::{STATS_VIEW, VM_VIEW, VOLUME_VIEW};
+use super::views::{MOVE_VIEW, STATS_VIEW, VM_VIEW, VOLUME_VIEW};
 use super::{assignments, gib, mib, usage, Ctx};
 use crate::client::{Client, ListQuery};
 use crate::model::*;
@@ -275,6 +275,24 @@ pub enum VmCmd {
         after_help = "Examples:\n  libgo vm disk list web1\n  libgo vm disk attach web1 --name data --size 20"
     )]
     Disk(DiskCmd),
+    /// Move a VM to another node (through an aggregator): cold when it is
+    /// stopped, live when it runs.
+    #[command(after_help = "Examples:
+  libgo vm move web1 --node n2
+  libgo vm move web1 --node n2 --max-bandwidth 100M")]
+    Move {
+        name: String,
+        /// The node to move it to.
+        #[arg(long)]
+        node: String,
+        /// Refuse to move a running VM (a stopped one always moves cold,
+        /// a running one live).
+        #[arg(long)]
+        cold: bool,
+        /// Caps the disk and memory streams, per second (`100M`, `1G`).
+        #[arg(long)]
+        max_bandwidth: Option<String>,
+    },
     /// Copy a VM's disk into a volume (qcow2, raw, vmdk, vdi, ova).
     #[command(after_help = "Examples:
   libgo vm export web1 --disk-format ova
@@ -567,6 +585,32 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<()> {
         }
         VmCmd::Snapshot(s) => snapshot(ctx, s).await?,
         VmCmd::Disk(d) => disk(ctx, d).await?,
+        VmCmd::Move {
+            name,
+            node,
+            cold,
+            max_bandwidth,
+        } => {
+            let (c, name) = ctx.target(&name)?;
+            let max_bandwidth = max_bandwidth
+                .map(|b| mib(&b).map(|m| m << 20))
+                .transpose()
+                .map_err(|e| usage(format!("--max-bandwidth: {e}")))?;
+            let req = crate::model::MigrateRequest {
+                node: node.clone(),
+                live: cold.then_some(false),
+                target: None,
+                max_bandwidth,
+            };
+            let accepted = c.migrate_vm_async(&name, &req).await?;
+            if let Some(job) = ctx
+                .job(&c, accepted, &format!("move {name} to {node}"))
+                .await?
+            {
+                let shown = job.result.clone().unwrap_or_else(|| to_value(&job));
+                ctx.out.one(&shown, &MOVE_VIEW);
+            }
+        }
         VmCmd::Export {
             name,
             disk_format: format,

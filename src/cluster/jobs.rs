@@ -89,7 +89,7 @@ impl ClusterJob {
                     id: i as u32,
                     state,
                     progress_percent: progress,
-                    target: None,
+                    target: t.vm.map(crate::model::Target::Vm),
                     description: t.description.clone(),
                     log: t
                         .placement
@@ -144,7 +144,11 @@ impl ClusterJob {
             kind: self.kind.clone(),
             state,
             progress_percent: progress,
-            target: None,
+            // One VM: the job is about it, as a node's create job is.
+            target: match self.tasks.as_slice() {
+                [t] => t.vm.map(crate::model::Target::Vm),
+                _ => None,
+            },
             requested_by: self.requested_by.clone(),
             error: (!errors.is_empty() && all_done).then(|| errors.join("; ")),
             created_at: self.created_at.clone(),

@@ -310,13 +310,24 @@ async fn openapi(State(agg): State<Arc<Aggregator>>) -> Json<Value> {
         .filter_map(|n| n.resources().map(|r| r.host.cpus))
         .max()
         .unwrap_or(1);
-    Json(crate::api::openapi::document_for(
-        &crate::api::openapi::Limits {
-            node: None,
-            online_cores: (0..cores).collect(),
-            ..crate::api::openapi::Limits::of(&crate::config::Config::default())
-        },
-    ))
+    let mut doc = crate::api::openapi::document_for(&crate::api::openapi::Limits {
+        node: None,
+        online_cores: (0..cores).collect(),
+        ..crate::api::openapi::Limits::of(&crate::config::Config::default())
+    });
+    // The aggregator fills in a move's target from its node list.
+    if let Some(props) = doc
+        .pointer_mut("/components/schemas/MigrateRequest/properties")
+        .and_then(Value::as_object_mut)
+    {
+        props.remove("target");
+    }
+    if let Some(schema) = doc.pointer_mut("/components/schemas/MigrateRequest") {
+        if schema.get("example").is_some() {
+            schema["example"] = serde_json::json!({"node": "node2"});
+        }
+    }
+    Json(doc)
 }
 
 /// Prometheus text: each node's state as the aggregator sees it.
