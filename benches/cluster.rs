@@ -9,6 +9,7 @@
 //!   back;
 //! - a live move of a running 256 MiB guest between two namespaces:
 //!   downtime and total time.
+//!
 //! `cargo bench --bench cluster` (`LIBGO_BENCH_VMS_PER_NODE` changes 300).
 //! Writes `benches/results/cluster.md`.
 
