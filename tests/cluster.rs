@@ -422,6 +422,29 @@ async fn vms_move_between_namespaces_through_the_aggregator() {
     );
     assert!(on_n2.windows(2).all(|w| w[1] == w[0] + 1), "{on_n2:?}");
     assert!(common::processes_carrying(&id).len() == 1);
+    // Its serial console, through the aggregator: the counter's lines.
+    {
+        use futures::StreamExt;
+        let client =
+            libgo::client::Client::new(libgo::client::Endpoint::Unix(a.socket.clone()), None)
+                .unwrap();
+        let mut ws = client
+            .websocket("/api/v1/vms/runner/console")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ticks(&text).iter().any(|t| *t > on_n2[0]) {
+            assert!(
+                Instant::now() < deadline,
+                "no ticks on the relayed console: {text}"
+            );
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(m))) => text.push_str(&String::from_utf8_lossy(&m.into_data())),
+                other => panic!("console relay ended: {other:?}"),
+            }
+        }
+    }
     let (code, _) = a.req("POST", "/api/v1/vms/runner/poweroff", None).await;
     assert_eq!(code, 200);
 }

@@ -1125,7 +1125,7 @@ async fn pass_on(
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> ApiResult<Response> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let template = matched.as_str().to_owned();
     let path = forward::without_node_param(parts.uri.path(), parts.uri.query());
     let node = match q.get("node") {
@@ -1135,6 +1135,24 @@ async fn pass_on(
     let Some(node) = node else {
         return merged_list(&agg, parts.uri.path(), &q).await;
     };
+    // A WebSocket (a console, an interactive exec): one to the node, and
+    // messages relayed both ways until either side closes.
+    let upgrade = parts
+        .headers
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if upgrade {
+        use axum::extract::FromRequestParts;
+        let ws = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| ApiError::invalid(format!("a WebSocket upgrade: {e}")))?;
+        let upstream = node
+            .client
+            .websocket(&path)
+            .await
+            .map_err(|e| ClusterError::from_client(&node.name, e))?;
+        return Ok(ws.on_upgrade(move |socket| relay_ws(socket, upstream)));
+    }
     // The name of a VM about to be deleted, to free it cluster-wide.
     let deleting = (parts.method == Method::DELETE && template == "/api/v1/vms/{id}")
         .then(|| {
@@ -1162,6 +1180,56 @@ async fn pass_on(
         }
     }
     Ok(learn(&agg, &node, resp).await)
+}
+
+/// Relays messages between a caller's WebSocket and a node's.
+async fn relay_ws(caller: axum::extract::ws::WebSocket, node: crate::client::Socket) {
+    use axum::extract::ws::Message as A;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as T;
+    let (mut to_caller, mut from_caller) = caller.split();
+    let (mut to_node, mut from_node) = node.split();
+    let up = async {
+        while let Some(Ok(m)) = from_caller.next().await {
+            let m = match m {
+                A::Text(t) => T::text(t.as_str()),
+                A::Binary(b) => T::binary(b),
+                A::Ping(b) => T::Ping(b),
+                A::Pong(b) => T::Pong(b),
+                A::Close(_) => break,
+            };
+            if to_node.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_node.close().await;
+    };
+    let down = async {
+        while let Some(Ok(m)) = from_node.next().await {
+            let m = match m {
+                T::Text(t) => A::Text(t.as_str().into()),
+                T::Binary(b) => A::Binary(b),
+                T::Ping(b) => A::Ping(b),
+                T::Pong(b) => A::Pong(b),
+                T::Close(f) => {
+                    let frame = f.map(|f| axum::extract::ws::CloseFrame {
+                        code: f.code.into(),
+                        reason: f.reason.as_str().into(),
+                    });
+                    let _ = to_caller.send(A::Close(frame)).await;
+                    break;
+                }
+                T::Frame(_) => continue,
+            };
+            if to_caller.send(m).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
 }
 
 /// The node a call names; none for a list of a whole collection (merged).
