@@ -683,12 +683,23 @@ async fn migrate(
 
 /// Notes what a forwarded answer tells: a job's node, a VM's node.
 async fn learn(agg: &Aggregator, node: &NodeHandle, resp: Response) -> Response {
-    let status = resp.status();
-    if !(status.is_success()) {
+    // Only small JSON answers say anything worth noting; streams (logs,
+    // downloads, event streams) pass untouched.
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let small = resp
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= 1 << 20);
+    if !resp.status().is_success() || !json || !small {
         return resp;
     }
     let (parts, body) = resp.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
         return Response::from_parts(parts, Body::empty());
     };
     if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
