@@ -16,6 +16,11 @@ use common::etcd::EtcdServer;
 use common::netns::{NetAgent, TestNet};
 use serde_json::{json, Value};
 
+/// What a node behind aggregators sets: admission by allocation, and no
+/// per-caller budget for the aggregators' one token (they keep their own).
+const NODE_CONFIG: &str =
+    "[capacity]\ncount_stopped = true\n[rate_limits]\ntcp_read = 0\ntcp_write = 0\n";
+
 fn vm_body(name: &str, memory: u64) -> Value {
     json!({"name": name, "vcpus": 1, "memory": memory, "disk_size": 1, "base_image": "base.qcow2"})
 }
@@ -24,7 +29,7 @@ fn vm_body(name: &str, memory: u64) -> Value {
 async fn cluster(net: &TestNet, etcd: &EtcdServer) -> Vec<NetAgent> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("libgod.toml");
-    std::fs::write(&cfg, "[capacity]\ncount_stopped = true\n").unwrap();
+    std::fs::write(&cfg, NODE_CONFIG).unwrap();
     let url = etcd.url();
     let mut agents = Vec::new();
     for i in 0..net.len() {

@@ -58,7 +58,9 @@ pub struct AggregatorConfig {
     pub name: String,
     /// How often each node is polled.
     pub poll_interval: Duration,
-    /// How long one poll of one node may take (default: the interval).
+    /// How long one poll of one node may take (default: three quarters of
+    /// the interval, so a node that stops answering is marked before two
+    /// intervals have passed since its last answer).
     pub poll_timeout: Duration,
     pub socket: PathBuf,
     /// `ADDR:PORT` of the TLS listener; empty: none.
@@ -81,7 +83,7 @@ impl Default for AggregatorConfig {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "aggregator".into()),
             poll_interval: Duration::from_secs(2),
-            poll_timeout: Duration::from_secs(2),
+            poll_timeout: Duration::from_millis(1500),
             socket: "/run/libgo-aggregator.sock".into(),
             listen: String::new(),
             state_dir: "/var/lib/libgo-aggregator".into(),
@@ -148,7 +150,7 @@ impl AggregatorConfig {
         }
         if let Some(v) = f.poll_interval {
             self.poll_interval = parse_duration(&v)?;
-            self.poll_timeout = self.poll_interval;
+            self.poll_timeout = self.poll_interval * 3 / 4;
         }
         if let Some(v) = f.poll_timeout {
             self.poll_timeout = parse_duration(&v)?;
