@@ -357,6 +357,12 @@ impl Client {
         Ok(resp)
     }
 
+    /// Closes the idle kept-alive connections (their peer stopped
+    /// answering: the next call opens a fresh one).
+    pub fn drop_idle(&self) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// An idle kept-alive connection, if one is still open.
     fn idle(&self) -> Option<Sender> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());

@@ -49,8 +49,7 @@ pub async fn to_node(
         .collect();
     let body = body.map_err(std::io::Error::other).boxed_unsync();
     let resp = node
-        .client
-        .send_stream(method, path_and_query, body, &pass)
+        .guard(node.client.send_stream(method, path_and_query, body, &pass))
         .await
         .map_err(|e| ClusterError::unreachable(&node.name, e))?;
     let (parts, incoming) = resp.into_parts();
@@ -77,8 +76,7 @@ pub async fn call(
 ) -> Result<(u16, Bytes), ClusterError> {
     use http_body_util::BodyExt;
     let resp = node
-        .client
-        .send(method, path_and_query, body, headers)
+        .guard(node.client.send(method, path_and_query, body, headers))
         .await
         .map_err(|e| ClusterError::unreachable(&node.name, e))?;
     let status = resp.status().as_u16();

@@ -138,8 +138,15 @@ impl Aggregator {
 
     /// Reserves `name` for a VM about to be made on `node`. A reservation
     /// whose VM no node has any more (deleted behind the aggregator's back)
-    /// is taken over.
-    pub async fn reserve_name(&self, name: &str, node: &str) -> Result<(), ClusterError> {
+    /// is taken over. `resuming`: a task taken over from an aggregator that
+    /// died after reserving it for this node (sending the create again
+    /// under the task's idempotency key gives the same VM).
+    pub async fn reserve_name(
+        &self,
+        name: &str,
+        node: &str,
+        resuming: bool,
+    ) -> Result<(), ClusterError> {
         let Some(coord) = &self.coord else {
             return Ok(());
         };
@@ -156,6 +163,9 @@ impl Aggregator {
             let Some(held) = coord.name_owner(name).await.map_err(e)? else {
                 continue;
             };
+            if resuming && held.node == node {
+                return Ok(());
+            }
             let gone = match held.vm {
                 // Gone from every node (it may have moved), all answering.
                 Some(id) => {

@@ -53,6 +53,8 @@ pub struct NodeHandle {
     pub client: Client,
     seen: Mutex<Seen>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// True while the node does not answer: calls in flight give up.
+    down: tokio::sync::watch::Sender<bool>,
     /// Other tasks bound to the node (its event relay).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -76,6 +78,7 @@ impl NodeHandle {
             client,
             seen: Mutex::new(Seen::default()),
             poller: Mutex::new(None),
+            down: tokio::sync::watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -203,6 +206,7 @@ impl NodeHandle {
                 s.resources = Some(resources);
                 s.vms = vms;
                 s.poll_time = started.elapsed();
+                self.down.send_replace(false);
             }
             Ok(Err(e)) => self.mark_down(&mut s, e.to_string()),
             Err(_) => self.mark_down(&mut s, format!("no answer within {deadline:?}")),
@@ -215,6 +219,33 @@ impl NodeHandle {
         }
         s.online = false;
         s.error = Some(error);
+        // Calls waiting on it give up; kept-alive connections to it are
+        // not trusted again.
+        self.down.send_replace(true);
+        self.client.drop_idle();
+    }
+
+    /// Resolves once the node is marked unreachable.
+    pub async fn gone(&self) {
+        let mut down = self.down.subscribe();
+        let _ = down.wait_for(|d| *d).await;
+    }
+
+    /// Runs a call to the node, given up as soon as the node is marked
+    /// unreachable (a kept-alive connection to a dead host would otherwise
+    /// wait for TCP to give up, many minutes).
+    pub async fn guard<T>(
+        &self,
+        call: impl std::future::Future<Output = crate::client::Result<T>>,
+    ) -> crate::client::Result<T> {
+        let mut down = self.down.subscribe();
+        let name = self.name.clone();
+        tokio::select! {
+            r = call => r,
+            _ = down.wait_for(|d| *d) => Err(crate::client::ClientError::Transport(format!(
+                "node {name} stopped answering"
+            ))),
+        }
     }
 }
 

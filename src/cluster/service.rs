@@ -100,9 +100,14 @@ async fn relay_events(node: Arc<NodeHandle>, bus: EventBus, interval: Duration) 
             Some(s) => format!("/api/v1/events?since={s}"),
             None => "/api/v1/events".to_owned(),
         };
-        if let Ok(ws) = node.client.websocket(&path).await {
+        if let Ok(ws) = node.guard(node.client.websocket(&path)).await {
             let mut stream = crate::client::EventStream::from_socket(ws);
-            while let Some(Ok(mut ev)) = stream.next().await {
+            // A node marked unreachable: its stream is dropped, and taken
+            // up again (from the last seq) once it answers.
+            while let Some(Some(Ok(mut ev))) = tokio::select! {
+                ev = stream.next() => Some(ev),
+                _ = node.gone() => None,
+            } {
                 since = Some(ev.seq);
                 if ev.node.is_none() {
                     ev.node = Some(node.name.clone());
@@ -498,7 +503,7 @@ async fn create_vms(
         let mut req = items[0].clone();
         req.node = Some("self".into());
         if let Some(name) = &req.name {
-            agg.reserve_name(name, &node.name).await?;
+            agg.reserve_name(name, &node.name, false).await?;
         }
         let body = serde_json::to_vec(&req).map_err(|e| ApiError::invalid(e.to_string()))?;
         let resp = forward::to_node(
@@ -582,14 +587,13 @@ async fn create_vms(
     let node = agg.node(&node)?;
     if crate::api::respond::wants_async(&headers) {
         let view = agg.job_view(&stored.job).await;
-        let vm = node.client.vm(&vm_id.to_string()).await.ok();
+        let vm = node.guard(node.client.vm(&vm_id.to_string())).await.ok();
         return Ok(crate::api::respond::accepted(view, vm));
     }
     // Synchronous: the node's job to its end, then the VM.
     if let Some(nj) = task.node_job {
         let done = node
-            .client
-            .wait_job(nj, |_| {})
+            .guard(node.client.wait_job(nj, |_| {}))
             .await
             .map_err(|e| ClusterError::from_client(&node.name, e))?;
         if done.state != JobState::Succeeded {
@@ -610,8 +614,7 @@ async fn create_vms(
         }
     }
     let vm = node
-        .client
-        .vm(&vm_id.to_string())
+        .guard(node.client.vm(&vm_id.to_string()))
         .await
         .map_err(|e| ClusterError::from_client(&node.name, e))?;
     node.note_vm(vm.clone());
@@ -791,6 +794,7 @@ impl Aggregator {
             // A node chosen before a takeover is asked again first (the
             // same idempotency key gives the same answer).
             let chosen = job.tasks[i].node.clone();
+            let resuming = chosen.is_some();
             let mut decision = {
                 let nodes = self.registry.all();
                 let views: Vec<(Arc<NodeHandle>, Option<NodeResources>, Vec<Vm>)> = nodes
@@ -844,7 +848,7 @@ impl Aggregator {
             job.tasks[i].node = Some(name.clone());
             job.tasks[i].placement = Some(decision);
             if let Some(vm_name) = &req.name {
-                if let Err(e) = self.reserve_name(vm_name, &name).await {
+                if let Err(e) = self.reserve_name(vm_name, &name, resuming).await {
                     job.tasks[i].node = None;
                     job.tasks[i].error = Some(e.to_string());
                     return self.save(job, revision).await;
@@ -861,13 +865,12 @@ impl Aggregator {
             body.placement = None;
             let key = job.key(i);
             let answer = node
-                .client
-                .request_with_headers::<Accepted>(
+                .guard(node.client.request_with_headers::<Accepted>(
                     Method::POST,
                     "/api/v1/vms",
                     Some(&body),
                     &[("prefer", "respond-async"), ("idempotency-key", &key)],
-                )
+                ))
                 .await;
             match answer {
                 Ok(acc) => {
@@ -915,7 +918,7 @@ impl Aggregator {
         let reads = job.tasks.iter().filter_map(|t| {
             let (node, id) = (t.node.as_ref()?, t.node_job?);
             let node = self.registry.get(node)?;
-            Some(async move { node.client.job(id).await.ok().map(|j| (id, j)) })
+            Some(async move { node.guard(node.client.job(id)).await.ok().map(|j| (id, j)) })
         });
         let node_jobs: BTreeMap<Uuid, Job> = futures::future::join_all(reads)
             .await
@@ -1000,7 +1003,7 @@ async fn cancel_job(
                 t.node.as_ref().and_then(|n| agg.registry.get(n)),
                 t.node_job,
             ) {
-                let _ = n.client.cancel_job(nj).await;
+                let _ = n.guard(n.client.cancel_job(nj)).await;
             }
         }
         return Ok(Json(agg.job_view(&job).await).into_response());
@@ -1084,7 +1087,7 @@ async fn list_jobs(
             filters: passed.clone(),
             ..Default::default()
         };
-        async move { n.client.jobs(&lq).await }
+        async move { n.guard(n.client.jobs(&lq)).await }
     }))
     .await;
     let mut all: Vec<Job> = Vec::new();
@@ -1158,8 +1161,7 @@ async fn pass_on(
             .await
             .map_err(|e| ApiError::invalid(format!("a WebSocket upgrade: {e}")))?;
         let upstream = node
-            .client
-            .websocket(&path)
+            .guard(node.client.websocket(&path))
             .await
             .map_err(|e| ClusterError::from_client(&node.name, e))?;
         return Ok(ws.on_upgrade(move |socket| relay_ws(socket, upstream)));
