@@ -141,6 +141,12 @@ async fn placement_lists_forwarding_jobs_and_a_node_going_away() {
     let (code, _) = a.req("GET", "/api/v1/nodes/nope", None).await;
     assert_eq!(code, 404);
 
+    // A request the node finds bad keeps the node's 400.
+    let mut bad = vm_body("p-bad", 64);
+    bad["disk_size"] = json!(0);
+    let (code, e) = a.req("POST", "/api/v1/vms", Some(bad)).await;
+    assert_eq!(code, 400, "{e}");
+
     // Placement: each create goes where the most memory is free.
     let mut placed: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..10 {

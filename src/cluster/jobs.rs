@@ -34,6 +34,9 @@ pub struct ClusterTask {
     /// Why the task could not be handed to any node.
     #[serde(default)]
     pub error: Option<String>,
+    /// The status of a node's refusal, when a node refused it.
+    #[serde(default)]
+    pub error_status: Option<u16>,
 }
 
 impl ClusterTask {
@@ -331,6 +334,7 @@ mod tests {
             vm: None,
             placement: None,
             error: error.map(str::to_owned),
+            error_status: None,
         }
     }
 

@@ -547,6 +547,7 @@ async fn create_vms(
                 vm: None,
                 placement: None,
                 error: None,
+                error_status: None,
             })
             .collect(),
     };
@@ -568,7 +569,13 @@ async fn create_vms(
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the job vanished"))?;
     let task = &stored.job.tasks[0];
     if let Some(e) = &task.error {
-        let mut err = ApiError::new(StatusCode::CONFLICT, e.clone());
+        // The node's own refusal keeps its status (a bad request is 400
+        // there and here); no node taking it is a 409.
+        let status = task
+            .error_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::CONFLICT);
+        let mut err = ApiError::new(status, e.clone());
         if task.node_job.is_none() && e.starts_with("No node") {
             err.reason = "INSUFFICIENT_CAPACITY";
         }
@@ -895,10 +902,11 @@ impl Aggregator {
                     refused.insert(name, format!("refused: {}", body.error.message));
                     job.tasks[i].node = None;
                 }
-                Err(crate::client::ClientError::Api { body, .. }) => {
+                Err(crate::client::ClientError::Api { status, body }) => {
                     if let Some(vm_name) = &req.name {
                         self.release_name(vm_name).await;
                     }
+                    job.tasks[i].error_status = Some(status);
                     job.tasks[i].error = Some(format!("node {name}: {}", body.error.message));
                     return self.save(job, revision).await;
                 }
