@@ -77,6 +77,9 @@ def _why_unavailable(response) -> str:
         return "storage-server"
     if "registry" in message.lower():
         return "registry"
+    if message.startswith("target node ") and " unreachable " in message:
+        # A move's target agent: the fuzzer's URLs name no real agent.
+        return "target-agent"
     return "other"
 
 

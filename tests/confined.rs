@@ -196,7 +196,7 @@ async fn a_base_image_qemu_cannot_read_is_refused_at_create() {
             })),
         )
         .await;
-    assert_eq!(code, 400, "{r}");
+    assert_eq!(code, 409, "{r}");
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(
         msg.contains("base_image") && msg.contains("read it"),

@@ -59,7 +59,8 @@ pub async fn migrate(
     params(("Prefer" = Option<String>, Header, description = "respond-async for a 202 with the job")),
     responses((status = 201, body = PreparedMigration), (status = 202, body = crate::model::Accepted),
               (status = 400, body = crate::model::ErrorBody), (status = 404, body = crate::model::ErrorBody),
-              (status = 409, body = crate::model::ErrorBody), (status = 500, body = crate::model::ErrorBody)))]
+              (status = 409, body = crate::model::ErrorBody), (status = 500, body = crate::model::ErrorBody),
+              (status = 503, body = crate::model::ErrorBody)))]
 pub async fn prepare(
     State(agent): State<Agent>,
     Extension(caller): Extension<Caller>,

@@ -404,6 +404,13 @@ fn unsigned_bounds(v: &mut Value) {
     }
 }
 
+/// `bounds` with a type (and so without null).
+fn typed(bounds: &Value, ty: &str) -> Value {
+    let mut b = bounds.clone();
+    b["type"] = json!(ty);
+    b
+}
+
 fn int(min: u64, max: u64) -> Value {
     json!({"minimum": min, "maximum": max})
 }
@@ -524,6 +531,61 @@ fn constrain_schemas(s: &mut Map<String, Value>, l: &Limits) {
     item["properties"]["node"] = json!({"type": ["string", "null"]});
     refine(s, "CreateVmRequest", "node", node);
     s.insert("CreateVmItem".into(), item);
+    // An arriving VM's stored definition has every figure a create may
+    // leave to a template.
+    // The disk's virtual size: what a create's disk_size allows.
+    if let Some(v) = s
+        .get_mut("MigrationDisk")
+        .and_then(|m| m.pointer_mut("/properties/virtual_size"))
+    {
+        v["maximum"] = json!(l.max_disk_gib.saturating_mul(1 << 30));
+    }
+    if let Some(spec) = s
+        .get_mut("IncomingMigration")
+        .and_then(|m| m.pointer_mut("/properties/spec"))
+    {
+        let shape = spec.clone();
+        // The same bounds as a create's, null not allowed.
+        *spec = json!({"allOf": [shape, {
+            "required": ["vcpus", "memory", "disk_size", "base_image"],
+            "properties": {
+                "vcpus": typed(&vcpus, "integer"),
+                "memory": typed(&memory, "integer"),
+                "disk_size": typed(&disk, "integer"),
+                "base_image": {"type": "string", "minLength": 1},
+                "tags": {"maxItems": 32, "items": {"type": "string", "pattern": TAG}}
+            }
+        }]});
+    }
+    // A move on an agent: to another node, and the caller says how to
+    // reach it (an aggregator fills `target` in itself).
+    if let Some(n) = &l.node {
+        refine(s, "MigrateRequest", "node", json!({"not": {"enum": [n]}}));
+        if let Some(t) = s
+            .get_mut("MigrateRequest")
+            .and_then(|m| m.pointer_mut("/properties/target"))
+        {
+            *t = json!({"$ref": "#/components/schemas/MigrationTarget"});
+        }
+        // An https target needs its certificate pinned.
+        if let Some(t) = s.get_mut("MigrationTarget").and_then(|m| m.as_object_mut()) {
+            t.insert("required".into(), json!(["url", "token", "fingerprint"]));
+            if let Some(f) = t
+                .get_mut("properties")
+                .and_then(|p| p.get_mut("fingerprint"))
+            {
+                f["type"] = json!("string");
+            }
+        }
+        if let Some(req) = s.get_mut("MigrateRequest").and_then(|m| m.as_object_mut()) {
+            let required = req.entry("required").or_insert_with(|| json!([]));
+            if let Some(r) = required.as_array_mut() {
+                if !r.contains(&json!("target")) {
+                    r.push(json!("target"));
+                }
+            }
+        }
+    }
     let tags = json!({"maxItems": 32, "items": {"type": "string", "pattern": TAG}});
     let pool_file = json!({"pattern": POOL_FILE, "maxLength": 4096});
     for name in ["CreateVmRequest", "TemplateRequest"] {
@@ -892,7 +954,7 @@ fn add_examples(s: &mut Map<String, Value>) {
         (
             "MigrateRequest",
             json!({"node": "node2", "target": {"url": "https://node2:8443",
-            "token": "lgo_…", "fingerprint": "sha256:ab12…"}}),
+            "token": "lgo_…", "fingerprint": "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}),
         ),
         (
             "IncomingMigration",
@@ -1185,7 +1247,7 @@ fn param_schema(path: &str, name: &str) -> Option<Value> {
     let pattern = |p: &str, max: u32| json!({"type": "string", "pattern": p, "maxLength": max});
     Some(match name {
         "id" if under("/api/v1/vms/") || under("/api/v1/templates/") => pattern(VM_KEY, 63),
-        "id" if under("/api/v1/jobs/") => {
+        "id" if under("/api/v1/jobs/") || under("/api/v1/migrations/") => {
             json!({"type": "string", "format": "uuid", "pattern": UUID})
         }
         "id" if under("/api/v1/images/") && path.ends_with("/push") => pattern(IMAGE_NAME, 200),

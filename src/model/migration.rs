@@ -35,7 +35,11 @@ pub struct MigrateRequest {
 #[serde(deny_unknown_fields)]
 pub struct MigrationTarget {
     /// `https://host:port` of the target agent's TCP listener.
-    #[schema(max_length = 2048, min_length = 1)]
+    #[schema(
+        max_length = 2048,
+        min_length = 1,
+        pattern = r"^https://[A-Za-z0-9][A-Za-z0-9.-]*(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub url: String,
     /// A bearer credential of the target agent (operator or admin).
     #[schema(max_length = 4096, min_length = 1)]
@@ -43,7 +47,10 @@ pub struct MigrationTarget {
     /// SHA-256 fingerprint of the target's certificate (`AB:CD:…` or
     /// `sha256:abcd…`); required for an `https` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 128)]
+    #[schema(
+        max_length = 128,
+        pattern = r"^\s*(sha256:|SHA256:)?:*([0-9A-Fa-f]:*){64}\s*$"
+    )]
     pub fingerprint: Option<String>,
 }
 

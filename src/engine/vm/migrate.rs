@@ -650,11 +650,17 @@ impl VmEngine {
         let s = req.spec.clone();
         let missing =
             |f: &str| EngineError::Invalid(format!("Invalid parameter: spec.{f} is required."));
+        // The disk as it is wins: a definition whose disk_size lags behind
+        // the disk's virtual size (grown since) takes the disk's.
+        let disk_gib = disk.virtual_size.div_ceil(GIB);
         let spec = CreateSpec {
             name: Some(req.name.clone()),
             vcpus: s.vcpus.ok_or_else(|| missing("vcpus"))?,
             memory: s.memory.ok_or_else(|| missing("memory"))?,
-            disk_size: s.disk_size.ok_or_else(|| missing("disk_size"))?,
+            disk_size: s
+                .disk_size
+                .ok_or_else(|| missing("disk_size"))?
+                .max(disk_gib),
             base_image: s.base_image.clone().ok_or_else(|| missing("base_image"))?,
             clone: CloneMode::Full,
             cpu_pinning: s.cpu_pinning.clone(),

@@ -412,13 +412,14 @@ impl VmEngine {
     }
 
     /// Whether QEMU, as this host runs it, can read `path` (a base image,
-    /// kernel or initrd named by a request).
+    /// kernel or initrd named by a request). The file is there: what keeps
+    /// QEMU out is the host's state (its permissions), a 409.
     pub(crate) fn check_readable(&self, path: &Path, field: &str) -> Result<()> {
         let Some(who) = self.qemu_identity(self.core().cfg.qemu_gid_base) else {
             return Ok(());
         };
         confine::check_reach(path, &who, confine::READ)
-            .map_err(|e| EngineError::Invalid(format!("Invalid parameter: {field}: {e}")))
+            .map_err(|e| EngineError::Conflict(format!("{field}: {e}")))
     }
 
     pub fn accel(&self) -> Accelerator {
