@@ -87,15 +87,7 @@ async fn main() {
         3 * per_node,
         t.elapsed().as_secs_f64()
     );
-    let infos: Vec<NodeInfo> = agents
-        .iter()
-        .map(|n| NodeInfo {
-            name: n.name.clone(),
-            url: n.url.clone(),
-            token: n.token.clone(),
-            fingerprint: n.fingerprint.clone(),
-        })
-        .collect();
+    let infos: Vec<NodeInfo> = agents.iter().map(NodeInfo::from).collect();
     let agg = Aggregator::start("bench", &infos, "1s", &[]).await;
     agg.wait_for("/api/v1/nodes", Duration::from_secs(30), |l| {
         l["nodes"]

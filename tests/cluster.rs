@@ -278,15 +278,7 @@ async fn vms_move_between_namespaces_through_the_aggregator() {
     use common::agg::NodeInfo;
     let net = TestNet::new(2);
     let (n1, n2) = tokio::join!(NetAgent::start(&net, 0, &[]), NetAgent::start(&net, 1, &[]));
-    let infos: Vec<NodeInfo> = [&n1, &n2]
-        .iter()
-        .map(|n| NodeInfo {
-            name: n.name.clone(),
-            url: n.url.clone(),
-            token: n.token.clone(),
-            fingerprint: n.fingerprint.clone(),
-        })
-        .collect();
+    let infos: Vec<NodeInfo> = [&n1, &n2].into_iter().map(NodeInfo::from).collect();
     let a = Aggregator::start("agg-m", &infos, "1s", &[]).await;
 
     // A stopped VM moves cold: disk copied, definition moved, nothing left.

@@ -969,6 +969,19 @@ impl Aggregator {
 
 // --- Jobs ------------------------------------------------------------------
 
+/// A call on a node's job, passed to the node that has it.
+async fn job_call(
+    agg: &Aggregator,
+    id: Uuid,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let node = agg.job_node(id).await?;
+    let path = forward::without_node_param(uri.path(), uri.query());
+    Ok(forward::to_node(&node, method, &path, headers, Body::empty()).await?)
+}
+
 fn job_id(s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| ApiError::invalid(format!("Invalid job id {s:?}: a UUID.")))
 }
@@ -983,9 +996,7 @@ async fn job(
     if let Some(s) = agg.jobs.get(id).await? {
         return Ok(Json(agg.job_view(&s.job).await).into_response());
     }
-    let node = agg.job_node(id).await?;
-    let path = forward::without_node_param(uri.path(), uri.query());
-    Ok(forward::to_node(&node, Method::GET, &path, &headers, Body::empty()).await?)
+    job_call(&agg, id, Method::GET, &uri, &headers).await
 }
 
 async fn cancel_job(
@@ -1016,9 +1027,7 @@ async fn cancel_job(
         }
         return Ok(Json(agg.job_view(&job).await).into_response());
     }
-    let node = agg.job_node(id).await?;
-    let path = forward::without_node_param(uri.path(), uri.query());
-    Ok(forward::to_node(&node, Method::DELETE, &path, &headers, Body::empty()).await?)
+    job_call(&agg, id, Method::DELETE, &uri, &headers).await
 }
 
 async fn job_tasks(
@@ -1037,9 +1046,7 @@ async fn job_tasks(
         })
         .into_response());
     }
-    let node = agg.job_node(id).await?;
-    let path = forward::without_node_param(uri.path(), uri.query());
-    Ok(forward::to_node(&node, Method::GET, &path, &headers, Body::empty()).await?)
+    job_call(&agg, id, Method::GET, &uri, &headers).await
 }
 
 async fn job_task(
@@ -1061,9 +1068,7 @@ async fn job_task(
             .map(|t| Json(t).into_response())
             .ok_or_else(|| ApiError::not_found(format!("Task {n} not found in job {id}.")));
     }
-    let node = agg.job_node(id).await?;
-    let path = forward::without_node_param(uri.path(), uri.query());
-    Ok(forward::to_node(&node, Method::GET, &path, &headers, Body::empty()).await?)
+    job_call(&agg, id, Method::GET, &uri, &headers).await
 }
 
 /// Jobs of every node and the cluster's own, newest first.

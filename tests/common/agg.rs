@@ -28,6 +28,17 @@ impl NodeInfo {
     }
 }
 
+impl From<&super::netns::NetAgent> for NodeInfo {
+    fn from(n: &super::netns::NetAgent) -> NodeInfo {
+        NodeInfo {
+            name: n.name.clone(),
+            url: n.url.clone(),
+            token: n.token.clone(),
+            fingerprint: n.fingerprint.clone(),
+        }
+    }
+}
+
 /// An admin token made on `d` (over its socket) and the fingerprint of its
 /// TLS listener at `host:port`.
 pub async fn node_info(d: &Daemon, host: &str, port: u16) -> NodeInfo {
