@@ -281,7 +281,9 @@ async fn a_start_that_fails_removes_the_container_it_made() {
             Some(create_body(name, json!({"command": ["/no/such/command"]}))),
         )
         .await;
-    assert_error(name, &r, 400, "no such file or directory");
+    // A program the image does not hold meets the image's content: a 409,
+    // like a start of an existing container (a valid request is never a 400).
+    assert_error(name, &r, 409, "no such file or directory");
     let job = create_job(&d, name).await;
     assert_undone(&d, name, &job, "failed").await;
 

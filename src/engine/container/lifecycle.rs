@@ -380,18 +380,7 @@ impl ContainerEngine {
         if start {
             d.start_container(&created.id, None::<q::StartContainerOptions>)
                 .await
-                .map_err(
-                    |e| match self.dmap(&format!("starting container {name}"), e) {
-                        // The program is this request's own: a bad request here,
-                        // where a start of an existing container meets its state.
-                        EngineError::Conflict(m)
-                            if m.contains("unable to start container process") =>
-                        {
-                            EngineError::Invalid(m)
-                        }
-                        other => other,
-                    },
-                )?;
+                .map_err(|e| self.dmap(&format!("starting container {name}"), e))?;
             ctx.log("started");
             self.inject(name, After::Start, ctx)?;
             ctx.check()?;
