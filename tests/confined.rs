@@ -202,6 +202,29 @@ async fn a_base_image_qemu_cannot_read_is_refused_at_create() {
         msg.contains("base_image") && msg.contains("read it"),
         "{msg}"
     );
+
+    // The same for a direct boot's kernel (a move onto this node checks the
+    // same way).
+    let kernel = d.image_dir().join("private-vmlinuz");
+    std::fs::copy(d.image_dir().join("vmlinuz"), &kernel).unwrap();
+    std::fs::set_permissions(&kernel, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (code, r) = d
+        .req(
+            "POST",
+            "/api/v1/vms",
+            Some(serde_json::json!({
+                "name": "private-boot", "vcpus": 1, "memory": 128, "disk_size": 1,
+                "base_image": "base.qcow2",
+                "boot": {"kernel": "private-vmlinuz", "initrd": "initrd.img"},
+            })),
+        )
+        .await;
+    assert_eq!(code, 409, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("boot.kernel") && msg.contains("read it"),
+        "{msg}"
+    );
     let (code, list) = d.req("GET", "/api/v1/vms", None).await;
     assert_eq!(code, 200);
     assert_eq!(list["total_count"], 0, "{list}");

@@ -6,7 +6,7 @@ use std::path::Path;
 use uuid::Uuid;
 
 use super::lifecycle::VmEvent;
-use super::record::{self as vm, CreateSpec, ResolvedBoot, VmRecord};
+use super::record::{self as vm, CreateSpec, VmRecord};
 use super::registry::{pool_err, VmEngine, VmEntry, GIB};
 use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
 use crate::engine::error::{EngineError, Result};
@@ -72,26 +72,10 @@ impl VmEngine {
                 )));
             }
         }
-        let boot_paths = match &spec.boot {
-            None => None,
-            Some(b) => Some(ResolvedBoot {
-                kernel: pool::resolve(&pools, &b.kernel, "boot.kernel").map_err(pool_err)?,
-                initrd: b
-                    .initrd
-                    .as_deref()
-                    .map(|i| pool::resolve(&pools, i, "boot.initrd").map_err(pool_err))
-                    .transpose()?,
-            }),
-        };
-        // QEMU opens these itself, as its own user.
+        let boot_paths = self.resolve_boot(&pools, spec.boot.as_ref())?;
+        // QEMU opens the base image itself, as its own user.
         if lun.is_none() && !direct {
             self.check_readable(&base_path, "base_image")?;
-        }
-        if let Some(b) = &boot_paths {
-            self.check_readable(&b.kernel, "boot.kernel")?;
-            if let Some(initrd) = &b.initrd {
-                self.check_readable(initrd, "boot.initrd")?;
-            }
         }
         let info = match &lun {
             Some(l) => crate::host::qemu_img::ImageInfo {

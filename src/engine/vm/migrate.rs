@@ -28,13 +28,12 @@ use uuid::Uuid;
 
 use super::lifecycle::VmEvent;
 use super::live::{qmp_err, Runtime};
-use super::record::{self as vm, CreateSpec, ResolvedBoot, VmRecord};
-use super::registry::{pool_err, VmEngine, VmEntry, GIB};
+use super::record::{self as vm, CreateSpec, VmRecord};
+use super::registry::{VmEngine, VmEntry, GIB};
 use crate::client::{Client, ClientError, Endpoint};
 use crate::engine::capacity::{Demand, Permit};
 use crate::engine::core::{JobCtx, JobTarget, Requester, Submitted};
 use crate::engine::error::{EngineError, Result};
-use crate::host::pool;
 use crate::model::{
     CloneMode, IncomingMigration, MigrateRequest, MigrationDisk, MigrationExport, MigrationMode,
     MigrationResult, PreparedMigration, Vm, VmSpec, VmStatus,
@@ -683,23 +682,7 @@ impl VmEngine {
             )));
         }
         let pools = self.core().pools.active_dirs();
-        let boot_paths = match &spec.boot {
-            None => None,
-            Some(b) => Some(ResolvedBoot {
-                kernel: pool::resolve(&pools, &b.kernel, "boot.kernel").map_err(pool_err)?,
-                initrd: b
-                    .initrd
-                    .as_deref()
-                    .map(|i| pool::resolve(&pools, i, "boot.initrd").map_err(pool_err))
-                    .transpose()?,
-            }),
-        };
-        if let Some(b) = &boot_paths {
-            self.check_readable(&b.kernel, "boot.kernel")?;
-            if let Some(initrd) = &b.initrd {
-                self.check_readable(initrd, "boot.initrd")?;
-            }
-        }
+        let boot_paths = self.resolve_boot(&pools, spec.boot.as_ref())?;
         let id = req.id;
         if self.find(&id.to_string()).is_ok() || lock(&self.inner.incoming).contains_key(&id) {
             return Err(EngineError::Conflict(format!(

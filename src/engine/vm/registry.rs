@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::lifecycle::{self, VmEvent};
 use super::live::Runtime;
-use super::record::{self, VmRecord};
+use super::record::{self, ResolvedBoot, VmRecord};
 use crate::engine::core::Core;
 use crate::engine::error::{EngineError, Result};
 use crate::engine::faults::FailSteps;
@@ -19,7 +19,7 @@ use crate::host::cgroup::Cgroups;
 use crate::host::confine::{self, Identity, QemuUser, VmFile};
 use crate::host::pool::PoolError;
 use crate::host::qemu_img::QemuImg;
-use crate::model::{Target, Vm, VmStatus};
+use crate::model::{BootSpec, Target, Vm, VmStatus};
 use crate::page::{paginate, Page, PageRequest};
 use crate::qemu::argv::Accelerator;
 use crate::sync::{lock, read, write};
@@ -420,6 +420,30 @@ impl VmEngine {
         };
         confine::check_reach(path, &who, confine::READ)
             .map_err(|e| EngineError::Conflict(format!("{field}: {e}")))
+    }
+
+    /// A direct boot's kernel and initrd, resolved in the active pools and
+    /// readable by QEMU (which opens them itself, as its own user).
+    pub(crate) fn resolve_boot(
+        &self,
+        pools: &[crate::config::PoolConfig],
+        boot: Option<&BootSpec>,
+    ) -> Result<Option<ResolvedBoot>> {
+        let Some(b) = boot else {
+            return Ok(None);
+        };
+        let kernel =
+            crate::host::pool::resolve(pools, &b.kernel, "boot.kernel").map_err(pool_err)?;
+        self.check_readable(&kernel, "boot.kernel")?;
+        let initrd = match b.initrd.as_deref() {
+            None => None,
+            Some(i) => {
+                let path = crate::host::pool::resolve(pools, i, "boot.initrd").map_err(pool_err)?;
+                self.check_readable(&path, "boot.initrd")?;
+                Some(path)
+            }
+        };
+        Ok(Some(ResolvedBoot { kernel, initrd }))
     }
 
     pub fn accel(&self) -> Accelerator {
