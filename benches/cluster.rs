@@ -19,8 +19,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::agg::{Aggregator, NodeInfo};
-use common::median;
 use common::netns::{NetAgent, TestNet};
+use common::{median, ticks};
 use serde_json::{json, Value};
 
 fn ms(d: Duration) -> f64 {
@@ -30,12 +30,6 @@ fn ms(d: Duration) -> f64 {
 fn p99(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 * 0.99) as usize).min(v.len() - 1)]
-}
-
-fn ticks(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("tick ")?.trim().parse().ok())
-        .collect()
 }
 
 async fn fill(agent: &NetAgent, n: usize) {
@@ -203,11 +197,7 @@ async fn main() {
         .daemon
         .wait_marker(&id, common::READY, 1, common::BOOT)
         .await;
-    let (rc, _) = agents[0]
-        .daemon
-        .guest_cmd(&id, "(i=0; while :; do i=$((i+1)); echo \"tick $i\" >/dev/ttyS0; usleep 200000; done) </dev/null >/dev/null 2>&1 &", Duration::from_secs(30))
-        .await;
-    assert_eq!(rc, 0);
+    agents[0].daemon.start_ticking(&id).await;
     let mut moves = Vec::new();
     for k in 0..4 {
         let to = &agents[if k % 2 == 0 { 1 } else { 0 }];

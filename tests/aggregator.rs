@@ -520,21 +520,7 @@ async fn merged_events_carry_the_node_and_resume() {
 
     // The same CLI works against the aggregator: nodes, placed creates,
     // moves (refused here with the node's own answer: nothing to move to).
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_libgo"))
-            .args(args)
-            .env("LIBGO_HOST", format!("unix://{}", a.socket.display()))
-            .env("LIBGO_CONFIG_DIR", a.root.path())
-            .env_remove("LIBGO_TOKEN")
-            .env_remove("LIBGO_REMOTE")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| common::libgo_cli(&a.socket, a.root.path(), args);
     let (code, out, err) = cli(&["node", "list", "--format", "json"]);
     assert_eq!(code, Some(0), "{err}");
     let listed: Value = serde_json::from_str(&out).unwrap();

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::agg::Aggregator;
 use common::etcd::EtcdServer;
 use common::netns::{NetAgent, TestNet};
+use common::ticks;
 use serde_json::{json, Value};
 
 /// What a node behind aggregators sets: admission by allocation, and no
@@ -266,13 +267,6 @@ async fn two_aggregators_on_etcd_over_three_namespaced_nodes() {
     assert_eq!(code, 200);
 }
 
-/// The `tick N` numbers on a console, in order.
-fn ticks(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("tick ")?.trim().parse().ok())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vms_move_between_namespaces_through_the_aggregator() {
     use common::agg::NodeInfo;
@@ -347,24 +341,7 @@ async fn vms_move_between_namespaces_through_the_aggregator() {
     n1.daemon
         .wait_marker(&id, common::READY, 1, common::BOOT)
         .await;
-    let (rc, out) = n1
-        .daemon
-        .guest_cmd(
-            &id,
-            "(i=0; while :; do i=$((i+1)); echo \"tick $i\" >/dev/ttyS0; usleep 200000; done) </dev/null >/dev/null 2>&1 &",
-            Duration::from_secs(30),
-        )
-        .await;
-    assert_eq!(rc, 0, "{out}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ticks(&n1.daemon.console_text(&id)).len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "no ticks: {}",
-            n1.daemon.console_text(&id)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    n1.daemon.start_ticking(&id).await;
     let seen = *ticks(&n1.daemon.console_text(&id)).last().unwrap();
     let (code, r) = a
         .req(

@@ -100,34 +100,6 @@ fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The `tick N` numbers on a console, in order.
-fn ticks(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("tick ")?.trim().parse().ok())
-        .collect()
-}
-
-/// Starts `tick N` lines every 200 ms on the guest's serial console.
-async fn start_ticking(d: &Daemon, id: &str) {
-    let (rc, out) = d
-        .guest_cmd(
-            id,
-            "(i=0; while :; do i=$((i+1)); echo \"tick $i\" >/dev/ttyS0; usleep 200000; done) </dev/null >/dev/null 2>&1 &",
-            Duration::from_secs(30),
-        )
-        .await;
-    assert_eq!(rc, 0, "{out}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ticks(&d.console_text(id)).len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "no ticks: {}",
-            d.console_text(id)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn wait_job(d: &Daemon, job: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -301,7 +273,7 @@ async fn a_running_guest_moves_live_and_keeps_counting() {
             .await;
     assert_eq!(code, 200, "{s}");
     a.d.wait_marker(&id, READY, 1, BOOT).await;
-    start_ticking(&a.d, &id).await;
+    a.d.start_ticking(&id).await;
     let seen_on_a = *ticks(&a.d.console_text(&id)).last().unwrap();
 
     let (code, r) =
@@ -397,7 +369,7 @@ async fn cancelled_at(phase: &str) {
             .await;
     assert_eq!(code, 200, "{s}");
     a.d.wait_marker(&id, READY, 1, BOOT).await;
-    start_ticking(&a.d, &id).await;
+    a.d.start_ticking(&id).await;
 
     // Slowed down so that there is time to cancel: 1 MiB/s in the mirror
     // (the 1 GiB disk, zero ranges included, would take minutes); 16 MiB/s

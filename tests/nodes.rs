@@ -157,21 +157,7 @@ async fn an_agent_is_a_cluster_of_one_with_the_hosts_figures() {
     assert_eq!(c["totals"]["cpus"], t["cpus"]);
 
     // The CLI lists the node and creates on it by name.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_libgo"))
-            .args(args)
-            .env("LIBGO_HOST", format!("unix://{}", d.socket.display()))
-            .env("LIBGO_CONFIG_DIR", d.state_dir())
-            .env_remove("LIBGO_TOKEN")
-            .env_remove("LIBGO_REMOTE")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| common::libgo_cli(&d.socket, &d.state_dir(), args);
     let (code, out, err) = cli(&["node", "list", "--format", "json"]);
     assert_eq!(code, Some(0), "{err}");
     let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();

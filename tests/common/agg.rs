@@ -115,21 +115,8 @@ impl Aggregator {
             .spawn()
             .expect("spawn libgo-aggregator");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _, _)) = raw_request(&self.socket, "GET", "/health", None, &[]).await {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("libgo-aggregator exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aggregator did not answer:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let log = self.root.path().join("aggregator.log");
+        super::wait_healthy(&self.socket, &mut self.child, "libgo-aggregator", &log).await;
     }
 
     pub fn log(&self) -> String {

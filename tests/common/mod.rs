@@ -178,21 +178,8 @@ impl Daemon {
             .spawn()
             .expect("spawn libgod");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = self.try_req("GET", "/health", None).await {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("libgod exited during start ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "libgod did not answer:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let log = self.root.path().join("libgod.log");
+        wait_healthy(&self.socket, &mut self.child, "libgod", &log).await;
     }
 
     pub fn log(&self) -> String {
@@ -338,6 +325,77 @@ impl Daemon {
             }
         }
     }
+
+    /// Starts `tick N` lines every 200 ms on the guest's serial console and
+    /// waits for the first three: a guest that keeps running shows it.
+    pub async fn start_ticking(&self, id: &str) {
+        let (rc, out) = self
+            .guest_cmd(
+                id,
+                "(i=0; while :; do i=$((i+1)); echo \"tick $i\" >/dev/ttyS0; usleep 200000; done) </dev/null >/dev/null 2>&1 &",
+                Duration::from_secs(30),
+            )
+            .await;
+        assert_eq!(rc, 0, "{out}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ticks(&self.console_text(id)).len() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "no ticks: {}",
+                self.console_text(id)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits until the process just spawned as `child` answers `/health` on
+/// `socket`; fails with its log if it exits or stays silent for 30 s.
+pub async fn wait_healthy(socket: &Path, child: &mut Option<Child>, what: &str, log: &Path) {
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _, _)) = raw_request(socket, "GET", "/health", None, &[]).await {
+            return;
+        }
+        if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
+            panic!("{what} exited during start ({status}):\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the `libgo` CLI against the API on `socket`, with `config_dir` as its
+/// configuration directory and no credentials from the environment: its
+/// exit code, stdout and stderr.
+pub fn libgo_cli(socket: &Path, config_dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_libgo"))
+        .args(args)
+        .env("LIBGO_HOST", format!("unix://{}", socket.display()))
+        .env("LIBGO_CONFIG_DIR", config_dir)
+        .env_remove("LIBGO_TOKEN")
+        .env_remove("LIBGO_REMOTE")
+        .env_remove("LIBGO_FINGERPRINT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run libgo");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `tick N` numbers on a console (see `Daemon::start_ticking`), in order.
+pub fn ticks(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("tick ")?.trim().parse().ok())
+        .collect()
 }
 
 fn rand_tag() -> u32 {
@@ -365,6 +423,32 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // The agent had no chance to remove its VMs' cgroups (named by VM id).
+        if let Ok(dirs) = std::fs::read_dir(&run) {
+            let ids: Vec<_> = dirs.flatten().map(|d| d.file_name()).collect();
+            remove_vm_cgroups(&ids);
+        }
+    }
+}
+
+/// Removes the cgroups `<hierarchy>/libgo/<id>` of VMs whose QEMU was just
+/// killed, waiting briefly for the kernel to let the last process go.
+fn remove_vm_cgroups(ids: &[std::ffi::OsString]) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut parents = vec![root.join("libgo")];
+    if let Ok(hierarchies) = std::fs::read_dir(root) {
+        parents.extend(hierarchies.flatten().map(|h| h.path().join("libgo")));
+    }
+    let groups: Vec<PathBuf> = parents
+        .iter()
+        .flat_map(|p| ids.iter().map(move |id| p.join(id)))
+        .filter(|g| g.is_dir())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for g in groups {
+        while std::fs::remove_dir(&g).is_err() && g.is_dir() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
