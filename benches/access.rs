@@ -252,6 +252,7 @@ async fn main() {
             "b",
             libgo::auth::Role::Viewer,
             None,
+            false,
         )
         .unwrap();
     let limiter = libgo::auth::RateLimiter::default();

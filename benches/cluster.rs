@@ -61,15 +61,12 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     let net = TestNet::new(3);
-    // Nodes behind an aggregator: no per-caller budget for its one token.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("libgod.toml");
-    std::fs::write(&cfg, "[rate_limits]\ntcp_read = 0\ntcp_write = 0\n").unwrap();
-    let args = ["--config", cfg.to_str().unwrap()];
+    // Nodes keep their default rate limits: the aggregator's token is
+    // `unlimited` (the aggregator applies the budgets itself).
     let (a0, a1, a2) = tokio::join!(
-        NetAgent::start(&net, 0, &args),
-        NetAgent::start(&net, 1, &args),
-        NetAgent::start(&net, 2, &args)
+        NetAgent::start(&net, 0, &[]),
+        NetAgent::start(&net, 1, &[]),
+        NetAgent::start(&net, 2, &[])
     );
     let agents = [a0, a1, a2];
     let t = Instant::now();

@@ -38,7 +38,7 @@ async fn agents(caps: &[u64]) -> Vec<(Daemon, NodeInfo)> {
         std::fs::write(
             &cfg,
             format!(
-                "[capacity]\ncount_stopped = true\nmemory_overcommit = 1.0\nreserved_memory_mib = {}\n[rate_limits]\ntcp_read = 0\ntcp_write = 0\n",
+                "[capacity]\ncount_stopped = true\nmemory_overcommit = 1.0\nreserved_memory_mib = {}\n",
                 total - cap
             ),
         )

@@ -17,10 +17,9 @@ use common::netns::{NetAgent, TestNet};
 use common::ticks;
 use serde_json::{json, Value};
 
-/// What a node behind aggregators sets: admission by allocation, and no
-/// per-caller budget for the aggregators' one token (they keep their own).
-const NODE_CONFIG: &str =
-    "[capacity]\ncount_stopped = true\n[rate_limits]\ntcp_read = 0\ntcp_write = 0\n";
+/// What a node behind aggregators sets: admission by allocation. The
+/// aggregators' token is `unlimited`: they apply the rate limits themselves.
+const NODE_CONFIG: &str = "[capacity]\ncount_stopped = true\n";
 
 fn vm_body(name: &str, memory: u64) -> Value {
     json!({"name": name, "vcpus": 1, "memory": memory, "disk_size": 1, "base_image": "base.qcow2"})

@@ -167,6 +167,23 @@ async fn an_agent_is_a_cluster_of_one_with_the_hosts_figures() {
     assert!(out.contains(&d.node) && out.contains("online"), "{out}");
     let (code, _, err) = cli(&["node", "show", "elsewhere"]);
     assert_eq!(code, Some(1), "{err}");
+    // The token an aggregator calls this node with: not rate limited.
+    let (code, out, err) = cli(&[
+        "token",
+        "create",
+        "aggregator",
+        "--role",
+        "admin",
+        "--unlimited",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let t: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(t["unlimited"], true, "{out}");
+    let (code, out, err) = cli(&["token", "ls"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("UNLIMITED") && out.contains("true"), "{out}");
     let (code, _, err) = cli(&[
         "vm",
         "create",

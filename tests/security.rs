@@ -392,6 +392,25 @@ async fn rate_limits_per_caller_with_separate_read_and_write_budgets() {
             .0,
         404
     );
+    // A token made `unlimited` (an aggregator's) is not counted.
+    let (code, t) = d
+        .req(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "agg", "role": "admin", "unlimited": true})),
+        )
+        .await;
+    assert_eq!(code, 201, "{t}");
+    assert_eq!(t["unlimited"], true, "{t}");
+    let agg = remote.with_token(t["secret"].as_str().unwrap());
+    for _ in 0..10 {
+        let (code, h, _) = agg
+            .raw("DELETE", "/api/v1/vms/none", None, &[])
+            .await
+            .unwrap();
+        assert_eq!(code, 404);
+        assert!(!h.contains_key("x-ratelimit-limit"));
+    }
     // The admin socket is unlimited by default (and carries no headers).
     for _ in 0..10 {
         let (code, h, _) = d

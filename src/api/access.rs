@@ -54,8 +54,8 @@ pub struct Caller {
     /// The login session the call came with (JWT id, expiry).
     pub session: Option<(String, i64)>,
     /// What the rate limits count against (the label; the address for
-    /// anonymous TCP callers).
-    pub limit_key: String,
+    /// anonymous TCP callers); none for a token the limits do not count.
+    pub limit_key: Option<String>,
 }
 
 impl Caller {
@@ -70,7 +70,7 @@ impl Caller {
             role: None,
             transport,
             session: None,
-            limit_key: "unknown".into(),
+            limit_key: Some("unknown".into()),
         }
     }
 
@@ -81,7 +81,7 @@ impl Caller {
             role: Some(Role::Viewer),
             transport: Transport::ReadOnlySocket,
             session: None,
-            limit_key: format!("uid:{uid}"),
+            limit_key: Some(format!("uid:{uid}")),
         }
     }
 
@@ -95,13 +95,13 @@ impl Caller {
             role: None,
             transport: Transport::Tcp,
             session: None,
-            limit_key: format!("ip:{addr}"),
+            limit_key: Some(format!("ip:{addr}")),
         }
     }
 
     fn principal(p: Principal) -> Caller {
         Caller {
-            limit_key: p.label.clone(),
+            limit_key: (!p.unlimited).then(|| p.label.clone()),
             label: p.label,
             role: Some(p.role),
             transport: Transport::Tcp,
@@ -135,7 +135,7 @@ pub fn socket_caller(cred: &tokio::net::unix::UCred, group: Option<nix::unistd::
         role: (uid == 0 || in_group).then_some(Role::Admin),
         transport: Transport::Socket,
         session: None,
-        limit_key: format!("uid:{uid}"),
+        limit_key: Some(format!("uid:{uid}")),
     }
 }
 
@@ -421,14 +421,10 @@ pub async fn rate_limit(State(st): State<Arc<AccessState>>, req: Request, next: 
         // Writes are refused there anyway; they count as reads.
         (Transport::ReadOnlySocket, _) => l.readonly_read,
     };
-    if budget == 0 {
+    let Some(counted) = caller.limit_key.as_ref().filter(|_| budget > 0) else {
         return next.run(req).await;
-    }
-    let key = format!(
-        "{}:{}",
-        caller.limit_key,
-        if write { "write" } else { "read" }
-    );
+    };
+    let key = format!("{counted}:{}", if write { "write" } else { "read" });
     let v = st.limiter.check(&key, budget, Instant::now());
     let mut resp = if v.allowed {
         next.run(req).await

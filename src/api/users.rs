@@ -57,6 +57,7 @@ fn token(t: auth::Token) -> Token {
         role: t.role,
         created_at: t.created_at,
         expires_at: t.expires_at,
+        unlimited: t.unlimited,
     }
 }
 
@@ -242,6 +243,7 @@ pub async fn create_token(
         &req.name,
         req.role,
         req.expires_in,
+        req.unlimited,
     )?;
     Ok((
         StatusCode::CREATED,

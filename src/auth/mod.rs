@@ -89,6 +89,8 @@ pub struct Principal {
     pub role: Role,
     /// The login session (JWT id and expiry) the call was made with.
     pub session: Option<(String, i64)>,
+    /// A token whose calls the rate limits do not count.
+    pub unlimited: bool,
 }
 
 /// A login session handed to a client.
@@ -116,6 +118,7 @@ pub struct Token {
     pub role: Role,
     pub created_at: String,
     pub expires_at: Option<i64>,
+    pub unlimited: bool,
 }
 
 /// Changes to a user; absent fields stay.
@@ -183,6 +186,7 @@ fn token_view(t: &TokenRow) -> Result<Token> {
         role: role_of(&t.role)?,
         created_at: t.created_at.clone(),
         expires_at: t.expires_at,
+        unlimited: t.unlimited,
     })
 }
 
@@ -277,6 +281,7 @@ impl Auth {
             label: format!("user:{}", user.username),
             role: role_of(&user.role)?,
             session: Some((claims.jti, claims.exp)),
+            unlimited: false,
         })
     }
 
@@ -297,6 +302,7 @@ impl Auth {
             label: format!("token:{}", t.id),
             role: role_of(&t.role)?,
             session: None,
+            unlimited: t.unlimited,
         })
     }
 
@@ -402,6 +408,7 @@ impl Auth {
         name: &str,
         role: Role,
         ttl_secs: Option<u64>,
+        unlimited: bool,
     ) -> Result<(Token, String)> {
         if !valid_token_name(name) {
             return Err(AuthError::Invalid(
@@ -420,6 +427,11 @@ impl Auth {
                 owner_role.as_str()
             )));
         }
+        if unlimited && owner_role != Role::Admin {
+            return Err(AuthError::Invalid(
+                "Only an admin makes a token the rate limits do not count.".into(),
+            ));
+        }
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
         let secret = password::random_secret();
         let now = crate::clock::unix_now();
@@ -431,6 +443,7 @@ impl Auth {
             hash: password::digest(&secret),
             created_at: crate::clock::now(),
             expires_at: ttl_secs.map(|t| now.saturating_add(t as i64)),
+            unlimited,
         };
         let mut tokens = write(&self.tokens);
         self.store.insert_token(&row)?;
@@ -569,11 +582,11 @@ mod tests {
         let (_dir, a) = auth();
         a.create_user("ops", "long enough", Role::Admin).unwrap();
         assert!(matches!(
-            a.create_token("user:x", Role::Operator, "ci", Role::Admin, None),
+            a.create_token("user:x", Role::Operator, "ci", Role::Admin, None, false),
             Err(AuthError::Invalid(_))
         ));
         let (t, secret) = a
-            .create_token("user:ops", Role::Admin, "aggregator", Role::Viewer, None)
+            .create_token("user:ops", Role::Admin, "reader", Role::Viewer, None, false)
             .unwrap();
         assert!(secret.starts_with("lgo_"));
         let p = a.authenticate(&secret).unwrap();
@@ -591,11 +604,25 @@ mod tests {
         assert!(a.authenticate(&wrong).is_err());
         // A token never lives 0 s; an expired one stops working.
         assert!(matches!(
-            a.create_token("user:ops", Role::Admin, "short", Role::Viewer, Some(0)),
+            a.create_token(
+                "user:ops",
+                Role::Admin,
+                "short",
+                Role::Viewer,
+                Some(0),
+                false
+            ),
             Err(AuthError::Invalid(_))
         ));
         let (short, secret_short) = a
-            .create_token("user:ops", Role::Admin, "short", Role::Viewer, Some(1))
+            .create_token(
+                "user:ops",
+                Role::Admin,
+                "short",
+                Role::Viewer,
+                Some(1),
+                false,
+            )
             .unwrap();
         assert!(a.authenticate(&secret_short).is_ok());
         write(&a.tokens).get_mut(&short.id).unwrap().expires_at = Some(crate::clock::unix_now());
@@ -604,7 +631,7 @@ mod tests {
         a.delete_user("ops").unwrap();
         assert!(a.authenticate(&secret).is_err());
         let (t2, s2) = a
-            .create_token("uid:0", Role::Admin, "script", Role::Operator, None)
+            .create_token("uid:0", Role::Admin, "script", Role::Operator, None, false)
             .unwrap();
         assert!(a.authenticate(&s2).is_ok());
         a.revoke_token(&t2.id).unwrap();
@@ -613,5 +640,26 @@ mod tests {
             a.revoke_token(&t2.id),
             Err(AuthError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn only_an_admin_makes_a_token_the_rate_limits_do_not_count() {
+        let (dir, a) = auth();
+        assert!(matches!(
+            a.create_token("user:ops", Role::Operator, "agg", Role::Viewer, None, true),
+            Err(AuthError::Invalid(_))
+        ));
+        let (t, secret) = a
+            .create_token("uid:0", Role::Admin, "agg", Role::Admin, None, true)
+            .unwrap();
+        assert!(t.unlimited);
+        assert!(a.authenticate(&secret).unwrap().unlimited);
+        // Kept across a restart of the agent.
+        let again = Auth::open(a.store.clone(), &dir.path().join("session.key"), 3600).unwrap();
+        assert!(again.token(&t.id).unwrap().unlimited);
+        let (_, plain) = a
+            .create_token("uid:0", Role::Admin, "plain", Role::Admin, None, false)
+            .unwrap();
+        assert!(!a.authenticate(&plain).unwrap().unlimited);
     }
 }

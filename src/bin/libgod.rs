@@ -470,8 +470,11 @@ fn cluster_token(auth: &libgo::auth::Auth, path: &std::path::Path) -> anyhow::Re
     if let Ok(kept) = std::fs::read_to_string(path) {
         let kept = kept.trim();
         match auth.authenticate(kept) {
-            Ok(p) if p.role == CLUSTER_TOKEN_ROLE => return Ok(kept.to_owned()),
-            Ok(_) => tracing::warn!("the kept cluster token has another role: minting a new one"),
+            // Aggregators apply the rate limits to their own callers.
+            Ok(p) if p.role == CLUSTER_TOKEN_ROLE && p.unlimited => return Ok(kept.to_owned()),
+            Ok(_) => tracing::warn!(
+                "the kept cluster token has another role or is rate limited: minting a new one"
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "the kept cluster token no longer works: minting a new one")
             }
@@ -484,6 +487,7 @@ fn cluster_token(auth: &libgo::auth::Auth, path: &std::path::Path) -> anyhow::Re
             CLUSTER_TOKEN_NAME,
             CLUSTER_TOKEN_ROLE,
             None,
+            true,
         )
         .context("minting the cluster API token")?;
     let tmp = path.with_extension("tmp");

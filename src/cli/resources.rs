@@ -111,6 +111,7 @@ const TOKEN_VIEW: View = View {
         ("ROLE", "role"),
         ("CREATED", "created_at"),
         ("EXPIRES", "expires_at"),
+        ("UNLIMITED", "unlimited"),
     ],
     id: "id",
 };
@@ -1392,7 +1393,7 @@ pub enum TokenCmd {
     Show { id: String },
     /// Make a token; its secret is printed this once.
     #[command(
-        after_help = "Examples:\n  libgo token create aggregator --role viewer\n  libgo token create ci --role operator --expires-in 86400 -q   # the secret alone"
+        after_help = "Examples:\n  libgo token create aggregator --role admin --unlimited\n  libgo token create ci --role operator --expires-in 86400 -q   # the secret alone"
     )]
     Create {
         name: String,
@@ -1401,6 +1402,10 @@ pub enum TokenCmd {
         /// Seconds until it expires (never when left out).
         #[arg(long)]
         expires_in: Option<u64>,
+        /// Its calls are not counted against the rate limits (an
+        /// aggregator's token).
+        #[arg(long)]
+        unlimited: bool,
     },
     /// Revoke tokens.
     #[command(visible_aliases = ["delete", "rm"], after_help = "Examples:\n  libgo token revoke 3f2a…")]
@@ -1421,12 +1426,14 @@ pub async fn token(ctx: &Ctx, cmd: TokenCmd) -> anyhow::Result<()> {
             name,
             role,
             expires_in,
+            unlimited,
         } => {
             let (c, name) = ctx.target(&name)?;
             let req = CreateTokenRequest {
                 name,
                 role: serde_json::from_value(Value::String(role))?,
                 expires_in,
+                unlimited,
             };
             let t = c.create_token(&req).await?;
             ctx.out.one(

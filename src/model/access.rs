@@ -93,6 +93,10 @@ pub struct CreateTokenRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3_153_600_000u64)]
     pub expires_in: Option<u64>,
+    /// Its calls are not counted against the rate limits: the token of an
+    /// aggregator, which applies the budgets to its own callers.
+    #[serde(default)]
+    pub unlimited: bool,
 }
 
 /// An API token (its secret is shown only when it is made).
@@ -107,6 +111,9 @@ pub struct Token {
     /// Seconds since the epoch; absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Its calls are not counted against the rate limits.
+    #[serde(default)]
+    pub unlimited: bool,
 }
 
 /// A new API token with its secret, shown this once.

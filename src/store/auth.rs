@@ -28,6 +28,8 @@ pub struct TokenRow {
     pub created_at: String,
     /// Seconds since the epoch; none: it does not expire.
     pub expires_at: Option<i64>,
+    /// Its calls are not counted against the rate limits.
+    pub unlimited: bool,
 }
 
 fn user(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
@@ -49,6 +51,7 @@ fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
         hash: r.get(4)?,
         created_at: r.get(5)?,
         expires_at: r.get(6)?,
+        unlimited: r.get(7)?,
     })
 }
 
@@ -105,8 +108,8 @@ impl Store {
 
     pub fn insert_token(&self, t: &TokenRow) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO tokens (id, name, owner, role, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![t.id, t.name, t.owner, t.role, t.hash, t.created_at, t.expires_at],
+            "INSERT INTO tokens (id, name, owner, role, hash, created_at, expires_at, unlimited) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![t.id, t.name, t.owner, t.role, t.hash, t.created_at, t.expires_at, t.unlimited],
         )?;
         Ok(())
     }
@@ -114,7 +117,7 @@ impl Store {
     pub fn tokens(&self) -> Result<Vec<TokenRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, name, owner, role, hash, created_at, expires_at FROM tokens ORDER BY created_at, id",
+            "SELECT id, name, owner, role, hash, created_at, expires_at, unlimited FROM tokens ORDER BY created_at, id",
         )?;
         let rows = stmt.query_map([], token)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -181,20 +184,27 @@ mod tests {
             hash: vec![1, 2, 3],
             created_at: "t".into(),
             expires_at: None,
+            unlimited: false,
         };
         store.insert_token(&t).unwrap();
         store
             .insert_token(&TokenRow {
                 id: "t2".into(),
                 owner: "uid:0".into(),
+                unlimited: true,
                 ..t.clone()
             })
             .unwrap();
         // Removing a user takes their tokens with them, not others'.
         assert!(store.delete_user("alice", "user:alice").unwrap());
         assert_eq!(store.users().unwrap(), vec![]);
-        let left: Vec<_> = store.tokens().unwrap().into_iter().map(|t| t.id).collect();
-        assert_eq!(left, vec!["t2"]);
+        let left: Vec<_> = store
+            .tokens()
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.id, t.unlimited))
+            .collect();
+        assert_eq!(left, vec![("t2".to_string(), true)]);
         assert!(store.delete_token("t2").unwrap());
         assert!(!store.delete_token("t2").unwrap());
 

@@ -169,6 +169,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (grp, vm)
      );
      CREATE INDEX vm_group_members_vm ON vm_group_members(vm);",
+    // 8: tokens whose calls the rate limits do not count (an aggregator's).
+    "ALTER TABLE tokens ADD COLUMN unlimited INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub struct Store {

@@ -46,7 +46,7 @@ pub async fn node_info(d: &Daemon, host: &str, port: u16) -> NodeInfo {
         .req(
             "POST",
             "/api/v1/tokens",
-            Some(json!({"name": "aggregator", "role": "admin"})),
+            Some(json!({"name": "aggregator", "role": "admin", "unlimited": true})),
         )
         .await;
     assert_eq!(code, 201, "{t}");

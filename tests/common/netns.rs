@@ -619,7 +619,7 @@ impl NetAgent {
             .req(
                 "POST",
                 "/api/v1/tokens",
-                Some(json!({"name": "aggregator", "role": "admin"})),
+                Some(json!({"name": "aggregator", "role": "admin", "unlimited": true})),
             )
             .await;
         assert_eq!(code, 201, "{t}");
