@@ -270,6 +270,61 @@ async fn placement_lists_forwarding_jobs_and_a_node_going_away() {
         assert!(set.contains(n), "{n} skipped: {seen:?}");
     }
 
+    // A placed create (where p09 was) retried with its Idempotency-Key gets
+    // its first answer and places nothing again; another request with it is a 422.
+    let key = [("idempotency-key", "place-p10")];
+    let (code, first) = a
+        .req_with("POST", "/api/v1/vms", Some(vm_body("p10", 64)), &key)
+        .await;
+    assert_eq!(code, 201, "{first}");
+    let (code, again, _) = {
+        let (c, h, b) = a
+            .raw(
+                "POST",
+                "/api/v1/vms",
+                Some(vm_body("p10", 64).to_string()),
+                &key,
+            )
+            .await
+            .unwrap();
+        (c, serde_json::from_slice::<Value>(&b).unwrap(), h)
+    };
+    assert_eq!(code, 201, "{again}");
+    assert_eq!(again["vm"]["id"], first["vm"]["id"]);
+    let (code, e) = a
+        .req_with("POST", "/api/v1/vms", Some(vm_body("p11", 64)), &key)
+        .await;
+    assert_eq!(
+        (code, e["error"]["status"].as_str()),
+        (422, Some("IDEMPOTENCY_MISMATCH"))
+    );
+    // A call passed on to a node: the same, replayed by the aggregator (the
+    // VM is gone, yet the retry gets the first answer, not a 404).
+    let del = [("idempotency-key", "drop-p10")];
+    let (code, gone) = a.req_with("DELETE", "/api/v1/vms/p10", None, &del).await;
+    assert!(code == 200 || code == 204, "{code} {gone}");
+    let (_, h, _) = a
+        .raw("DELETE", "/api/v1/vms/p10", None, &del)
+        .await
+        .unwrap();
+    assert_eq!(h["idempotent-replayed"], "true");
+    let (code, _) = a.req("GET", "/api/v1/vms/p10", None).await;
+    assert_eq!(code, 404);
+    for n in &names {
+        a.wait_for(
+            &format!("/api/v1/vms?node={n}"),
+            Duration::from_secs(5),
+            |l| {
+                l["vms"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|v| v["name"] != "p10")
+            },
+        )
+        .await;
+    }
+
     // An asynchronous create: 202 with the cluster job, which follows the
     // node's job to its end; the node's job is reachable here too.
     let (code, acc) = a

@@ -227,7 +227,7 @@ pub fn router(agent: Agent, auth: Arc<crate::auth::Auth>) -> Router {
         // is 404 or 405 whatever its Idempotency-Key.
         .route_layer(middleware::from_fn_with_state(
             agent.clone(),
-            idempotency::middleware,
+            idempotency::middleware::<Agent>,
         ))
         // After routing, so the route template is known (MatchedPath).
         .route_layer(middleware::from_fn(access::authorize))

@@ -26,7 +26,12 @@ pub fn wants_async(headers: &HeaderMap) -> bool {
 /// Tells the idempotency layer (when the request carries a key) which job
 /// the request started, so that a retry meanwhile is pointed at it.
 pub fn track(job: &Job) {
-    let _ = JOB_SINK.try_with(|sink| sink.offer(job.id));
+    track_id(job.id);
+}
+
+/// The same for a job known by its id.
+pub fn track_id(id: uuid::Uuid) {
+    let _ = JOB_SINK.try_with(|sink| sink.offer(id));
 }
 
 /// 202 with `{job, vm}` and `Location: /api/v1/jobs/{id}`.

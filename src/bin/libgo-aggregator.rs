@@ -83,6 +83,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         libgo::store::Store::open(&cfg.state_dir.join("aggregator.db"))
             .context("opening the aggregator's state")?,
     );
+    // Idempotency keys are remembered for a day, as on an agent.
+    let pruned = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let cutoff = libgo::clock::unix_now() - libgo::engine::IDEMPOTENCY_TTL;
+            if let Err(e) = pruned.prune_idempotency(cutoff) {
+                tracing::warn!(error = %e, "pruning idempotency keys");
+            }
+        }
+    });
     let auth = Arc::new(
         libgo::auth::Auth::open(store.clone(), &cfg.state_dir.join("session.key"), 12 * 3600)
             .context("opening users and tokens")?,

@@ -38,6 +38,18 @@ impl Aggregator {
         job.view(&node_jobs)
     }
 
+    /// A job of the cluster's own or of a node, as the API shows it.
+    pub async fn any_job(&self, id: Uuid) -> Result<Job, ApiError> {
+        if let Some(s) = self.jobs.get(id).await? {
+            return Ok(self.job_view(&s.job).await);
+        }
+        let node = self.job_node(id).await?;
+        Ok(node
+            .guard(node.client.job(id))
+            .await
+            .map_err(|e| ClusterError::from_client(&node.name, e))?)
+    }
+
     /// The node a job id belongs to: known from an answer, else the first
     /// node that has it.
     async fn job_node(&self, id: Uuid) -> Result<Arc<NodeHandle>, ClusterError> {

@@ -129,6 +129,25 @@ pub struct AggState {
     pub store: Arc<Store>,
 }
 
+/// Keys of the aggregator's callers are kept here; its nodes see one
+/// caller (the aggregator's token), so each key goes on as one of its own
+/// per caller and key.
+impl crate::api::idempotency::IdemHost for AggState {
+    fn idem_store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+    fn idem_job(
+        &self,
+        id: Uuid,
+    ) -> impl std::future::Future<Output = Result<crate::model::Job, ApiError>> + Send {
+        let agg = self.agg.clone();
+        async move { agg.any_job(id).await }
+    }
+    fn onward_key(&self, caller: &str, key: &str) -> Option<String> {
+        Some(crate::api::idempotency::derived_key(caller, key))
+    }
+}
+
 impl axum::extract::FromRef<AggState> for Arc<AccessState> {
     fn from_ref(s: &AggState) -> Arc<AccessState> {
         s.access.clone()
@@ -275,20 +294,24 @@ pub fn router(agg: Arc<Aggregator>, access: Arc<AccessState>, store: Arc<Store>)
         access: access.clone(),
         store: store.clone(),
     };
-    r.route_layer(middleware::from_fn(access::authorize))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            access.clone(),
-            access::rate_limit,
-        ))
-        .layer(middleware::from_fn_with_state(access, access::authenticate))
-        .layer(middleware::from_fn_with_state(
-            store,
-            crate::api::audit::middleware,
-        ))
-        .layer(middleware::from_fn(crate::api::request_id))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_UPLOAD))
-        .with_state(state)
+    r.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::api::idempotency::middleware::<AggState>,
+    ))
+    .route_layer(middleware::from_fn(access::authorize))
+    .fallback(not_found)
+    .layer(middleware::from_fn_with_state(
+        access.clone(),
+        access::rate_limit,
+    ))
+    .layer(middleware::from_fn_with_state(access, access::authenticate))
+    .layer(middleware::from_fn_with_state(
+        store,
+        crate::api::audit::middleware,
+    ))
+    .layer(middleware::from_fn(crate::api::request_id))
+    .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_UPLOAD))
+    .with_state(state)
 }
 
 async fn not_found(req: Request) -> ApiError {

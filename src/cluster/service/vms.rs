@@ -150,6 +150,8 @@ pub(super) async fn create_vms(
             .collect(),
     };
     agg.jobs.create(&agg.cfg.name, &job).await?;
+    // A retry under the same Idempotency-Key meanwhile is pointed at it.
+    crate::api::respond::track_id(job.id);
     if value.is_array() {
         let a = agg.clone();
         let id = job.id;
