@@ -253,6 +253,35 @@ async fn placement_lists_forwarding_jobs_and_a_node_going_away() {
         .unwrap();
     let (_, direct) = owner.0.req("GET", "/api/v1/vms/p03", None).await;
     assert_eq!(direct["tags"], json!(["moved"]));
+    // The node's audit trail meets the aggregator's (which names the
+    // caller) by the request id the call carried on.
+    let (code, h, _) = a
+        .raw(
+            "PATCH",
+            "/api/v1/vms/p03",
+            Some(json!({"tags": ["moved", "twice"]}).to_string()),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let rid = h["x-request-id"].to_str().unwrap().to_owned();
+    let (_, here) = a.req("GET", "/api/v1/audit?limit=20", None).await;
+    let (_, there) = owner.0.req("GET", "/api/v1/audit?limit=20", None).await;
+    let by_id = |page: &Value| -> Value {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["request_id"] == rid.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("no {rid} in {page}"))
+    };
+    assert_eq!(by_id(&here)["actor"], "uid:0");
+    assert!(by_id(&there)["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("token:"));
     let (code, e) = a.req("GET", "/api/v1/vms/no-such-vm", None).await;
     assert_eq!(code, 404, "{e}");
 

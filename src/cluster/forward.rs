@@ -38,7 +38,8 @@ pub async fn to_node(
     body: Body,
 ) -> Result<Response<Body>, ClusterError> {
     use http_body_util::BodyExt;
-    let pass: Vec<(&str, &str)> = PASSED_ON
+    let id = crate::api::error::current_request_id();
+    let mut pass: Vec<(&str, &str)> = PASSED_ON
         .iter()
         .filter_map(|name| {
             headers
@@ -47,6 +48,7 @@ pub async fn to_node(
                 .map(|v| (*name, v))
         })
         .collect();
+    with_request_id(&mut pass, &id);
     let body = body.map_err(std::io::Error::other).boxed_unsync();
     let resp = node
         .guard(node.client.send_stream(method, path_and_query, body, &pass))
@@ -75,8 +77,11 @@ pub async fn call(
     body: Option<Vec<u8>>,
 ) -> Result<(u16, Bytes), ClusterError> {
     use http_body_util::BodyExt;
+    let id = crate::api::error::current_request_id();
+    let mut headers = headers.to_vec();
+    with_request_id(&mut headers, &id);
     let resp = node
-        .guard(node.client.send(method, path_and_query, body, headers))
+        .guard(node.client.send(method, path_and_query, body, &headers))
         .await
         .map_err(|e| ClusterError::unreachable(&node.name, e))?;
     let status = resp.status().as_u16();
@@ -92,6 +97,14 @@ pub async fn call(
         })?
         .to_bytes();
     Ok((status, bytes))
+}
+
+/// The call carries on the id of the request it serves, so the node's audit
+/// trail and logs meet the aggregator's (which names the caller) by it.
+fn with_request_id<'a>(headers: &mut Vec<(&'a str, &'a str)>, id: &'a str) {
+    if !id.is_empty() {
+        headers.push(("x-request-id", id));
+    }
 }
 
 /// `path?query` with the `node` parameter taken out (a node does not
