@@ -61,6 +61,31 @@ async fn agents(caps: &[u64]) -> Vec<(Daemon, NodeInfo)> {
     out
 }
 
+/// Starts `GET path` on the aggregator's socket and reads its first frame:
+/// the announced length, the bytes so far and the rest of the body.
+async fn start_download(a: &Aggregator, path: &str) -> (u64, usize, hyper::body::Incoming) {
+    use http_body_util::BodyExt;
+    let s = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let len = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    (len, first.data_ref().map_or(0, |d| d.len()), body)
+}
+
 fn vm_body(name: &str, memory: u64) -> Value {
     json!({"name": name, "vcpus": 1, "memory": memory, "disk_size": 1, "base_image": "base.qcow2"})
 }
@@ -434,6 +459,20 @@ async fn placement_lists_forwarding_jobs_and_a_node_going_away() {
         |n| n["vms"].as_u64() == Some(victim_vms),
     )
     .await;
+    // A download from it through the aggregator, begun before it stops.
+    let big = victim.image_dir().join("big.raw");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let (len, mut got, mut body) = start_download(
+        &a,
+        &format!(
+            "/api/v1/storage-pools/default/volumes/big.raw/content?node={}",
+            names[1]
+        ),
+    )
+    .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim.pid() as i32),
         nix::sys::signal::Signal::SIGSTOP,
@@ -452,6 +491,24 @@ async fn placement_lists_forwarding_jobs_and_a_node_going_away() {
         detect <= Duration::from_millis(1000) + Duration::from_millis(300),
         "{detect:?}"
     );
+    // The download is cut with an error, not left waiting on TCP.
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        use http_body_util::BodyExt;
+        loop {
+            match body.frame().await {
+                Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len()),
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Ok(()),
+            }
+        }
+    })
+    .await
+    .expect("a download from a node that stopped answering was never cut");
+    assert!(
+        cut.is_err() && (got as u64) < len,
+        "{cut:?}: {got} of {len} bytes"
+    );
+    let _ = std::fs::remove_file(&big);
     let (code, l) = a
         .req("GET", &format!("/api/v1/vms?node={}", names[1]), None)
         .await;

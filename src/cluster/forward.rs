@@ -55,7 +55,7 @@ pub async fn to_node(
         .await
         .map_err(|e| ClusterError::unreachable(&node.name, e))?;
     let (parts, incoming) = resp.into_parts();
-    let mut out = Response::new(Body::new(incoming));
+    let mut out = Response::new(node.guard_body(incoming));
     *out.status_mut() = parts.status;
     for (k, v) in parts.headers.iter() {
         if !HOP.contains(&k.as_str()) {

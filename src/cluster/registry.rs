@@ -247,6 +247,44 @@ impl NodeHandle {
             ))),
         }
     }
+
+    /// A body streamed from the node, cut with an error as soon as the node
+    /// is marked unreachable (a download from a node that died midway would
+    /// otherwise wait on TCP too).
+    pub fn guard_body<B>(&self, body: B) -> axum::body::Body
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display,
+    {
+        use futures::StreamExt;
+        let down = self.down.subscribe();
+        let name = self.name.clone();
+        let frames = http_body_util::BodyStream::new(body);
+        let stream = futures::stream::unfold(Some((frames, down)), move |state| {
+            let name = name.clone();
+            async move {
+                let (mut frames, mut down) = state?;
+                // None: the node went down first.
+                let next = tokio::select! {
+                    f = frames.next() => Some(f),
+                    _ = down.wait_for(|d| *d) => None,
+                };
+                match next {
+                    Some(f) => {
+                        let f = f?.map_err(|e| std::io::Error::other(e.to_string()));
+                        Some((f, Some((frames, down))))
+                    }
+                    None => Some((
+                        Err(std::io::Error::other(format!(
+                            "node {name} stopped answering"
+                        ))),
+                        None,
+                    )),
+                }
+            }
+        });
+        axum::body::Body::new(http_body_util::StreamBody::new(stream))
+    }
 }
 
 /// Every VM of a node, page after page.
