@@ -358,7 +358,12 @@ async fn balloon_disk_growth_performance_and_metrics() {
         now = total().await;
     }
     println!("MemTotal {before} kB -> {now} kB after ballooning to 128 MiB");
-    let cfg = get(&d, &format!("/api/v1/vms/{id}/config")).await;
+    // The balloon may still be taking its last pages (QEMU's `actual`).
+    let mut cfg = get(&d, &format!("/api/v1/vms/{id}/config")).await;
+    while cfg["memory_in_force"].as_u64() != Some(128) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cfg = get(&d, &format!("/api/v1/vms/{id}/config")).await;
+    }
     assert_eq!(
         (cfg["memory_in_force"].as_u64(), cfg["boot_memory"].as_u64()),
         (Some(128), Some(256)),
