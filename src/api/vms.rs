@@ -19,8 +19,8 @@ use crate::model::{
     UpdateDiskRequest, UpdateMemoryRequest, UpdateResponse, Vm, VmConfig, VmList, VmStatus,
 };
 
-/// The filters and the sort of a VM list query.
-fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<(ListQuery, &str, bool)> {
+/// The filters and the sort of a VM list query (an aggregator's too).
+pub(crate) fn parse_list_query(q: &HashMap<String, String>) -> ApiResult<(ListQuery, &str, bool)> {
     let mut out = ListQuery::default();
     let sort_str = q.get("sort").map(String::as_str).unwrap_or("created_at");
     let (field, descending) = match sort_str {

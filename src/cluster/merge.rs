@@ -14,12 +14,8 @@ use crate::client::ListQuery;
 use crate::model::Vm;
 use crate::page::{Page, PageRequest};
 
-/// What a VM list is sorted by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SortField {
-    CreatedAt,
-    Name,
-}
+/// What a VM list is sorted by: the agent's own choice of field.
+pub use crate::engine::vm::SortField;
 
 /// A merged VM list query.
 #[derive(Debug, Clone)]

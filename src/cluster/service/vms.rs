@@ -18,7 +18,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{Path, Query};
 use crate::cluster::forward;
 use crate::cluster::jobs::{ClusterJob, ClusterTask, Stored};
-use crate::cluster::merge::{self, SortField, VmQuery};
+use crate::cluster::merge::{self, VmQuery};
 use crate::cluster::placement::{self, Candidate, Want};
 use crate::cluster::registry::NodeHandle;
 use crate::cluster::ClusterError;
@@ -32,26 +32,11 @@ pub(super) async fn list_vms(
     State(agg): State<Arc<Aggregator>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<VmList>> {
-    let sort = q.get("sort").map(String::as_str).unwrap_or("created_at");
-    let (field, descending) = match sort {
-        "created_at" => (SortField::CreatedAt, false),
-        "-created_at" => (SortField::CreatedAt, true),
-        "name" => (SortField::Name, false),
-        "-name" => (SortField::Name, true),
-        _ => {
-            return Err(ApiError::invalid(format!(
-                "Invalid sort {sort:?}: use name, -name, created_at or -created_at."
-            )))
-        }
-    };
+    // The agent's own reading of the query: sort, direction, filters.
+    let (parsed, sort, descending) = crate::api::vms::parse_list_query(&q)?;
     let mut page = crate::api::page::request(&q, sort, descending)?;
     page.descending = descending;
-    if let Some(s) = q.get("status") {
-        if crate::model::VmStatus::parse(s).is_none() {
-            return Err(ApiError::invalid(format!("Invalid status filter {s:?}.")));
-        }
-    }
-    let node = q.get("node").cloned();
+    let node = parsed.node;
     if let Some(n) = &node {
         agg.node(n)?;
     }
@@ -61,7 +46,7 @@ pub(super) async fn list_vms(
         .collect();
     let query = VmQuery {
         sort: sort.to_owned(),
-        field,
+        field: parsed.sort,
         filters,
         node,
         page,
