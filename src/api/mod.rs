@@ -221,7 +221,7 @@ pub fn router(agent: Agent, auth: Arc<crate::auth::Auth>) -> Router {
         http: http.clone(),
         access: access.clone(),
     };
-    routes()
+    let routed = routes()
         .0
         // Only on a route and method that exist: an unknown path or method
         // is 404 or 405 whatever its Idempotency-Key.
@@ -233,22 +233,31 @@ pub fn router(agent: Agent, auth: Arc<crate::auth::Auth>) -> Router {
         .route_layer(middleware::from_fn(access::authorize))
         .route_layer(middleware::from_fn_with_state(http, metrics::track))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            access.clone(),
-            access::rate_limit,
-        ))
-        .layer(middleware::from_fn_with_state(access, access::authenticate))
-        .layer(middleware::from_fn_with_state(
-            agent.store_arc(),
-            audit::middleware,
-        ))
-        .layer(middleware::from_fn(request_id))
+        .method_not_allowed_fallback(method_not_allowed);
+    caller_layers(routed, access, agent.store_arc())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::Extension(std::sync::Arc::new(
             render::VmJson::default(),
         )))
         .with_state(state)
+}
+
+/// Who calls, the same on every server of the API (an agent, an
+/// aggregator), outermost first: the request id, the audit trail (refusals
+/// included), the caller's credentials, then the caller's budget.
+pub fn caller_layers<S: Clone + Send + Sync + 'static>(
+    routed: Router<S>,
+    access: Arc<access::AccessState>,
+    store: Arc<crate::store::Store>,
+) -> Router<S> {
+    routed
+        .layer(middleware::from_fn_with_state(
+            access.clone(),
+            access::rate_limit,
+        ))
+        .layer(middleware::from_fn_with_state(access, access::authenticate))
+        .layer(middleware::from_fn_with_state(store, audit::middleware))
+        .layer(middleware::from_fn(request_id))
 }
 
 /// Health of the agent.

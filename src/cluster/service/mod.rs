@@ -294,24 +294,16 @@ pub fn router(agg: Arc<Aggregator>, access: Arc<AccessState>, store: Arc<Store>)
         access: access.clone(),
         store: store.clone(),
     };
-    r.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        crate::api::idempotency::middleware::<AggState>,
-    ))
-    .route_layer(middleware::from_fn(access::authorize))
-    .fallback(not_found)
-    .layer(middleware::from_fn_with_state(
-        access.clone(),
-        access::rate_limit,
-    ))
-    .layer(middleware::from_fn_with_state(access, access::authenticate))
-    .layer(middleware::from_fn_with_state(
-        store,
-        crate::api::audit::middleware,
-    ))
-    .layer(middleware::from_fn(crate::api::request_id))
-    .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_UPLOAD))
-    .with_state(state)
+    let routed = r
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::api::idempotency::middleware::<AggState>,
+        ))
+        .route_layer(middleware::from_fn(access::authorize))
+        .fallback(not_found);
+    crate::api::caller_layers(routed, access, store)
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_UPLOAD))
+        .with_state(state)
 }
 
 async fn not_found(req: Request) -> ApiError {
