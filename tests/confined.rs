@@ -179,52 +179,48 @@ async fn each_guest_runs_unprivileged_in_its_own_group_and_cannot_open_another_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_base_image_qemu_cannot_read_is_refused_at_create() {
     let d = Daemon::start().await;
-    let private = d.image_dir().join("private.qcow2");
-    std::fs::copy(d.image_dir().join("base.qcow2"), &private).unwrap();
-    std::fs::set_permissions(
-        &private,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    // A copy of a fixture file only its owner (root) may read; a create
+    // naming it is a 409 that names the field.
+    let refused =
+        |copy: &'static str, of: &'static str, body: serde_json::Value, field: &'static str| {
+            let d = &d;
+            async move {
+                let private = d.image_dir().join(copy);
+                std::fs::copy(d.image_dir().join(of), &private).unwrap();
+                std::fs::set_permissions(
+                    &private,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .unwrap();
+                let (code, r) = d.req("POST", "/api/v1/vms", Some(body)).await;
+                assert_eq!(code, 409, "{r}");
+                let msg = r["error"]["message"].as_str().unwrap();
+                assert!(msg.contains(field) && msg.contains("read it"), "{msg}");
+            }
+        };
+    refused(
+        "private.qcow2",
+        "base.qcow2",
+        serde_json::json!({
+            "name": "private", "vcpus": 1, "memory": 128, "disk_size": 1,
+            "base_image": "private.qcow2",
+        }),
+        "base_image",
     )
-    .unwrap();
-    let (code, r) = d
-        .req(
-            "POST",
-            "/api/v1/vms",
-            Some(serde_json::json!({
-                "name": "private", "vcpus": 1, "memory": 128, "disk_size": 1,
-                "base_image": "private.qcow2",
-            })),
-        )
-        .await;
-    assert_eq!(code, 409, "{r}");
-    let msg = r["error"]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("base_image") && msg.contains("read it"),
-        "{msg}"
-    );
-
+    .await;
     // The same for a direct boot's kernel (a move onto this node checks the
     // same way).
-    let kernel = d.image_dir().join("private-vmlinuz");
-    std::fs::copy(d.image_dir().join("vmlinuz"), &kernel).unwrap();
-    std::fs::set_permissions(&kernel, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let (code, r) = d
-        .req(
-            "POST",
-            "/api/v1/vms",
-            Some(serde_json::json!({
-                "name": "private-boot", "vcpus": 1, "memory": 128, "disk_size": 1,
-                "base_image": "base.qcow2",
-                "boot": {"kernel": "private-vmlinuz", "initrd": "initrd.img"},
-            })),
-        )
-        .await;
-    assert_eq!(code, 409, "{r}");
-    let msg = r["error"]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("boot.kernel") && msg.contains("read it"),
-        "{msg}"
-    );
+    refused(
+        "private-vmlinuz",
+        "vmlinuz",
+        serde_json::json!({
+            "name": "private-boot", "vcpus": 1, "memory": 128, "disk_size": 1,
+            "base_image": "base.qcow2",
+            "boot": {"kernel": "private-vmlinuz", "initrd": "initrd.img"},
+        }),
+        "boot.kernel",
+    )
+    .await;
     let (code, list) = d.req("GET", "/api/v1/vms", None).await;
     assert_eq!(code, 200);
     assert_eq!(list["total_count"], 0, "{list}");
